@@ -1,0 +1,225 @@
+"""The command line: python -m core scan|train|evaluate|predict|submission|serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from core.data import DatasetError
+from core.pipeline import ImageError
+
+
+def _model_path(arg: str | None) -> Path:
+    from core.runs import default_model_path
+
+    path = Path(arg) if arg else default_model_path()
+    if path is None:
+        raise FileNotFoundError("no model yet: train one with `python -m core train SOURCE` or pass --model")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    return path
+
+
+def cmd_scan(args) -> int:
+    from core.data import OK, scan, summarize
+
+    manifest = scan(args.source)
+    counts = summarize(manifest)
+    print(
+        f"{args.source}: {counts['cats']} cats, {counts['dogs']} dogs, "
+        f"{counts['unlabeled']} unlabeled, {counts['skipped']} skipped"
+    )
+    for row in manifest[manifest.status != OK].itertuples():
+        print(f"  skipped {row.name}: {row.status}")
+    for row in manifest[(manifest.status == OK) & manifest.label.isna()].itertuples():
+        print(f"  unlabeled {row.name}: can be predicted, not used for training")
+    print(json.dumps(counts))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from tqdm import tqdm
+
+    from core.train import TrainConfig, train
+
+    config = TrainConfig.for_preset(
+        args.preset,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        limit=args.limit,
+        image_size=args.image_size,
+        color_mode=args.color_mode,
+        augment=args.augment,
+        early_stopping=args.early_stopping,
+    )
+    bars: dict = {}
+
+    def progress(event) -> None:
+        if event.kind == "load":
+            bar = bars.setdefault("load", tqdm(total=event.batches, desc="decoding", unit="img", leave=False))
+            bar.update(event.batch - bar.n)
+        elif event.kind == "start":
+            bar = bars.pop("load", None)
+            if bar is not None:
+                bar.close()
+            print(
+                f"training {config.preset}: {event.logs['n_train']} train / {event.logs['n_val']} validation "
+                f"images, {event.logs['replicas']} replica(s), batch {config.batch_size}",
+                file=sys.stderr,
+            )
+        elif event.kind == "batch":
+            bar = bars.get(event.epoch)
+            if bar is None:
+                bar = bars[event.epoch] = tqdm(
+                    total=event.batches, desc=f"epoch {event.epoch}/{event.epochs}", unit="batch"
+                )
+            bar.update(event.batch - bar.n)
+            bar.set_postfix(loss=f"{event.logs.get('loss', 0):.4f}", acc=f"{event.logs.get('accuracy', 0):.3f}")
+        elif event.kind == "epoch":
+            bar = bars.pop(event.epoch, None)
+            if bar is not None:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in event.logs.items() if "loss" in k or "acc" in k})
+                bar.close()
+
+    result = train(args.source, config, progress=progress)
+    for bar in bars.values():
+        bar.close()
+    print(
+        f"run {result.status}: best val_accuracy {result.metrics['best_val_accuracy']} in {result.wall_time_s:.0f} s",
+        file=sys.stderr,
+    )
+    if args.out:
+        from core.runs import promote_run
+
+        promote_run(result.run, Path(args.out))
+        print(f"saved as {args.out}", file=sys.stderr)
+    print(result.run.path)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from core.predict import Predictor, evaluate
+
+    predictor = Predictor(_model_path(args.model))
+    ev = evaluate(predictor, args.source)
+    print(f"model {predictor.path}: accuracy {ev.accuracy:.4f} on {ev.n} images ({ev.skipped} skipped)")
+    for name, acc in ev.per_class.items():
+        print(f"  {name}: {acc:.4f}" if acc is not None else f"  {name}: no images")
+    print("  confusion (rows true cat/dog, columns predicted cat/dog):", ev.confusion)
+    print(
+        json.dumps(
+            {
+                "accuracy": ev.accuracy,
+                "n": ev.n,
+                "per_class": ev.per_class,
+                "confusion": ev.confusion,
+                "skipped": ev.skipped,
+                "model": str(predictor.path),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from core.data import iter_inputs
+    from core.predict import Predictor, predictions_frame
+
+    predictor = Predictor(_model_path(args.model))
+    frame = predictions_frame(predictor.predict_many(iter_inputs(args.sources)))
+    if args.csv:
+        frame.to_csv(args.csv, index=False)
+        print(f"wrote {len(frame)} rows to {args.csv} ({frame.error.notna().sum()} errors)", file=sys.stderr)
+    else:
+        frame.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def cmd_submission(args) -> int:
+    from core.data import iter_inputs
+    from core.predict import Predictor, submission_frame
+
+    predictor = Predictor(_model_path(args.model))
+    preds = predictor.predict_many(iter_inputs([args.source]))
+    frame = submission_frame(preds)
+    frame.to_csv(args.out, index=False)
+    bad = [p for p in preds if p.error]
+    print(f"wrote {len(frame)} rows to {args.out}; {len(bad)} files could not be predicted", file=sys.stderr)
+    for p in bad:
+        print(f"  {p.file}: {p.error}", file=sys.stderr)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from core.api import serve
+
+    serve(_model_path(args.model), host=args.host, port=args.port)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    p = argparse.ArgumentParser(prog="python -m core", description="Cats vs Dogs Studio, headless.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("scan", help="count cats, dogs, unlabeled and skipped files in a folder or zip")
+    s.add_argument("source")
+    s.set_defaults(func=cmd_scan)
+
+    t = sub.add_parser("train", help="train a model on a folder or zip of labeled photos")
+    t.add_argument("source")
+    t.add_argument("--preset", default="seed", help="seed, improved or best (default: seed)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--validation-split", type=float)
+    t.add_argument("--learning-rate", type=float)
+    t.add_argument("--image-size", type=int)
+    t.add_argument("--color-mode", choices=["grayscale", "rgb"])
+    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--limit", type=int, help="train on a balanced slice of at most N images")
+    t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy of a model on labeled photos")
+    e.add_argument("source")
+    e.add_argument("--model")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="label photos in files, folders or zips")
+    pr.add_argument("sources", nargs="+")
+    pr.add_argument("--model")
+    pr.add_argument("--csv", help="write file,label,prob_dog,error here instead of stdout")
+    pr.set_defaults(func=cmd_predict)
+
+    sm = sub.add_parser("submission", help="write a Kaggle submission CSV (id,label)")
+    sm.add_argument("source")
+    sm.add_argument("--out", default="submission.csv")
+    sm.add_argument("--model")
+    sm.set_defaults(func=cmd_submission)
+
+    sv = sub.add_parser("serve", help="serve the model over HTTP (Flask app on a waitress server)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--model")
+    sv.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; errors are one clear line on stderr and exit code 2, never a traceback."""
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DatasetError, ImageError, FileNotFoundError, ValueError, KeyError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

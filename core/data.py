@@ -1,0 +1,342 @@
+"""Dataset ingest: folders and zips of photos read in place, a manifest, and a cached parallel load."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+from core.config import (
+    CACHE_DIR,
+    IMAGE_EXTENSIONS,
+    MAX_FILE_BYTES,
+    MAX_ZIP_RATIO,
+    MAX_ZIP_TOTAL_BYTES,
+)
+from core.pipeline import ImageError, PipelineConfig, decode, inspect
+
+OK = "ok"
+MANIFEST_COLUMNS = ["source", "name", "label", "width", "height", "bytes", "status"]
+_JUNK_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
+_LABEL_WORDS = {"cat": 0, "cats": 0, "dog": 1, "dogs": 1}
+_NAME_LABEL = re.compile(r"^(cat|dog)s?(?=[._\-\s\d]|$)", re.IGNORECASE)
+Progress = Callable[[int, int], None]
+
+
+class DatasetError(ValueError):
+    """A dataset source that cannot be read at all (missing, not a zip, a zip bomb)."""
+
+
+def label_from_name(name: str) -> int | None:
+    """1 for a dog, 0 for a cat, None if unlabeled: from the file name (Kaggle) or a class folder."""
+    parts = PurePosixPath(name).parts
+    if not parts:
+        return None
+    found = _NAME_LABEL.match(parts[-1])
+    if found:
+        return _LABEL_WORDS[found.group(1).lower()]
+    for folder in reversed(parts[:-1]):
+        if folder.lower() in _LABEL_WORDS:
+            return _LABEL_WORDS[folder.lower()]
+    return None
+
+
+def _is_junk(name: str) -> bool:
+    # OS litter that no user means as data: macOS resource forks, dotfiles, Windows thumbnails.
+    parts = PurePosixPath(name).parts
+    return any(p == "__MACOSX" or (p.startswith(".") and p != "..") for p in parts) or parts[-1].lower() in _JUNK_NAMES
+
+
+def _unsafe_path(name: str) -> bool:
+    return name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) is not None or ".." in re.split(r"[/\\]", name)
+
+
+def _too_big(size: int) -> str:
+    return f"refused: {size / 2**20:.0f} MB uncompressed, over the {MAX_FILE_BYTES // 2**20} MB per-file cap"
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One file of a source as listed, before reading: its name, size, a content token and a refusal."""
+
+    name: str
+    size: int
+    token: int
+    refusal: str | None = None
+
+
+class Source:
+    """A dataset source read in place: a folder, a zip, or a single image file."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+        if not self.path.exists():
+            raise DatasetError(f"{self.path}: no such file or folder")
+        self.is_zip = self.path.is_file() and self.path.suffix.lower() == ".zip"
+        self._local = threading.local()
+        if self.is_zip:
+            self.listing = self._list_zip()
+        elif self.path.is_dir():
+            self.listing = self._list_folder()
+        else:
+            stat = self.path.stat()
+            self.listing = [Listed(self.path.name, stat.st_size, stat.st_mtime_ns, self._type_refusal(self.path.name))]
+
+    @property
+    def label(self) -> str:
+        return self.path.name
+
+    @staticmethod
+    def _type_refusal(name: str) -> str | None:
+        if PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            return "skipped: not an image file type"
+        return None
+
+    def _list_folder(self) -> list[Listed]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+            for fname in sorted(filenames):
+                full = Path(dirpath) / fname
+                name = full.relative_to(self.path).as_posix()
+                if _is_junk(name) or not full.is_file():
+                    continue
+                stat = full.stat()
+                refusal = self._type_refusal(name)
+                if refusal is None and stat.st_size > MAX_FILE_BYTES:
+                    refusal = _too_big(stat.st_size)
+                found.append(Listed(name, stat.st_size, stat.st_mtime_ns, refusal))
+        return found
+
+    def _list_zip(self) -> list[Listed]:
+        try:
+            with zipfile.ZipFile(self.path) as zf:
+                infos = zf.infolist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise DatasetError(f"{self.path.name}: not a readable zip file ({err})") from None
+        total = sum(i.file_size for i in infos)
+        if total > MAX_ZIP_TOTAL_BYTES:
+            raise DatasetError(
+                f"{self.path.name}: refused as a zip bomb: it expands to {total / 2**30:.1f} GB, "
+                f"over the {MAX_ZIP_TOTAL_BYTES / 2**30:.0f} GB cap"
+            )
+        found = []
+        for info in infos:
+            name = info.filename
+            if info.is_dir() or (_is_junk(name) and not _unsafe_path(name)):
+                continue
+            refusal = self._type_refusal(name)
+            if _unsafe_path(name):
+                refusal = "refused: unsafe path in zip (absolute or '..')"
+            elif info.file_size > MAX_FILE_BYTES:
+                refusal = _too_big(info.file_size)
+            elif info.file_size > 2**20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+                refusal = "refused: suspicious compression ratio (zip bomb)"
+            found.append(Listed(name, info.file_size, info.CRC, refusal))
+        return found
+
+    def read(self, name: str) -> bytes:
+        """The bytes of one file, read in place and never more than the per-file cap."""
+        if not self.is_zip:
+            full = self.path if self.path.is_file() else self.path / name
+            with open(full, "rb") as fh:
+                data = fh.read(MAX_FILE_BYTES + 1)
+        else:
+            zf = getattr(self._local, "zf", None)
+            if zf is None:  # one handle per thread: zip reads then run in parallel
+                zf = self._local.zf = zipfile.ZipFile(self.path)
+            try:
+                with zf.open(name) as fh:
+                    data = fh.read(MAX_FILE_BYTES + 1)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as err:
+                raise ImageError(f"unreadable zip entry: {err}") from None
+        if len(data) > MAX_FILE_BYTES:
+            raise ImageError(f"refused: file expands past the {MAX_FILE_BYTES // 2**20} MB cap")
+        return data
+
+    def fingerprint(self) -> str:
+        """A content fingerprint: names, sizes and CRC32s (zips) or modification times (folders)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for item in sorted(self.listing, key=lambda x: x.name):
+            digest.update(f"{item.name}\0{item.size}\0{item.token}\n".encode())
+        return digest.hexdigest()
+
+
+def _parallel_map(fn: Callable, items: list, progress: Progress | None, workers: int | None = None) -> list:
+    # cv2 decoding and zlib release the GIL, so threads give real parallelism here.
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    results: list = [None] * len(items)
+    chunk = max(16, len(items) // (workers * 8) or 1)
+    done = 0
+    lock = threading.Lock()
+
+    def run(start: int) -> None:
+        nonlocal done
+        for i in range(start, min(start + chunk, len(items))):
+            results[i] = fn(items[i])
+        with lock:
+            done = min(done + chunk, len(items))
+            if progress:
+                progress(done, len(items))
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(run, range(0, len(items), chunk)))
+    return results
+
+
+def scan(path: str | os.PathLike, progress: Progress | None = None) -> pd.DataFrame:
+    """The manifest of a source: one row per file with label, size and status ('ok' or the reason)."""
+    source = Source(path)
+
+    def row(item: Listed) -> dict:
+        rec = {
+            "source": source.label,
+            "name": item.name,
+            "label": label_from_name(item.name),
+            "width": None,
+            "height": None,
+            "bytes": item.size,
+            "status": item.refusal or OK,
+        }
+        if item.refusal is None:
+            try:
+                info = inspect(source.read(item.name))
+                rec["width"], rec["height"] = info.width, info.height
+            except ImageError as err:
+                rec["status"] = str(err)
+        return rec
+
+    rows = _parallel_map(row, source.listing, progress)
+    frame = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    for col in ("label", "width", "height"):
+        frame[col] = frame[col].astype("Int64")
+    return frame
+
+
+def summarize(manifest: pd.DataFrame) -> dict:
+    """Counts per class, unlabeled and skipped, as the CLI and the dashboard show them."""
+    ok = manifest[manifest.status == OK]
+    return {
+        "cats": int((ok.label == 0).sum()),
+        "dogs": int((ok.label == 1).sum()),
+        "unlabeled": int(ok.label.isna().sum()),
+        "skipped": int((manifest.status != OK).sum()),
+        "total": len(manifest),
+    }
+
+
+@dataclass
+class LoadedDataset:
+    """Decoded, preprocessed images (uint8, cfg.input_shape) with labels and per-file failures."""
+
+    x: np.ndarray
+    y: np.ndarray
+    names: np.ndarray
+    skipped: pd.DataFrame
+    fingerprint: str
+    pipeline: PipelineConfig
+    source: str
+    from_cache: bool = False
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def _subset(items: list[Listed], limit: int | None, seed: int) -> list[Listed]:
+    # A balanced, deterministic slice, so small test and benchmark runs see both classes.
+    if not limit or limit >= len(items):
+        return items
+    rng = np.random.default_rng(seed)
+    picked: list[Listed] = []
+    for label in (0, 1):
+        group = [it for it in items if label_from_name(it.name) == label]
+        take = min(len(group), limit // 2 + (limit % 2 if label == 0 else 0))
+        picked += [group[i] for i in sorted(rng.choice(len(group), take, replace=False))]
+    return sorted(picked, key=lambda it: it.name)
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    cfg: PipelineConfig = PipelineConfig(),
+    limit: int | None = None,
+    seed: int = 0,
+    progress: Progress | None = None,
+    cache_dir: Path | None = CACHE_DIR,
+) -> LoadedDataset:
+    """Decode every labeled image of a source in parallel, cached as .npz by content fingerprint."""
+    source = Source(path)
+    fingerprint = source.fingerprint()
+    key = f"{fingerprint}-{cfg.cache_key()}-{limit or 'all'}-{seed if limit else 0}"
+    cache_file = cache_dir / f"{key}.npz" if cache_dir else None
+    if cache_file and cache_file.exists():
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                skipped = pd.DataFrame({"name": z["skipped_names"], "status": z["skipped_reasons"]})
+                return LoadedDataset(z["x"], z["y"], z["names"], skipped, fingerprint, cfg, source.label, True)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            cache_file.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
+
+    usable = [it for it in source.listing if it.refusal is None and label_from_name(it.name) is not None]
+    refused = [(it.name, it.refusal) for it in source.listing if it.refusal is not None]
+    refused += [
+        (it.name, "unlabeled: not used for training")
+        for it in source.listing
+        if it.refusal is None and label_from_name(it.name) is None
+    ]
+    usable = _subset(usable, limit, seed)
+
+    x = np.zeros((len(usable), *cfg.input_shape), np.uint8)
+
+    def load_one(i: int) -> str | None:
+        try:
+            x[i] = decode(source.read(usable[i].name), cfg)
+            return None
+        except ImageError as err:
+            return str(err)
+
+    errors = _parallel_map(load_one, list(range(len(usable))), progress)
+    keep = np.array([e is None for e in errors], bool)
+    refused += [(usable[i].name, e) for i, e in enumerate(errors) if e is not None]
+    x = x[keep] if not keep.all() else x
+    y = np.array([label_from_name(it.name) for it in usable], np.uint8)[keep]
+    names = np.array([it.name for it in usable], dtype=str)[keep]
+    skipped = pd.DataFrame(refused, columns=["name", "status"])
+    if cache_file:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(
+            tmp,
+            x=x,
+            y=y,
+            names=names,
+            skipped_names=skipped.name.to_numpy(dtype=str),
+            skipped_reasons=skipped.status.to_numpy(dtype=str),
+        )
+        os.replace(tmp, cache_file)
+    return LoadedDataset(x, y, names, skipped, fingerprint, cfg, source.label, False)
+
+
+def iter_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, Callable[[], bytes] | None, str | None]]:
+    """Each image among files, folders and zips, as (display name, reader, refusal) for prediction."""
+    for path in paths:
+        try:
+            source = Source(path)
+        except DatasetError as err:
+            yield str(path), None, str(err)
+            continue
+        for item in source.listing:
+            shown = str(source.path) if not source.is_zip and source.path.is_file() else f"{source.path}/{item.name}"
+            if item.refusal:
+                yield shown, None, item.refusal
+            else:
+                yield shown, (lambda s=source, n=item.name: s.read(n)), None

@@ -1,0 +1,139 @@
+"""The run store: one folder per training run under models/runs/ with model, history and metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META, RUNS_DIR
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One saved run: its folder, metadata and per-epoch history."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.keras"
+
+    @property
+    def meta(self) -> dict:
+        try:
+            return json.loads((self.path / "run.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def history(self) -> pd.DataFrame:
+        try:
+            return pd.read_csv(self.path / "history.csv")
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            return pd.DataFrame()
+
+
+class RunStore:
+    """Create, list, read and delete runs in one folder."""
+
+    def __init__(self, root: Path = RUNS_DIR):
+        self.root = Path(root)
+
+    def create(self, preset: str) -> Run:
+        """A new, empty run folder named by UTC time and preset."""
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        path = self.root / f"{stamp}-{preset}-{secrets.token_hex(2)}"
+        path.mkdir(parents=True)
+        return Run(path)
+
+    def runs(self) -> list[Run]:
+        """Runs that have a saved model, newest first."""
+        if not self.root.exists():
+            return []
+        found = [Run(p) for p in self.root.iterdir() if (p / "model.keras").exists() and (p / "run.json").exists()]
+        return sorted(found, key=lambda r: r.id, reverse=True)
+
+    def get(self, run_id: str) -> Run:
+        """One run by id; refuses ids that would leave the store."""
+        path = (self.root / run_id).resolve()
+        if path.parent != self.root.resolve() or not path.is_dir():
+            raise KeyError(f"no run named {run_id!r}")
+        return Run(path)
+
+    def delete(self, run_id: str) -> None:
+        """Remove a run folder and everything in it."""
+        shutil.rmtree(self.get(run_id).path)
+
+    def table(self) -> pd.DataFrame:
+        """One row per run: date, preset, hyperparameters, best validation accuracy, images, time."""
+        rows = []
+        for run in self.runs():
+            meta, cfg = run.meta, run.meta.get("config", {})
+            rows.append(
+                {
+                    "run": run.id,
+                    "date": meta.get("finished_at", ""),
+                    "preset": cfg.get("preset"),
+                    "epochs": cfg.get("epochs"),
+                    "batch_size": cfg.get("batch_size"),
+                    "learning_rate": cfg.get("learning_rate"),
+                    "image": f"{cfg.get('image_size')} {cfg.get('color_mode')}",
+                    "augment": cfg.get("augment"),
+                    "best_val_accuracy": meta.get("metrics", {}).get("best_val_accuracy"),
+                    "images": meta.get("n_images"),
+                    "wall_time_s": meta.get("wall_time_s"),
+                    "status": meta.get("status"),
+                }
+            )
+        return pd.DataFrame(rows)
+
+
+def default_model_path() -> Path | None:
+    """The model used when none is named: the shipped default, else the newest run, else none."""
+    if DEFAULT_MODEL.exists():
+        return DEFAULT_MODEL
+    runs = RunStore().runs()
+    return runs[0].model_path if runs else None
+
+
+def model_meta(model_path: Path) -> dict:
+    """The metadata saved beside a model: default.json for the shipped model, run.json for a run."""
+    candidates = [DEFAULT_MODEL_META] if Path(model_path) == DEFAULT_MODEL else []
+    candidates += [Path(model_path).with_suffix(".json"), Path(model_path).parent / "run.json"]
+    for candidate in candidates:
+        if candidate.exists():
+            try:
+                return json.loads(candidate.read_text())
+            except ValueError:
+                return {}
+    return {}
+
+
+def promote_run(run: Run, target: Path = DEFAULT_MODEL) -> Path:
+    """Copy a run's model to target (atomically) with its metadata beside it as target.json."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}.keras")
+    shutil.copyfile(run.model_path, tmp)
+    os.replace(tmp, target)
+    meta = {**run.meta, "model_file": target.name, "source_run": run.id, "model_bytes": target.stat().st_size}
+    write_json(target.with_suffix(".json"), meta)
+    return target

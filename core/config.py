@@ -8,12 +8,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Where a user puts Kaggle's train.zip (or an extracted train/ folder).
-DATA_DIR = ROOT / "data"
+# Tests and servers may point these elsewhere with CVD_DATA_DIR / CVD_RUNS_DIR.
+DATA_DIR = Path(os.environ.get("CVD_DATA_DIR", ROOT / "data"))
 UPLOADS_DIR = DATA_DIR / "uploads"
 CACHE_DIR = DATA_DIR / "cache"
 
 MODELS_DIR = ROOT / "models"
-RUNS_DIR = MODELS_DIR / "runs"
+RUNS_DIR = Path(os.environ.get("CVD_RUNS_DIR", MODELS_DIR / "runs"))
 DEFAULT_MODEL = MODELS_DIR / "default.keras"
 DEFAULT_MODEL_META = MODELS_DIR / "default.json"
 

@@ -1,0 +1,93 @@
+"""Shared fixtures: the real data in ../shared/data, real JPEG bytes, a small real dataset and a tiny model."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from core import config
+
+UNDER_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _require(path: Path) -> Path:
+    # Under CI the shared data is always there, so its absence is a failure, never a skip.
+    if not path.exists():
+        message = f"shared data missing: {path} (set CVD_SHARED_DATA)"
+        if UNDER_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def train_zip() -> Path:
+    return _require(config.KAGGLE_TRAIN_ZIP)
+
+
+@pytest.fixture(scope="session")
+def test_zip() -> Path:
+    return _require(config.KAGGLE_TEST_ZIP)
+
+
+@pytest.fixture(scope="session")
+def bad_inputs() -> Path:
+    return _require(config.BAD_INPUTS)
+
+
+def make_jpeg(width: int = 320, height: int = 240, seed: int = 0, quality: int = 90) -> bytes:
+    """Real JPEG bytes of a drawn scene: a gradient with a few random shapes."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((height, width, 3), np.uint8)
+    img[:] = np.linspace(0, 255, width, dtype=np.uint8)[None, :, None]
+    for _ in range(5):
+        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cv2.circle(img, center, int(rng.integers(5, max(6, min(width, height) // 3))), color, -1)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return buf.tobytes()
+
+
+@pytest.fixture
+def jpeg() -> bytes:
+    return make_jpeg()
+
+
+@pytest.fixture(autouse=True)
+def isolated_app_dirs(tmp_path_factory, monkeypatch):
+    """Keep runs and caches that tests write out of the project's own folders."""
+    base = tmp_path_factory.getbasetemp() / "app"
+    monkeypatch.setattr(config, "RUNS_DIR", base / "runs")
+    monkeypatch.setattr(config, "CACHE_DIR", base / "cache")
+    monkeypatch.setattr(config, "UPLOADS_DIR", base / "uploads")
+    monkeypatch.setenv("CVD_RUNS_DIR", str(base / "runs"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def small_zip(train_zip, tmp_path_factory) -> Path:
+    """A real Kaggle-layout zip of 300 photos (150 per class) taken from train.zip, in a temp folder."""
+    out = tmp_path_factory.mktemp("small") / "small-train.zip"
+    with zipfile.ZipFile(train_zip) as src, zipfile.ZipFile(out, "w") as dst:
+        names = [n for n in src.namelist() if n.endswith(".jpg")]
+        cats = sorted(n for n in names if "/cat." in n)[:150]
+        dogs = sorted(n for n in names if "/dog." in n)[:150]
+        for name in cats + dogs:
+            dst.writestr(name, src.read(name))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(small_zip, tmp_path_factory) -> Path:
+    """A seed-preset model trained for 1 epoch on small_zip: real, if not yet accurate."""
+    from core.train import TrainConfig, train
+
+    runs = tmp_path_factory.mktemp("tiny-runs")
+    result = train(small_zip, TrainConfig(epochs=1), runs_dir=runs)
+    return result.run.model_path

@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from core import config
 from core.config import (
-    CACHE_DIR,
     IMAGE_EXTENSIONS,
     MAX_FILE_BYTES,
     MAX_ZIP_RATIO,
@@ -271,9 +271,10 @@ def load_dataset(
     limit: int | None = None,
     seed: int = 0,
     progress: Progress | None = None,
-    cache_dir: Path | None = CACHE_DIR,
+    cache_dir: Path | None | bool = None,
 ) -> LoadedDataset:
     """Decode every labeled image of a source in parallel, cached as .npz by content fingerprint."""
+    cache_dir = config.CACHE_DIR if cache_dir is None or cache_dir is True else cache_dir
     source = Source(path)
     fingerprint = source.fingerprint()
     key = f"{fingerprint}-{cfg.cache_key()}-{limit or 'all'}-{seed if limit else 0}"

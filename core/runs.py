@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META, RUNS_DIR
+from core import config
+from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -54,8 +55,8 @@ class Run:
 class RunStore:
     """Create, list, read and delete runs in one folder."""
 
-    def __init__(self, root: Path = RUNS_DIR):
-        self.root = Path(root)
+    def __init__(self, root: Path | None = None):
+        self.root = Path(root or config.RUNS_DIR)  # looked up per call so tests and servers can redirect it
 
     def create(self, preset: str) -> Run:
         """A new, empty run folder named by UTC time and preset."""

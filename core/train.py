@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.config import RUNS_DIR
 from core.data import LoadedDataset, load_dataset
 from core.pipeline import PipelineConfig, to_model_input
 from core.runs import Run, RunStore, write_json
@@ -161,7 +160,7 @@ def train(
     config: TrainConfig = TrainConfig(),
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
-    runs_dir: Path = RUNS_DIR,
+    runs_dir: Path | None = None,
     strategy=None,
 ) -> RunResult:
     """Train one run; progress goes to a plain callable, cancel is checked every batch."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ class Preset:
     batch_size: int = 32
     validation_split: float = 0.2
     early_stopping: bool = False
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # conv-pair widths of the VGG-BN presets
+    stem: int = 0  # >0: a stride-2 conv stem of this width, halving the resolution the pairs see
 
 
 PRESETS: dict[str, Preset] = {
@@ -48,13 +51,13 @@ PRESETS: dict[str, Preset] = {
     ),
     "best": Preset(
         "best",
-        "The shipped model: the improved net trained longer with label smoothing on 90% of train.zip.",
+        "The shipped model: the VGG-BN net at 96x96 RGB with label smoothing, on 90% of train.zip.",
         PipelineConfig(96, "rgb"),
         augment=True,
         learning_rate=2e-3,
         optimizer="adamw",
         label_smoothing=0.05,
-        epochs=40,
+        epochs=16,
         batch_size=64,
         validation_split=0.1,
     ),
@@ -93,11 +96,20 @@ def build_seed(pipeline: PipelineConfig) -> keras.Model:
 
 
 def build_vgg_bn(
-    pipeline: PipelineConfig, augment: bool, widths=(16, 32, 64, 128), seed: int | None = None, name: str = "improved"
+    pipeline: PipelineConfig,
+    augment: bool,
+    widths: tuple[int, ...] = (16, 32, 64, 128),
+    stem: int = 0,
+    seed: int | None = None,
+    name: str = "improved",
 ) -> keras.Model:
     """Conv pairs with batch norm and max-pooling, global average pooling, dropout 0.3, sigmoid."""
     inputs = keras.Input(pipeline.input_shape, name="image")
     x = augmentation(seed)(inputs) if augment else inputs
+    if stem:
+        x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+        x = layers.BatchNormalization(name="stem_bn")(x)
+        x = layers.Activation("relu", name="stem_relu")(x)
     for i, width in enumerate(widths):
         for j in range(2):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}_{j + 1}")(x)
@@ -119,7 +131,7 @@ def build_model(
     augment = preset.augment if augment is None else augment
     if preset.name == "seed":
         return build_seed(pipeline)
-    return build_vgg_bn(pipeline, augment, seed=seed, name=preset.name)
+    return build_vgg_bn(pipeline, augment, preset.widths, preset.stem, seed=seed, name=preset.name)
 
 
 def compile_model(model: keras.Model, preset: Preset, learning_rate: float, total_steps: int) -> keras.Model:
@@ -152,7 +164,10 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
 
 def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a .keras file we wrote, with safe_mode on; never call this on a user's upload."""
-    return keras.models.load_model(Path(path), compile=False, safe_mode=True)
+    path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
+        raise ValueError(f"{path}: not a Keras model (a .keras file is a zip archive)")
+    return keras.models.load_model(path, compile=False, safe_mode=True)
 
 
 def model_pipeline(model: keras.Model) -> PipelineConfig:

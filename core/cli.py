@@ -32,7 +32,7 @@ def cmd_scan(args) -> int:
         f"{counts['unlabeled']} unlabeled, {counts['skipped']} skipped"
     )
     for row in manifest[manifest.status != OK].itertuples():
-        print(f"  skipped {row.name}: {row.status}")
+        print(f"  {row.name}: {row.status}")
     for row in manifest[(manifest.status == OK) & manifest.label.isna()].itertuples():
         print(f"  unlabeled {row.name}: can be predicted, not used for training")
     print(json.dumps(counts))
@@ -61,7 +61,9 @@ def cmd_train(args) -> int:
 
     def progress(event) -> None:
         if event.kind == "load":
-            bar = bars.setdefault("load", tqdm(total=event.batches, desc="decoding", unit="img", leave=False))
+            bar = bars.get("load")
+            if bar is None:  # not setdefault(): that would open a new bar on every event
+                bar = bars["load"] = tqdm(total=event.batches, desc="decoding", unit="img", leave=False)
             bar.update(event.batch - bar.n)
         elif event.kind == "start":
             bar = bars.pop("load", None)
@@ -69,7 +71,8 @@ def cmd_train(args) -> int:
                 bar.close()
             print(
                 f"training {config.preset}: {event.logs['n_train']} train / {event.logs['n_val']} validation "
-                f"images, {event.logs['replicas']} replica(s), batch {config.batch_size}",
+                f"images, {event.logs['replicas']} replica(s), global batch {event.logs['global_batch']} "
+                f"({event.logs['per_replica_batch']} per replica)",
                 file=sys.stderr,
             )
         elif event.kind == "batch":
@@ -149,7 +152,11 @@ def cmd_submission(args) -> int:
     frame = submission_frame(preds)
     frame.to_csv(args.out, index=False)
     bad = [p for p in preds if p.error]
-    print(f"wrote {len(frame)} rows to {args.out}; {len(bad)} files could not be predicted", file=sys.stderr)
+    print(
+        f"wrote {len(frame)} rows to {args.out}; {len(bad)} files could not be predicted "
+        "(each still has a row, labelled 1, so Kaggle accepts the file)",
+        file=sys.stderr,
+    )
     for p in bad:
         print(f"  {p.file}: {p.error}", file=sys.stderr)
     return 0

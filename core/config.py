@@ -8,12 +8,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # Where a user puts Kaggle's train.zip (or an extracted train/ folder).
-# Tests and servers may point these elsewhere with CVD_DATA_DIR / CVD_RUNS_DIR.
+# Tests and servers may point these elsewhere with CVD_DATA_DIR / CVD_MODELS_DIR / CVD_RUNS_DIR.
 DATA_DIR = Path(os.environ.get("CVD_DATA_DIR", ROOT / "data"))
 UPLOADS_DIR = DATA_DIR / "uploads"
 CACHE_DIR = DATA_DIR / "cache"
 
-MODELS_DIR = ROOT / "models"
+MODELS_DIR = Path(os.environ.get("CVD_MODELS_DIR", ROOT / "models"))
 RUNS_DIR = Path(os.environ.get("CVD_RUNS_DIR", MODELS_DIR / "runs"))
 DEFAULT_MODEL = MODELS_DIR / "default.keras"
 DEFAULT_MODEL_META = MODELS_DIR / "default.json"
@@ -41,3 +41,10 @@ def default_dataset() -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def temp_sibling(path: Path) -> Path:
+    """A temp path in the same folder, unique per process and thread, for write-then-os.replace saves."""
+    import threading
+
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}-{threading.get_ident()}{path.suffix}")

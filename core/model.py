@@ -10,6 +10,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from core.config import temp_sibling
 from core.pipeline import PipelineConfig
 
 
@@ -153,7 +154,7 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     """Save atomically: a temp file in the same folder, then os.replace, so a crash never leaves half a model."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.keras")
+    tmp = temp_sibling(path)
     try:
         model.save(tmp)
         os.replace(tmp, path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -13,12 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from core import config
-from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META
+from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META, temp_sibling
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = temp_sibling(path)
     tmp.write_text(json.dumps(data, indent=2, default=str))
     os.replace(tmp, path)
 
@@ -128,13 +130,34 @@ def model_meta(model_path: Path) -> dict:
     return {}
 
 
+def regression_sample(validation_names: list[str], n: int = 400, seed: int = 0) -> list[str]:
+    """A fixed, class-balanced sample of a model's own validation images for the CI accuracy check."""
+    from core.data import label_from_name
+
+    rng = random.Random(seed)
+    picked: list[str] = []
+    for label in (0, 1):
+        group = sorted(name for name in validation_names if label_from_name(name) == label)
+        picked += rng.sample(group, min(len(group), n // 2))
+    return sorted(picked)
+
+
 def promote_run(run: Run, target: Path = DEFAULT_MODEL) -> Path:
-    """Copy a run's model to target (atomically) with its metadata beside it as target.json."""
+    """Copy a run's model to target (atomically), its metadata to target.json, its curves to target-history.csv."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.tmp{os.getpid()}.keras")
+    tmp = temp_sibling(target)
     shutil.copyfile(run.model_path, tmp)
     os.replace(tmp, target)
-    meta = {**run.meta, "model_file": target.name, "source_run": run.id, "model_bytes": target.stat().st_size}
+    meta = {
+        **run.meta,
+        "model_file": target.name,
+        "source_run": run.id,
+        "model_bytes": target.stat().st_size,
+        "model_sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+        "regression_sample": regression_sample(run.meta.get("validation_names", [])),
+    }
     write_json(target.with_suffix(".json"), meta)
+    if (run.path / "history.csv").exists():  # the curves travel with the model (benchmarks read them)
+        shutil.copyfile(run.path / "history.csv", target.with_name(f"{target.stem}-history.csv"))
     return target

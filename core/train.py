@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import platform
 import threading
@@ -103,22 +102,43 @@ def split_indices(labels: np.ndarray, validation_split: float, seed: int) -> tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None):
+def batch_sizes(n: int, batch_size: int, replicas: int = 1) -> list[int]:
+    """The sizes of the batches that cover n images, each one splittable across the replicas."""
+    # With R replicas tf.distribute splits every global batch R ways, and:
+    # - a batch of fewer than R images leaves a replica empty, which fails (AddN shape mismatch);
+    # - Keras builds the model by averaging the first distributed batch across replicas, so that batch must
+    #   split evenly (keras 3.15 TF trainer, _maybe_symbolic_build).
+    # So every batch but the last is a multiple of R, and the last holds at least R images.
+    if n < replicas or (n < 2 * replicas and n % replicas):
+        raise ValueError(f"{n} images cannot be split evenly across {replicas} replicas; use more images")
+    whole = n - n % replicas
+    sizes = [batch_size] * (whole // batch_size) + ([whole % batch_size] if whole % batch_size else [])
+    if n % replicas:
+        if len(sizes) == 1:
+            sizes = [sizes[0] - replicas, replicas]
+        sizes[-1] += n % replicas
+    return sizes
+
+
+def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None, replicas: int = 1):
     import keras
+
+    bounds = np.cumsum([0, *batch_sizes(len(y), batch_size, replicas)])
 
     class Batches(keras.utils.PyDataset):
         # Feeds uint8 arrays through the same to_model_input() that prediction uses.
         def __init__(self):
             super().__init__()
+            self.bounds = bounds
             self.order = np.arange(len(y))
             self.epoch = 0
             self.on_epoch_end()
 
         def __len__(self):
-            return math.ceil(len(y) / batch_size)
+            return len(bounds) - 1
 
         def __getitem__(self, i):
-            idx = np.sort(self.order[i * batch_size : (i + 1) * batch_size])
+            idx = np.sort(self.order[bounds[i] : bounds[i + 1]])
             return to_model_input(x[idx]), y[idx].astype(np.float32)
 
         def on_epoch_end(self):
@@ -139,6 +159,34 @@ def distribution_strategy():
     if len(gpus) > 1:
         return tf.distribute.MirroredStrategy([d.name for d in gpus])
     return tf.distribute.get_strategy()
+
+
+def _fit(model, strategy, train_data, **kwargs) -> None:
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        model.fit(train_data, **kwargs)
+        return
+
+    # Keras 3 (3.15 too) fails twice in fit() under MultiWorkerMirroredStrategy (keras-team/keras#20585):
+    # - fit() starts by averaging the first distributed batch with strategy.reduce() to learn its shapes, which
+    #   this strategy cannot do for an (x, y) pair. So the model, loss, metrics and optimizer are built here from
+    #   one batch's shapes, and fit() finds the strategy through the scope instead of the model, skipping that.
+    # - each step averages its logs across workers over axis 0, which scalars lack. So the steps return them
+    #   with one axis. Epoch logs are read from the metrics themselves, summed over all replicas.
+    def with_axis(step):
+        return lambda data: {k: tf.reshape(v, [1]) for k, v in step(data).items()}
+
+    train_step, test_step = model.train_step, model.test_step
+    with strategy.scope():
+        model._symbolic_build(data_batch=train_data[0])
+        model._distribute_strategy = None
+        model.train_step, model.test_step = with_axis(train_step), with_axis(test_step)
+        try:
+            model.fit(train_data, **kwargs)
+        finally:
+            model._distribute_strategy = strategy
+            del model.train_step, model.test_step
 
 
 def _versions() -> dict:
@@ -166,6 +214,7 @@ def train(
     """Train one run; progress goes to a plain callable, cancel is checked every batch."""
     import keras
 
+    from core.callbacks import BestKeeper
     from core.model import PRESETS, build_model, compile_model, save_model
 
     started = time.time()
@@ -189,19 +238,24 @@ def train(
     keras.utils.set_random_seed(config.seed)
     strategy = strategy or distribution_strategy()
     replicas = strategy.num_replicas_in_sync
-    steps = math.ceil(len(train_idx) / config.batch_size)
+    # The batch size is global: each replica takes an equal share, so it is rounded down to a multiple of them.
+    per_replica_batch = config.batch_size // replicas
+    if per_replica_batch < 1:
+        raise ValueError(f"batch size {config.batch_size} is smaller than the {replicas} replicas; use a larger one")
+    global_batch = per_replica_batch * replicas
+    train_data = _batches(dataset.x[train_idx], dataset.y[train_idx], global_batch, config.seed, replicas)
+    val_data = _batches(dataset.x[val_idx], dataset.y[val_idx], global_batch, None, replicas) if len(val_idx) else None
+    steps = len(train_data)
     with strategy.scope():
         model = build_model(preset, pipeline, config.augment, seed=config.seed)
         compile_model(model, preset, config.learning_rate, total_steps=steps * config.epochs)
 
     store = RunStore(runs_dir)
     run = store.create(config.preset)
-    keeper = _BestKeeper(run, emit, cancel, config, len(train_idx), started)
+    keeper = BestKeeper(run, emit, cancel, config, train_data, started)
     callbacks = [keeper]
     if config.early_stopping and len(val_idx):
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
-    train_data = _batches(dataset.x[train_idx], dataset.y[train_idx], config.batch_size, config.seed)
-    val_data = _batches(dataset.x[val_idx], dataset.y[val_idx], config.batch_size, None) if len(val_idx) else None
     emit(
         ProgressEvent(
             "start",
@@ -211,13 +265,14 @@ def train(
                 "n_train": len(train_idx),
                 "n_val": len(val_idx),
                 "replicas": replicas,
-                "per_replica_batch": config.batch_size // max(replicas, 1),
+                "global_batch": global_batch,
+                "per_replica_batch": per_replica_batch,
             },
             elapsed=time.time() - started,
         )
     )
     fit_started = time.time()
-    model.fit(train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    _fit(model, strategy, train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, verbose=0)
     fit_time = time.time() - fit_started
 
     if keeper.best_weights is not None:
@@ -249,6 +304,8 @@ def train(
             "n_val": len(val_idx),
             "validation_names": dataset.names[val_idx].tolist(),
             "replicas": replicas,
+            "global_batch": global_batch,
+            "per_replica_batch": per_replica_batch,
             "metrics": metrics,
             "wall_time_s": wall,
             "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -262,63 +319,3 @@ def train(
         )
     )
     return result
-
-
-def _keras_callback_base():
-    import keras
-
-    return keras.callbacks.Callback
-
-
-class _BestKeeper(_keras_callback_base()):
-    # Reports progress, honours Stop every batch, and keeps (and checkpoints) the best epoch by val_loss.
-    def __init__(
-        self, run: Run, emit: ProgressFn, cancel: threading.Event, config: TrainConfig, n_train: int, started: float
-    ):
-        super().__init__()
-        self.run, self.emit, self.cancel, self.started = run, emit, cancel, started
-        self.epochs, self.batch_size, self.n_train = config.epochs, config.batch_size, n_train
-        self.steps = math.ceil(n_train / config.batch_size)
-        self.rows: list[dict] = []
-        self.best: dict = {}
-        self.best_weights = None
-        self.epoch = 0
-        self.batches_done = 0
-        self.images = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch + 1
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches_done += 1
-        self.images += min(self.batch_size, self.n_train - batch * self.batch_size)
-        self.emit(
-            ProgressEvent(
-                "batch",
-                self.epoch,
-                self.epochs,
-                batch + 1,
-                self.steps,
-                {k: float(v) for k, v in (logs or {}).items()},
-                time.time() - self.started,
-            )
-        )
-        if self.cancel.is_set():
-            self.model.stop_training = True
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        if self.cancel.is_set() and self.batches_done % self.steps:
-            return  # an interrupted epoch is not a real one
-        row = {"epoch": epoch + 1, **logs, "elapsed_s": time.time() - self.started}
-        self.rows.append(row)
-        score = logs.get("val_loss", logs.get("loss", math.inf))
-        if score < self.best.get("val_loss", self.best.get("loss", math.inf)) or not self.best:
-            self.best = row
-            self.best_weights = self.model.get_weights()
-            from core.model import save_model
-
-            save_model(self.model, self.run.model_path)  # a crash later still leaves the best so far
-        self.emit(
-            ProgressEvent("epoch", epoch + 1, self.epochs, self.steps, self.steps, logs, time.time() - self.started)
-        )

@@ -91,3 +91,47 @@ def tiny_model(small_zip, tmp_path_factory) -> Path:
     runs = tmp_path_factory.mktemp("tiny-runs")
     result = train(small_zip, TrainConfig(epochs=1), runs_dir=runs)
     return result.run.model_path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_session_dirs(tmp_path_factory):
+    """The same isolation for session-scoped fixtures (tiny_model), which are set up before per-test ones."""
+    base = tmp_path_factory.getbasetemp() / "app"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config, "RUNS_DIR", base / "runs")
+        patch.setattr(config, "CACHE_DIR", base / "cache")
+        patch.setattr(config, "UPLOADS_DIR", base / "uploads")
+        patch.setenv("CVD_RUNS_DIR", str(base / "runs"))
+        yield
+
+
+@pytest.fixture
+def app_dirs(tmp_path, monkeypatch):
+    """Empty data, runs and models folders for one test, for core and the dashboard (in-process and as a server)."""
+    from types import SimpleNamespace
+
+    dirs = SimpleNamespace(data=tmp_path / "data", runs=tmp_path / "runs", models=tmp_path / "models")
+    for folder in vars(dirs).values():
+        folder.mkdir()
+    monkeypatch.setattr(config, "DATA_DIR", dirs.data)
+    monkeypatch.setattr(config, "UPLOADS_DIR", dirs.data / "uploads")
+    monkeypatch.setattr(config, "RUNS_DIR", dirs.runs)
+    monkeypatch.setattr(config, "MODELS_DIR", dirs.models)
+    monkeypatch.setattr(config, "DEFAULT_MODEL", dirs.models / "default.keras")
+    monkeypatch.setattr(config, "DEFAULT_MODEL_META", dirs.models / "default.json")
+    monkeypatch.setenv("CVD_DATA_DIR", str(dirs.data))
+    monkeypatch.setenv("CVD_RUNS_DIR", str(dirs.runs))
+    monkeypatch.setenv("CVD_MODELS_DIR", str(dirs.models))
+    return dirs
+
+
+@pytest.fixture
+def saved_run(tiny_model, app_dirs):
+    """The tiny model's run, copied into this test's runs folder (so deleting or promoting it is harmless)."""
+    import shutil
+
+    from core.runs import Run
+
+    target = app_dirs.runs / tiny_model.parent.name
+    shutil.copytree(tiny_model.parent, target)
+    return Run(target)

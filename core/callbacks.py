@@ -1,0 +1,73 @@
+"""The Keras side of training, imported only once a run starts so that `core.train` stays cheap to import."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import keras
+import numpy as np
+
+from core.model import save_model
+from core.runs import Run
+from core.train import ProgressEvent, ProgressFn, TrainConfig
+
+
+class BestKeeper(keras.callbacks.Callback):
+    # Reports progress, honours Stop every batch, and keeps (and checkpoints) the best epoch by val_loss.
+    def __init__(
+        self,
+        run: Run,
+        emit: ProgressFn,
+        cancel: threading.Event,
+        config: TrainConfig,
+        train_data,
+        started: float,
+    ):
+        super().__init__()
+        self.run, self.emit, self.cancel, self.started = run, emit, cancel, started
+        self.epochs = config.epochs
+        self.steps = len(train_data)
+        self.batch_images = np.diff(train_data.bounds)  # images in each batch, for the throughput figure
+        self.rows: list[dict] = []
+        self.best: dict = {}
+        self.best_weights = None
+        self.epoch = 0
+        self.batches_done = 0
+        self.images = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches_done += 1
+        self.images += int(self.batch_images[batch])
+        self.emit(
+            ProgressEvent(
+                "batch",
+                self.epoch,
+                self.epochs,
+                batch + 1,
+                self.steps,
+                {k: float(v) for k, v in (logs or {}).items()},
+                time.time() - self.started,
+            )
+        )
+        if self.cancel.is_set():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        if self.cancel.is_set() and self.batches_done % self.steps:
+            return  # an interrupted epoch is not a real one
+        row = {"epoch": epoch + 1, **logs, "elapsed_s": time.time() - self.started}
+        self.rows.append(row)
+        score = logs.get("val_loss", logs.get("loss", math.inf))
+        if score < self.best.get("val_loss", self.best.get("loss", math.inf)) or not self.best:
+            self.best = row
+            self.best_weights = self.model.get_weights()
+            save_model(self.model, self.run.model_path)  # a crash later still leaves the best so far
+        self.emit(
+            ProgressEvent("epoch", epoch + 1, self.epochs, self.steps, self.steps, logs, time.time() - self.started)
+        )

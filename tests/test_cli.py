@@ -1,0 +1,250 @@
+"""The command line, run as users run it: `python -m core ...` in a subprocess, on the real Kaggle zips."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import make_jpeg
+
+from core import config
+
+
+@pytest.fixture(scope="module")
+def cli_home(tmp_path_factory) -> Path:
+    """Runs, caches and (empty) shipped-model folders of the subprocesses, all in temp."""
+    home = tmp_path_factory.mktemp("cli")
+    for sub in ("runs", "data", "models"):
+        (home / sub).mkdir()
+    return home
+
+
+def run_cli(home: Path, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "CVD_RUNS_DIR": str(home / "runs"),
+        "CVD_DATA_DIR": str(home / "data"),
+        "CVD_MODELS_DIR": str(home / "models"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "core", *map(str, args)],
+        cwd=config.ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, match: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0] == proc.stderr.strip().splitlines()[-1]
+    assert match in errors[0]
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def trained(cli_home, train_zip) -> subprocess.CompletedProcess:
+    """The seed preset trained for 1 epoch on 300 photos of Kaggle's train.zip, through the CLI."""
+    return run_cli(cli_home, "train", train_zip, "--epochs", "1", "--limit", "300", "--seed", "1")
+
+
+@pytest.fixture(scope="module")
+def model_path(trained) -> Path:
+    assert trained.returncode == 0, trained.stderr
+    return Path(trained.stdout.strip().splitlines()[-1]) / "model.keras"
+
+
+@pytest.fixture(scope="module")
+def eval_zip(small_zip, tmp_path_factory) -> Path:
+    """300 labeled real photos, one corrupt labeled file and one unlabeled photo."""
+    path = tmp_path_factory.mktemp("cli-eval") / "eval.zip"
+    with zipfile.ZipFile(small_zip) as src, zipfile.ZipFile(path, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, src.read(name))
+        dst.writestr("train/dog.99999.jpg", b"\xff\xd8\xff\xe0 cut short")
+        dst.writestr("train/extra/777.jpg", make_jpeg())
+    return path
+
+
+# --- scan -----------------------------------------------------------------------------------------------------------
+
+
+def test_scan_counts_classes_and_lists_unlabeled_and_skipped_files(cli_home, bad_inputs):
+    proc = run_cli(cli_home, "scan", bad_inputs / "macos-made.zip")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 cats, 1 dogs, 1 unlabeled, 0 skipped" in proc.stdout
+    assert "unlabeled train/12345.jpg" in proc.stdout
+    assert "__MACOSX" not in proc.stdout and "DS_Store" not in proc.stdout and "Thumbs" not in proc.stdout
+    assert last_json(proc.stdout) == {"cats": 2, "dogs": 1, "unlabeled": 1, "skipped": 0, "total": 4}
+
+
+def test_scan_gives_each_hostile_file_its_reason(cli_home, bad_inputs):
+    proc = run_cli(cli_home, "scan", bad_inputs)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for name, reason in [
+        ("zero-byte.jpg", "empty"),
+        ("text-named.jpg", "not an image"),
+        ("truncated.jpg", "truncated"),
+        ("bomb-20000x20000.png", "too many pixels"),
+    ]:
+        assert any(line.strip().startswith(f"skipped {name}:") and reason in line for line in lines), name
+    assert last_json(proc.stdout)["unlabeled"] == 2  # rgba.png and gray16.png decode, with no label
+
+
+def test_scan_refuses_zip_slip_entries(cli_home, bad_inputs):
+    proc = run_cli(cli_home, "scan", bad_inputs / "zip-slip.zip")
+    assert proc.returncode == 0
+    assert "skipped ../../escaped.cat.1.jpg: refused: unsafe path" in proc.stdout
+    assert "skipped /abs/dog.1.jpg: refused: unsafe path" in proc.stdout
+    assert last_json(proc.stdout) == {"cats": 1, "dogs": 0, "unlabeled": 0, "skipped": 2, "total": 3}
+
+
+# --- train, evaluate, predict, submission: end to end ---------------------------------------------------------------
+
+
+def test_train_on_kaggles_train_zip_prints_progress_and_the_run_folder(trained, model_path, cli_home):
+    assert trained.returncode == 0, trained.stderr
+    run_dir = model_path.parent
+    assert run_dir.parent == cli_home / "runs"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["history.csv", "model.keras", "run.json"]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (300, 240, 60)
+    assert meta["config"]["epochs"] == 1 and meta["config"]["preset"] == "seed"
+    assert meta["status"] == "finished"
+    assert "training seed: 240 train / 60 validation" in trained.stderr
+    assert "epoch 1/1" in trained.stderr
+    assert "Traceback" not in trained.stderr
+
+
+def test_evaluate_prints_accuracy_per_class_confusion_and_a_final_json_line(cli_home, model_path, eval_zip):
+    proc = run_cli(cli_home, "evaluate", eval_zip, "--model", model_path)
+    assert proc.returncode == 0, proc.stderr
+    result = last_json(proc.stdout)
+    assert result["n"] == 300 and result["skipped"] == 1
+    assert 0.0 <= result["accuracy"] <= 1.0
+    confusion = result["confusion"]
+    assert [sum(row) for row in confusion] == [150, 150]
+    assert result["accuracy"] == pytest.approx((confusion[0][0] + confusion[1][1]) / 300)
+    assert set(result["per_class"]) == {"cat", "dog"}
+    assert result["model"] == str(model_path)
+    assert f"accuracy {result['accuracy']:.4f} on 300 images (1 skipped)" in proc.stdout
+
+
+def test_model_defaults_to_the_newest_run_until_a_model_ships(cli_home, model_path, bad_inputs):
+    proc = run_cli(cli_home, "evaluate", bad_inputs / "macos-made.zip")
+    assert proc.returncode == 0, proc.stderr
+    assert last_json(proc.stdout)["model"] == str(model_path)
+    assert last_json(proc.stdout)["n"] == 3
+
+
+def test_predict_labels_files_folders_and_zips_with_an_error_row_per_unusable_file(
+    cli_home, model_path, bad_inputs, tmp_path
+):
+    photo = tmp_path / "my dog.jpg"
+    photo.write_bytes(make_jpeg(400, 300, seed=1))
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(make_jpeg(seed=2))
+    (folder / "b.png").write_bytes(make_jpeg(seed=3))  # JPEG bytes under a PNG name still decode
+    out = tmp_path / "out.csv"
+    sources = [photo, folder, bad_inputs, bad_inputs / "zip-slip.zip", bad_inputs / "macos-made.zip"]
+    proc = run_cli(cli_home, "predict", *sources, tmp_path / "missing.jpg", "--model", model_path, "--csv", out)
+
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["file", "label", "prob_dog", "error"]
+    assert len(frame) == 1 + 2 + 9 + 3 + 4 + 1
+    assert f"wrote {len(frame)} rows to {out}" in proc.stderr
+    errors = dict(zip(frame.file, frame.error, strict=True))
+    expected_errors = {
+        "zero-byte.jpg": "empty",
+        "text-named.jpg": "not an image",
+        "truncated.jpg": "truncated",
+        "bomb-20000x20000.png": "too many pixels",
+        "escaped.cat.1.jpg": "unsafe path",
+        "dog.1.jpg": "unsafe path",
+        "missing.jpg": "no such file",
+    }
+    for suffix, reason in expected_errors.items():
+        (match,) = [f for f in errors if f.endswith(suffix)]
+        assert reason in errors[match], (match, errors[match])
+    good = frame[frame.error.isna()]
+    assert set(good.label) <= {"cat", "dog"} and good.prob_dog.between(0, 1).all()
+    assert {Path(f).name for f in good.file} >= {"my dog.jpg", "a.jpg", "b.png", "rgba.png", "gray16.png", "12345.jpg"}
+    assert (good.label == good.prob_dog.ge(0.5).map({True: "dog", False: "cat"})).all()
+
+
+def test_submission_on_test1_zip_has_one_row_per_photo_with_kaggle_ids(cli_home, model_path, test_zip, tmp_path):
+    out = tmp_path / "submission.csv"
+    proc = run_cli(cli_home, "submission", test_zip, "--out", out, "--model", model_path)
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_csv(out)
+    assert list(frame.columns) == ["id", "label"]
+    with zipfile.ZipFile(test_zip) as zf:
+        ids = sorted(int(Path(n).stem) for n in zf.namelist() if n.endswith(".jpg"))
+    assert len(ids) == 1001
+    assert frame.id.tolist() == ids  # every photo decodes, and rows are in id order
+    assert set(frame.label) <= {0, 1}
+    assert "wrote 1001 rows" in proc.stderr and "0 files could not be predicted" in proc.stderr
+
+
+def test_predict_writes_csv_to_stdout_without_csv_option(cli_home, model_path, tmp_path):
+    photo = tmp_path / "cat.jpg"
+    photo.write_bytes(make_jpeg())
+    proc = run_cli(cli_home, "predict", photo, tmp_path / "empty.jpg", "--model", model_path)
+    assert proc.returncode == 0, proc.stderr
+    frame = pd.read_csv(io.StringIO(proc.stdout))
+    assert frame.file.tolist() == [str(photo), str(tmp_path / "empty.jpg")]
+    assert frame.label.iloc[0] in ("cat", "dog") and "no such file" in frame.error.iloc[1]
+
+
+# --- errors are one clear line ---------------------------------------------------------------------------------------
+
+
+def test_a_missing_source_is_one_line_error(cli_home, tmp_path):
+    assert_one_line_error(run_cli(cli_home, "scan", tmp_path / "nope.zip"), "no such file or folder")
+
+
+def test_a_file_that_is_not_a_zip_is_one_line_error(cli_home, tmp_path):
+    fake = tmp_path / "train.zip"
+    fake.write_text("definitely not a zip")
+    assert_one_line_error(run_cli(cli_home, "scan", fake), "train.zip: not a readable zip file")
+
+
+def test_no_model_at_all_is_one_line_error(tmp_path, jpeg):
+    home = tmp_path / "fresh"
+    for sub in ("runs", "data", "models"):
+        (home / sub).mkdir(parents=True)
+    photo = tmp_path / "x.jpg"
+    photo.write_bytes(jpeg)
+    assert_one_line_error(run_cli(home, "predict", photo), "no model yet")
+    assert_one_line_error(run_cli(home, "submission", photo, "--out", tmp_path / "s.csv"), "no model yet")
+
+
+def test_a_missing_model_file_is_one_line_error(cli_home, tmp_path, bad_inputs):
+    proc = run_cli(cli_home, "evaluate", bad_inputs / "macos-made.zip", "--model", tmp_path / "gone.keras")
+    assert_one_line_error(proc, "no such model file")
+
+
+def test_a_model_file_that_is_not_a_model_is_one_line_error(cli_home, tmp_path, jpeg):
+    fake = tmp_path / "model.keras"
+    fake.write_text("not a model")
+    photo = tmp_path / "x.jpg"
+    photo.write_bytes(jpeg)
+    assert_one_line_error(run_cli(cli_home, "predict", photo, "--model", fake), "not a Keras model")

@@ -1,0 +1,189 @@
+"""The Keras presets (seed and improved): architecture, compile settings, atomic save and safe load."""
+
+from __future__ import annotations
+
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from keras import layers
+
+from core.model import PRESETS, build_model, compile_model, load_model, model_pipeline, save_model
+from core.pipeline import PipelineConfig
+
+
+def layer_summary(model: keras.Model) -> list[tuple]:
+    rows = []
+    for layer in model.layers:
+        cfg = layer.get_config()
+        rows.append(
+            (
+                type(layer).__name__,
+                cfg.get("filters") or cfg.get("units"),
+                tuple(cfg["kernel_size"]) if "kernel_size" in cfg else tuple(cfg.get("pool_size") or ()),
+                cfg.get("activation"),
+            )
+        )
+    return rows
+
+
+# --- seed ------------------------------------------------------------------------------------------------------
+
+
+def test_seed_preset_is_exactly_the_tutorials_cnn():
+    model = build_model(PRESETS["seed"])
+    assert model.input_shape == (None, 80, 80, 1)
+    assert layer_summary(model) == [
+        ("Conv2D", 64, (3, 3), "relu"),
+        ("MaxPooling2D", None, (2, 2), None),
+        ("Conv2D", 64, (3, 3), "relu"),
+        ("MaxPooling2D", None, (2, 2), None),
+        ("Flatten", None, (), None),
+        ("Dense", 64, (), "relu"),
+        ("Dense", 1, (), "sigmoid"),
+    ]
+    # 640 + 36,928 (convs) + 18*18*64*64 + 64 (Dense 64) + 65 (Dense 1): the tutorial's own count at 80x80x1.
+    assert model.count_params() == 1_364_801
+    assert model.output_shape == (None, 1)
+
+
+def test_seed_preset_keeps_the_tutorials_training_settings():
+    seed = PRESETS["seed"]
+    assert seed.pipeline == PipelineConfig(80, "grayscale")
+    assert (seed.epochs, seed.batch_size, seed.validation_split, seed.learning_rate) == (10, 32, 0.2, 1e-3)
+    assert (seed.optimizer, seed.augment, seed.early_stopping, seed.label_smoothing) == ("adam", False, False, 0.0)
+
+
+def test_seed_compiles_with_adam_binary_crossentropy_and_accuracy_passed_by_keyword():
+    model = compile_model(build_model(PRESETS["seed"]), PRESETS["seed"], 1e-3, total_steps=10)
+    compiled = model.get_compile_config()
+    assert compiled["optimizer"]["class_name"] == "Adam"
+    assert compiled["optimizer"]["config"]["learning_rate"] == pytest.approx(1e-3)
+    assert compiled["loss"]["class_name"] == "BinaryCrossentropy"
+    assert compiled["loss"]["config"]["label_smoothing"] == 0.0
+    assert compiled["metrics"] == ["accuracy"]
+    assert compiled["loss_weights"] is None  # where a positional metrics list would have landed
+
+    x = np.random.default_rng(0).random((8, 80, 80, 1), dtype=np.float32)
+    y = np.array([0, 1] * 4, np.float32)
+    history = model.fit(x, y, epochs=1, batch_size=8, verbose=0).history
+    assert set(history) == {"loss", "accuracy"}
+
+
+def test_seed_builds_at_other_sizes_and_colors():
+    model = build_model(PRESETS["seed"], PipelineConfig(64, "rgb"))
+    assert model.input_shape == (None, 64, 64, 3)
+    assert model(np.zeros((2, 64, 64, 3), np.float32)).shape == (2, 1)
+
+
+# --- improved --------------------------------------------------------------------------------------------------
+
+
+def test_improved_preset_has_batch_norm_global_pooling_dropout_and_in_model_augmentation():
+    model = build_model(PRESETS["improved"])
+    assert model.input_shape == (None, 96, 96, 3)
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("BatchNormalization") >= 4
+    assert "GlobalAveragePooling2D" in kinds and "Flatten" not in kinds
+    assert "Dropout" in kinds
+    augmentation = model.get_layer("augmentation")
+    assert {type(layer).__name__ for layer in augmentation.layers} >= {"RandomFlip", "RandomRotation", "RandomZoom"}
+    assert model.layers[-1].get_config()["activation"] == "sigmoid"
+
+
+def test_improved_augmentation_and_dropout_act_only_while_training():
+    model = build_model(PRESETS["improved"], seed=1)
+    x = np.random.default_rng(0).random((4, 96, 96, 3), dtype=np.float32)
+    inference = np.asarray(model(x, training=False))
+    np.testing.assert_array_equal(inference, np.asarray(model(x, training=False)))
+    assert not np.allclose(inference, np.asarray(model(x, training=True)))
+    assert ((inference >= 0) & (inference <= 1)).all()
+
+
+def test_improved_builds_without_augmentation_and_at_other_pipelines():
+    plain = build_model(PRESETS["improved"], PipelineConfig(64, "grayscale"), augment=False)
+    assert plain.input_shape == (None, 64, 64, 1)
+    assert "augmentation" not in [layer.name for layer in plain.layers]
+
+
+def test_improved_compiles_with_adamw_and_a_cosine_decaying_learning_rate():
+    preset = PRESETS["improved"]
+    model = compile_model(build_model(preset), preset, preset.learning_rate, total_steps=100)
+    compiled = model.get_compile_config()
+    assert compiled["optimizer"]["class_name"] == "AdamW"
+    schedule = keras.optimizers.schedules.deserialize(compiled["optimizer"]["config"]["learning_rate"])
+    assert float(schedule(0)) == pytest.approx(preset.learning_rate)
+    assert float(schedule(100)) < preset.learning_rate / 10
+    assert compiled["metrics"] == ["accuracy"]
+    assert compiled["loss_weights"] is None
+
+
+# --- save and load -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset, pipeline", [("seed", PipelineConfig()), ("improved", PipelineConfig(64, "rgb"))])
+def test_a_saved_model_loads_with_the_same_weights_and_its_pipeline(tmp_path, preset, pipeline):
+    model = build_model(PRESETS[preset], pipeline, seed=0)
+    x = np.random.default_rng(0).random((3, *pipeline.input_shape), dtype=np.float32)
+    path = save_model(model, tmp_path / "sub" / "model.keras")
+    assert zipfile.is_zipfile(path)
+    loaded = load_model(path)
+    np.testing.assert_allclose(np.asarray(loaded(x, training=False)), np.asarray(model(x, training=False)), atol=1e-6)
+    assert model_pipeline(loaded) == pipeline
+
+
+def test_model_pipeline_reads_size_and_color_from_the_model_itself(tmp_path):
+    path = save_model(build_model(PRESETS["seed"], PipelineConfig(48, "rgb")), tmp_path / "m.keras")
+    assert model_pipeline(load_model(path)) == PipelineConfig(48, "rgb")
+    assert model_pipeline(build_model(PRESETS["seed"])) == PipelineConfig()
+
+
+class _FailsMidSave(layers.Layer):
+    # Keras has already opened the target file when it asks layers for their variables.
+    def call(self, x):
+        return x
+
+    def save_own_variables(self, store):
+        raise OSError("disk full")
+
+
+def test_a_failed_save_leaves_the_previous_model_intact_and_no_temp_file(tmp_path):
+    good = build_model(PRESETS["seed"])
+    path = save_model(good, tmp_path / "model.keras")
+    before = path.read_bytes()
+    broken = keras.Sequential([keras.Input((80, 80, 1)), _FailsMidSave(), layers.Flatten(), layers.Dense(1)])
+
+    with pytest.raises(OSError, match="disk full"):
+        save_model(broken, path)
+
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+    assert load_model(path).count_params() == good.count_params()
+
+
+def test_a_direct_keras_save_would_have_destroyed_the_previous_model(tmp_path):
+    # Why save_model exists: Keras writes straight to the target path.
+    path = save_model(build_model(PRESETS["seed"]), tmp_path / "model.keras")
+    before = path.read_bytes()
+    broken = keras.Sequential([keras.Input((4,)), _FailsMidSave(), layers.Dense(1)])
+    with pytest.raises(OSError):
+        broken.save(path)
+    assert path.read_bytes() != before
+
+
+def test_loading_uses_safe_mode_and_refuses_lambda_code(tmp_path):
+    lam = keras.Sequential(
+        [keras.Input((80, 80, 1)), layers.Lambda(lambda t: t * 2), layers.Flatten(), layers.Dense(1)]
+    )
+    path = tmp_path / "lambda.keras"
+    lam.save(path)
+    with pytest.raises(ValueError, match="safe_mode"):
+        load_model(path)
+
+
+def test_loading_a_file_that_is_not_a_keras_zip_says_so(tmp_path):
+    fake = tmp_path / "model.keras"
+    fake.write_text("not a model")
+    with pytest.raises(ValueError, match="not a Keras model"):
+        load_model(fake)

@@ -1,0 +1,218 @@
+"""Training: seed defaults, a deterministic split, plain-callable progress, cancellation and the saved run."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import shutil
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core import config
+from core.data import load_dataset
+from core.model import load_model, model_pipeline
+from core.pipeline import PipelineConfig
+from core.train import ProgressEvent, TrainConfig, split_indices, train
+
+SLICE = 120  # images: 96 to train (3 batches of 32) and 24 to validate, so each epoch takes well under a second
+
+
+@pytest.fixture(scope="module")
+def small_slice(small_zip):
+    return load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(small_zip, tmp_path_factory):
+    """A real 2-epoch seed run from the zip itself (fresh cache, so decoding reports progress too)."""
+    events: list[ProgressEvent] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config, "CACHE_DIR", tmp_path_factory.mktemp("train-cache"))
+        result = train(
+            small_zip,
+            TrainConfig(epochs=2, limit=SLICE),
+            progress=events.append,
+            runs_dir=tmp_path_factory.mktemp("train-runs"),
+        )
+    return result, events
+
+
+# --- configuration and split ------------------------------------------------------------------------------------
+
+
+def test_train_config_defaults_reproduce_the_seed_tutorial():
+    cfg = TrainConfig()
+    assert (cfg.preset, cfg.epochs, cfg.batch_size, cfg.validation_split, cfg.learning_rate) == (
+        "seed",
+        10,
+        32,
+        0.2,
+        1e-3,
+    )
+    assert cfg.pipeline == PipelineConfig(80, "grayscale")
+    assert not cfg.augment and not cfg.early_stopping
+    assert TrainConfig.for_preset("seed") == cfg
+
+
+def test_for_preset_takes_the_presets_settings_and_applies_overrides():
+    improved = TrainConfig.for_preset("improved")
+    assert (improved.image_size, improved.color_mode, improved.augment, improved.early_stopping) == (
+        96,
+        "rgb",
+        True,
+        True,
+    )
+    tuned = TrainConfig.for_preset("seed", epochs=3, learning_rate=None, limit=500, not_a_field=1)
+    assert (tuned.epochs, tuned.learning_rate, tuned.limit) == (3, 1e-3, 500)
+    with pytest.raises(ValueError, match="unknown preset"):
+        TrainConfig.for_preset("enormous")
+
+
+def test_split_is_stratified_disjoint_and_the_same_for_the_same_seed():
+    labels = np.array([0] * 70 + [1] * 30)
+    train_idx, val_idx = split_indices(labels, 0.2, seed=7)
+    assert len(set(train_idx) & set(val_idx)) == 0
+    assert sorted([*train_idx, *val_idx]) == list(range(100))
+    assert np.bincount(labels[val_idx]).tolist() == [14, 6]  # 20% of each class
+    again_train, again_val = split_indices(labels, 0.2, seed=7)
+    np.testing.assert_array_equal(again_val, val_idx)
+    np.testing.assert_array_equal(again_train, train_idx)
+    _, other_val = split_indices(labels, 0.2, seed=8)
+    assert set(other_val) != set(val_idx)
+
+
+def test_a_validation_split_of_zero_trains_on_everything():
+    train_idx, val_idx = split_indices(np.array([0, 1] * 10), 0.0, seed=0)
+    assert len(train_idx) == 20 and len(val_idx) == 0
+
+
+# --- a finished run -----------------------------------------------------------------------------------------------
+
+
+def test_progress_reaches_a_plain_callable_as_load_start_batch_epoch_end(finished_run):
+    result, events = finished_run
+    kinds = [kind for kind, _ in itertools.groupby(e.kind for e in events)]
+    assert kinds == ["load", "start", "batch", "epoch", "batch", "epoch", "end"]
+
+    load = [e for e in events if e.kind == "load"]
+    assert load[-1].batch == load[-1].batches == SLICE
+    start = next(e for e in events if e.kind == "start")
+    assert (start.logs["n_train"], start.logs["n_val"], start.epochs, start.batches) == (96, 24, 2, 3)
+    batches = [(e.epoch, e.batch, e.batches) for e in events if e.kind == "batch"]
+    assert batches == [(epoch, b, 3) for epoch in (1, 2) for b in (1, 2, 3)]
+    assert all("loss" in e.logs for e in events if e.kind == "batch")
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert [e.epoch for e in epochs] == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(epochs[0].logs)
+    end = events[-1]
+    assert end.logs["run"] == str(result.run.path)
+    elapsed = [e.elapsed for e in events if e.kind != "load"]
+    assert elapsed == sorted(elapsed)
+
+
+def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_zip):
+    result, _ = finished_run
+    assert result.status == "finished"
+    assert sorted(p.name for p in result.run.path.iterdir()) == ["history.csv", "model.keras", "run.json"]
+
+    history = pd.read_csv(result.run.path / "history.csv")
+    assert history.epoch.tolist() == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(history.columns)
+
+    meta = json.loads((result.run.path / "run.json").read_text())
+    assert meta["status"] == "finished"
+    assert meta["config"] == dataclasses.asdict(TrainConfig(epochs=2, limit=SLICE))
+    assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
+    assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)
+    assert meta["class_names"] == ["cat", "dog"]
+    assert meta["pipeline"]["size"] == 80 and meta["pipeline"]["color_mode"] == "grayscale"
+    metrics = meta["metrics"]
+    assert 0.0 <= metrics["best_val_accuracy"] <= 1.0
+    assert metrics["best_val_loss"] == pytest.approx(history.val_loss.min())
+    assert metrics["epochs_completed"] == 2
+    assert metrics["train_images_per_s"] > 0
+    assert meta["wall_time_s"] > 0
+    assert set(meta["versions"]) >= {"python", "tensorflow", "keras", "opencv", "numpy"}
+    assert tuple(int(v) for v in meta["versions"]["keras"].split(".")[:3]) >= (3, 15, 1)
+
+
+def test_the_saved_model_is_the_best_epoch_by_validation_loss_and_carries_its_pipeline(finished_run, small_slice):
+    result, _ = finished_run
+    model = load_model(result.run.model_path)
+    assert model_pipeline(model) == PipelineConfig()
+    meta = result.run.meta
+    assert meta["metrics"]["best_epoch"] == int(result.history.val_loss.idxmin()) + 1
+    # The validation images are the seed's deterministic split, recorded by name.
+    _, val_idx = split_indices(small_slice.y, 0.2, 42)
+    assert sorted(meta["validation_names"]) == sorted(small_slice.names[val_idx].tolist())
+
+
+def test_training_needs_both_classes(small_slice, tmp_path):
+    cats = dataclasses.replace(small_slice, x=small_slice.x[small_slice.y == 0], y=small_slice.y[small_slice.y == 0])
+    with pytest.raises(ValueError, match="both cats and dogs"):
+        train(cats, TrainConfig(epochs=1), runs_dir=tmp_path)
+
+
+def test_the_improved_preset_trains_at_a_small_size(small_slice, small_zip, tmp_path):
+    cfg = TrainConfig.for_preset("improved", epochs=1, image_size=32, limit=64, batch_size=16)
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "finished"
+    assert model_pipeline(load_model(result.run.model_path)) == PipelineConfig(32, "rgb")
+    assert result.run.meta["config"]["preset"] == "improved"
+
+
+# --- cancellation -------------------------------------------------------------------------------------------------
+
+
+def test_stop_from_another_thread_keeps_the_best_model_so_far(small_slice, tmp_path):
+    cancel = threading.Event()
+    first_epoch_done = threading.Event()
+    events: list[ProgressEvent] = []
+    checkpoint_after_epoch_1 = tmp_path / "epoch1.keras"
+    runs = tmp_path / "runs"
+
+    def progress(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.kind == "epoch" and event.epoch == 1:
+            shutil.copy(next(runs.glob("*/model.keras")), checkpoint_after_epoch_1)
+            first_epoch_done.set()
+            assert cancel.wait(60)  # hold training here until the "UI" thread presses Stop
+
+    outcome: dict = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(
+            result=train(small_slice, TrainConfig(epochs=5), progress=progress, cancel=cancel, runs_dir=runs)
+        )
+    )
+    worker.start()
+    assert first_epoch_done.wait(120)
+    cancel.set()
+    worker.join(120)
+    result = outcome["result"]  # trained from an already-loaded dataset
+
+    assert result.status == "stopped"
+    assert result.run.meta["n_images"] == SLICE
+    assert result.run.meta["status"] == "stopped"
+    assert len(result.history) == 1 and result.metrics["epochs_completed"] == 1
+    assert [e.epoch for e in events if e.kind == "batch" and e.epoch > 1] == [2]  # stopped after one more batch
+    assert not any(e.kind == "epoch" and e.epoch > 1 for e in events)
+    kept, best = load_model(result.run.model_path), load_model(checkpoint_after_epoch_1)
+    for a, b in zip(kept.get_weights(), best.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stop_during_the_first_epoch_still_leaves_a_loadable_model(small_slice, tmp_path):
+    cancel = threading.Event()
+
+    def progress(event: ProgressEvent) -> None:
+        if event.kind == "batch":
+            cancel.set()
+
+    result = train(small_slice, TrainConfig(epochs=3), progress=progress, cancel=cancel, runs_dir=tmp_path)
+    assert result.status == "stopped"
+    assert len(result.history) == 0
+    assert load_model(result.run.model_path).input_shape == (None, 80, 80, 1)

@@ -41,10 +41,14 @@ def main() -> None:
         cfg = TrainConfig.for_preset(preset.name, epochs=args.epochs, limit=args.limit, validation_split=0.2)
         started = time.time()
         result = train(args.source, cfg, runs_dir=config.RUNS_DIR / "experiments")
-        row = {"candidate": name, "limit": args.limit, "epochs": args.epochs,
-               "best_val_accuracy": result.metrics["best_val_accuracy"],
-               "train_images_per_s": round(result.metrics["train_images_per_s"], 1),
-               "wall_s": round(time.time() - started, 1)}
+        row = {
+            "candidate": name,
+            "limit": args.limit,
+            "epochs": args.epochs,
+            "best_val_accuracy": result.metrics["best_val_accuracy"],
+            "train_images_per_s": round(result.metrics["train_images_per_s"], 1),
+            "wall_s": round(time.time() - started, 1),
+        }
         print(row, flush=True)
         rows.append(row)
     out = Path("docs/experiments.csv")

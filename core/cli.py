@@ -133,7 +133,7 @@ def cmd_predict(args) -> int:
     from core.data import iter_inputs
     from core.predict import Predictor, predictions_frame
 
-    predictor = Predictor(_model_path(args.model))
+    predictor = Predictor(_model_path(args.model), flip_tta=args.tta)
     frame = predictions_frame(predictor.predict_many(iter_inputs(args.sources)))
     if args.csv:
         frame.to_csv(args.csv, index=False)
@@ -203,6 +203,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("sources", nargs="+")
     pr.add_argument("--model")
     pr.add_argument("--csv", help="write file,label,prob_dog,error here instead of stdout")
+    pr.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average with the mirrored photo (default: on, except for the seed preset)",
+    )
     pr.set_defaults(func=cmd_predict)
 
     sm = sub.add_parser("submission", help="write a Kaggle submission CSV (id,label)")

@@ -1,0 +1,294 @@
+"""Background work the dashboard polls: one training run per process, and dataset scans kept per version."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from core.data import DatasetError, scan
+
+if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state without it
+    from core.train import ProgressEvent, RunResult, TrainConfig
+
+RUNNING = ("loading", "training", "stopping")
+
+
+class TrainingBusy(RuntimeError):
+    """A run was requested while another one is still training in this process."""
+
+
+class _Cancelled(Exception):
+    # Raised from the progress callback to abandon dataset decoding, which has no cancel hook of its own.
+    pass
+
+
+@dataclass
+class TrainingState:
+    """A copy of one run's progress, taken under the job's lock so every field agrees."""
+
+    config: TrainConfig
+    source: str
+    started_at: float
+    status: str = "loading"  # loading, training, stopping, then finished, early-stopped, stopped or failed
+    loaded: int = 0
+    to_load: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    batch: int = 0
+    batches: int = 0
+    n_train: int = 0
+    n_val: int = 0
+    replicas: int = 1
+    per_replica_batch: int = 0
+    fit_started_at: float | None = None
+    finished_at: float | None = None
+    batch_log: list[dict] = field(default_factory=list)  # step, epoch, batch, loss, accuracy (running means)
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch, as Keras logs it
+    error: str | None = None
+    result: RunResult | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status in RUNNING
+
+    @property
+    def elapsed_s(self) -> float:
+        return (self.finished_at or time.time()) - self.started_at
+
+    @property
+    def steps_done(self) -> int:
+        return max(self.epoch - 1, 0) * self.batches + self.batch
+
+    @property
+    def fraction(self) -> float:
+        """How far the run is, in [0, 1]: decoding while loading, then batches over all epochs."""
+        if self.status == "loading":
+            return self.loaded / self.to_load if self.to_load else 0.0
+        if not self.running:
+            return 1.0
+        total = self.epochs * self.batches
+        return min(self.steps_done / total, 1.0) if total else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace of the batches so far; None before the first batch."""
+        if not self.running or self.fit_started_at is None or self.steps_done == 0:
+            return None
+        per_step = (time.time() - self.fit_started_at) / self.steps_done
+        return per_step * max(self.epochs * self.batches - self.steps_done, 0)
+
+    def history_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.history)
+
+    def batch_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.batch_log, columns=["step", "epoch", "batch", "loss", "accuracy"])
+
+
+class TrainingJob:
+    """One training run in a daemon thread: progress goes into a lock-protected state, Stop is an Event."""
+
+    def __init__(self, source: str | os.PathLike, config: TrainConfig, runs_dir: Path | None = None):
+        self.source = source
+        self.config = config
+        self.runs_dir = runs_dir
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._state = TrainingState(config, str(source), time.time(), epochs=config.epochs)
+        self._thread = threading.Thread(target=self._run, name="training-job", daemon=True)
+
+    def start(self) -> TrainingJob:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            from core.train import train
+
+            result = train(self.source, self.config, progress=self._on_progress, cancel=self._cancel, **self._dirs())
+        except _Cancelled:
+            self._finish(status="stopped")
+        except Exception as err:  # shown on the page; the server must outlive any failed run
+            self._finish(status="failed", error=f"{type(err).__name__}: {err}")
+        else:
+            self._finish(status=result.status, result=result)
+
+    def _dirs(self) -> dict:
+        return {"runs_dir": self.runs_dir} if self.runs_dir is not None else {}
+
+    def _finish(self, **changes) -> None:
+        with self._lock:
+            self._state = replace(self._state, finished_at=time.time(), **changes)
+
+    def _on_progress(self, event: ProgressEvent) -> None:
+        if event.kind == "load" and self._cancel.is_set():
+            raise _Cancelled
+        with self._lock:
+            s = self._state
+            if event.kind == "load":
+                s.loaded, s.to_load = event.batch, event.batches
+            elif event.kind == "start":
+                s.status = "stopping" if self._cancel.is_set() else "training"
+                s.batches, s.fit_started_at = event.batches, time.time()
+                s.n_train, s.n_val = event.logs.get("n_train", 0), event.logs.get("n_val", 0)
+                s.replicas = event.logs.get("replicas", 1)
+                s.per_replica_batch = event.logs.get("per_replica_batch", s.config.batch_size)
+            elif event.kind == "batch":
+                s.epoch, s.batch, s.batches = event.epoch, event.batch, event.batches
+                s.batch_log.append(
+                    {
+                        "step": s.steps_done,
+                        "epoch": event.epoch,
+                        "batch": event.batch,
+                        "loss": event.logs.get("loss"),
+                        "accuracy": event.logs.get("accuracy"),
+                    }
+                )
+            elif event.kind == "epoch":
+                s.history.append({"epoch": event.epoch, **event.logs})
+
+    def stop(self) -> None:
+        """Ask the run to end at its next batch; the best epoch so far is kept."""
+        self._cancel.set()
+        with self._lock:
+            if self._state.running:
+                self._state.status = "stopping"
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def snapshot(self) -> TrainingState:
+        """A copy of the state that the worker will not change under the reader."""
+        with self._lock:
+            s = self._state
+            return replace(s, batch_log=list(s.batch_log), history=list(s.history))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends (or timeout); True if it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class TrainingManager:
+    """Starts runs one at a time and remembers the latest, so every session sees the same run."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._job: TrainingJob | None = None
+
+    def start(self, source: str | os.PathLike, config: TrainConfig, runs_dir: Path | None = None) -> TrainingJob:
+        """Start a run in the background, or raise TrainingBusy if one is still going."""
+        with self._lock:
+            if self._job is not None and self._job.running:
+                state = self._job.snapshot()
+                started = time.strftime("%H:%M:%S", time.localtime(state.started_at))
+                raise TrainingBusy(
+                    f"A training run is already in progress ({state.config.preset} preset on "
+                    f"{Path(state.source).name}, started {started}). Only one run trains at a time: "
+                    "wait for it to finish or stop it."
+                )
+            self._job = TrainingJob(source, config, runs_dir).start()
+            return self._job
+
+    @property
+    def current(self) -> TrainingJob | None:
+        """The running job, else the last one started in this process, else None."""
+        return self._job
+
+
+_TRAINING = TrainingManager()
+
+
+def training_manager() -> TrainingManager:
+    """The process-wide manager: one per server, shared by all sessions and tabs."""
+    return _TRAINING
+
+
+@dataclass
+class ScanState:
+    """A dataset scan: its progress, and the manifest once done (or the reason it failed)."""
+
+    path: Path
+    done: int = 0
+    total: int = 0
+    manifest: pd.DataFrame | None = None
+    error: str | None = None
+    done_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.done_event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the scan ends (or timeout); True if it has ended."""
+        return self.done_event.wait(timeout)
+
+
+def source_version(path: Path) -> tuple:
+    """What identifies one version of a source: a replaced zip changes size or mtime, a folder its mtime."""
+    stat = path.stat()
+    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size if path.is_file() else 0)
+
+
+class DatasetScans:
+    """Scans run in background threads and are kept per source version, so switching pages never rescans."""
+
+    def __init__(self, keep: int = 8):
+        self._lock = threading.Lock()
+        self._scans: OrderedDict[tuple, ScanState] = OrderedDict()
+        self._keep = keep
+
+    def get(self, path: str | os.PathLike) -> ScanState:
+        """The scan of this version of the source, started now if it never ran."""
+        path = Path(path)
+        try:
+            key = source_version(path)
+        except OSError as err:
+            failed = ScanState(path, error=f"{path}: {err.strerror or err}")
+            failed.done_event.set()
+            return failed
+        with self._lock:
+            state = self._scans.get(key)
+            if state is None:
+                state = self._scans[key] = ScanState(path)
+                threading.Thread(target=self._scan, args=(state,), name="dataset-scan", daemon=True).start()
+                while len(self._scans) > self._keep:
+                    self._scans.popitem(last=False)
+            self._scans.move_to_end(key)
+            return state
+
+    @staticmethod
+    def _scan(state: ScanState) -> None:
+        def progress(done: int, total: int) -> None:
+            state.done, state.total = done, total
+
+        try:
+            state.manifest = scan(state.path, progress)
+        except DatasetError as err:
+            state.error = str(err)
+        except Exception as err:  # a scan that fails must say why, not hang the page at "scanning"
+            state.error = f"{type(err).__name__}: {err}"
+        finally:
+            state.done_event.set()
+
+    def forget(self, path: str | os.PathLike) -> None:
+        """Drop every kept scan of this source, so the next get() scans it again."""
+        resolved = str(Path(path).resolve())
+        with self._lock:
+            for key in [k for k in self._scans if k[0] == resolved]:
+                del self._scans[key]
+
+
+_SCANS = DatasetScans()
+
+
+def dataset_scans() -> DatasetScans:
+    """The process-wide scan cache."""
+    return _SCANS

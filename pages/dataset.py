@@ -1,0 +1,217 @@
+"""Dataset page: choose the source, see what is in it, and browse the photos as the model sees them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import streamlit as st
+
+from core import catalog, config
+from core.data import OK, DatasetError, summarize
+from core.jobs import dataset_scans
+from core.pipeline import ImageError, PipelineConfig, decode
+from ui import charts
+from ui.resources import active_dataset, open_source, set_active_dataset
+
+UPLOAD, FOLDER = "upload", "folder"
+SMALL_ZIP_BYTES = 64 * 2**20
+PER_PAGE = 24
+GRID_COLUMNS = 6
+
+HOW_TO_GET_DATA = f"""
+**No dataset yet.** The app trains on Kaggle's *Dogs vs. Cats* photos:
+
+1. Sign in at [kaggle.com](https://www.kaggle.com/c/dogs-vs-cats/data), accept the competition rules and download
+   the data (or run `kaggle competitions download -c dogs-vs-cats`).
+2. Unzip the download: it holds `train.zip` (25,000 labeled photos) and `test1.zip` (unlabeled).
+3. Put `train.zip` at `{config.DATA_DIR / "train.zip"}` (or its extracted `train/` folder beside it) and reload,
+   or drop the zip below.
+
+A zip of class folders (`cat/`, `dog/`) works too. The Predict page works without any dataset.
+"""
+
+
+def _on_upload() -> None:
+    # A callback, so the new zip can become the selected source before the radio is drawn.
+    uploaded = st.session_state.get("dataset_upload")
+    if uploaded is None:
+        return
+    try:
+        path = catalog.save_upload(uploaded.name, uploaded)
+    except DatasetError as err:
+        st.session_state["dataset_upload_error"] = str(err)
+        return
+    set_active_dataset(path)
+    st.session_state["dataset_choice"] = str(path)
+
+
+def source_ui() -> Path | None:
+    """Draw the source chooser and return the chosen dataset, or None while there is none."""
+    candidates = [str(p) for p in catalog.dataset_candidates()]
+    current = active_dataset()
+    options = [*candidates, UPLOAD, FOLDER]
+    if current is not None and str(current) in candidates:
+        default = candidates.index(str(current))
+    elif current is not None:
+        default = options.index(FOLDER)
+    else:
+        default = options.index(UPLOAD)
+
+    def describe(option: str) -> str:
+        if option == UPLOAD:
+            return "Drop a zip"
+        if option == FOLDER:
+            return "A folder on this machine"
+        where = "uploaded" if Path(option).parent == Path(config.UPLOADS_DIR) else "default"
+        return f"{Path(option).name} ({where})"
+
+    if st.session_state.get("dataset_choice") not in options:  # first visit, or its upload was removed
+        st.session_state["dataset_choice"] = options[default]
+    choice = st.radio("Source", options, format_func=describe, key="dataset_choice", horizontal=True)
+    if choice == UPLOAD:
+        st.file_uploader(
+            "Kaggle's train.zip, or a zip of cat/ and dog/ folders",
+            type=["zip"],
+            key="dataset_upload",
+            on_change=_on_upload,
+        )
+        if error := st.session_state.pop("dataset_upload_error", None):
+            st.error(error)
+        return None
+    if choice == FOLDER:
+        typed = st.text_input(
+            "Folder or zip path",
+            value=str(current) if current and str(current) not in candidates else "",
+            key="dataset_folder",
+            placeholder="/home/me/PetImages",
+        )
+        if not typed:
+            return None
+        try:
+            path = catalog.check_dataset(typed)
+        except DatasetError as err:
+            st.error(str(err))
+            return None
+        set_active_dataset(path)
+        return path
+    set_active_dataset(Path(choice))
+    return Path(choice)
+
+
+@st.fragment(run_every=0.5)
+def scan_progress_ui(path: Path) -> None:
+    """Progress of a scan running in the background; the whole page redraws when it is done."""
+    state = dataset_scans().get(path)
+    if state.finished:
+        st.rerun()
+    fraction = state.done / state.total if state.total else 0.0
+    st.progress(fraction, text=f"Scanning {path.name}: {state.done:,} / {state.total or '?'} photos…")
+
+
+def manifest_of(path: Path):
+    """The dataset's manifest; a long scan shows its progress and keeps going if the user leaves the page."""
+    state = dataset_scans().get(path)
+    # A small source is scanned within a blink, so wait that long rather than flash a progress bar;
+    # a big zip (Kaggle's is 543 MB) takes seconds, so show its progress at once.
+    blink = 0.3 if path.is_dir() or path.stat().st_size < SMALL_ZIP_BYTES else 0
+    if not state.wait(timeout=blink):
+        scan_progress_ui(path)
+        st.stop()
+    if state.error:
+        st.error(state.error)
+        st.stop()
+    return state.manifest
+
+
+def summary_ui(path: Path, manifest) -> None:
+    """Counts per class, image sizes, and every skipped or unlabeled file with its reason."""
+    counts = summarize(manifest)
+    cols = st.columns(4)
+    cols[0].metric("Cats", f"{counts['cats']:,}")
+    cols[1].metric("Dogs", f"{counts['dogs']:,}")
+    cols[2].metric("Unlabeled", f"{counts['unlabeled']:,}")
+    cols[3].metric("Skipped", f"{counts['skipped']:,}")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Images per class**")
+        st.vega_lite_chart(*charts.class_counts(counts), width="stretch")
+    with right:
+        st.markdown("**Image sizes**")
+        st.vega_lite_chart(*charts.image_sizes(manifest), width="stretch")
+    problems = manifest[(manifest.status != OK) | manifest.label.isna()]
+    if len(problems):
+        st.markdown(f"**Skipped or unlabeled files ({len(problems):,})**")
+        reasons = problems.status.where(problems.status != OK, "unlabeled: can be predicted, not used for training")
+        st.dataframe(
+            problems.assign(reason=reasons)[["name", "reason", "bytes"]], hide_index=True, width="stretch", height=240
+        )
+    if st.button("Rescan", key="dataset_rescan", help="Read the source again, e.g. after adding photos to a folder"):
+        dataset_scans().forget(path)
+        st.rerun()
+
+
+def browse_ui(path: Path, manifest) -> None:
+    """A paged thumbnail grid with a class filter, a name search and the model's-eye view."""
+    left, middle, right = st.columns([1, 2, 2])
+    label = left.selectbox("Class", ["all", "cat", "dog", "unlabeled"], key="dataset_class")
+    search = middle.text_input("File name contains", key="dataset_search", placeholder="e.g. cat.12")
+    # The Train page's size and colour widgets persist for the session, so this follows them.
+    default = PipelineConfig()
+    pipeline = PipelineConfig(
+        st.session_state.get("train_image_size", default.size),
+        st.session_state.get("train_color_mode", default.color_mode),
+    )
+    model_view = right.toggle(
+        f"As the model sees it ({pipeline.size}x{pipeline.size} {pipeline.color_mode})",
+        key="dataset_model_view",
+        help="The preprocessed input beside each photo; change size and colour on the Train page",
+    )
+    shown = manifest[manifest.status == OK]
+    if label == "unlabeled":
+        shown = shown[shown.label.isna()]
+    elif label != "all":
+        shown = shown[shown.label == config.CLASS_NAMES.index(label)]
+    if search:
+        shown = shown[shown.name.str.contains(search, case=False, regex=False)]
+    if shown.empty:
+        st.info("No photos match.")
+        return
+    pages = math.ceil(len(shown) / PER_PAGE)
+    if st.session_state.get("dataset_page", 1) > pages:  # a narrower filter: back to its first page
+        st.session_state["dataset_page"] = 1
+    page = st.pagination(pages, key="dataset_page", max_visible_pages=9) if pages > 1 else 1
+    st.caption(f"{len(shown):,} matching · page {page} of {pages}")
+    source = open_source(path)
+    columns = st.columns(GRID_COLUMNS)
+    for i, row in enumerate(shown.iloc[(page - 1) * PER_PAGE : page * PER_PAGE].itertuples()):
+        with columns[i % GRID_COLUMNS]:
+            data = source.read(row.name)
+            caption = f"{Path(row.name).name} · {row.width}x{row.height}"
+            if model_view:
+                try:
+                    seen = decode(data, pipeline)
+                except ImageError as err:
+                    st.caption(f"{row.name}: {err}")
+                    continue
+                pair = st.columns(2)
+                pair[0].image(data, width="stretch")
+                pair[1].image(seen, width="stretch", clamp=True)
+                st.caption(caption)
+            else:
+                st.image(data, caption=caption, width="stretch")
+
+
+st.title("Dataset")
+dataset = source_ui()
+if dataset is None:
+    if not catalog.dataset_candidates():
+        st.info(HOW_TO_GET_DATA)
+    st.stop()
+
+manifest = manifest_of(dataset)
+summary_tab, browse_tab = st.tabs(["Summary", "Browse"])
+with summary_tab:
+    summary_ui(dataset, manifest)
+with browse_tab:
+    browse_ui(dataset, manifest)

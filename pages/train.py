@@ -1,0 +1,178 @@
+"""Train page: set the knobs, train in the background, watch the curves live, stop, keep the best."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import streamlit as st
+
+from core import catalog, config
+from core.jobs import TrainingBusy, TrainingState, training_manager
+from ui import charts
+from ui.resources import active_dataset
+from ui.status import duration, training_line
+
+with st.spinner("Loading TensorFlow (once per server)…"):
+    from core.model import PRESETS
+    from core.train import TrainConfig
+
+# The presets' own values are always among the choices, whatever a preset is later tuned to.
+IMAGE_SIZES = sorted({48, 64, 80, 96, 112, 128, 160} | {p.pipeline.size for p in PRESETS.values()})
+LEARNING_RATES = sorted({1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2} | {p.learning_rate for p in PRESETS.values()})
+# Widget key -> TrainConfig field. The widgets persist for the session, so a page switch keeps them.
+FIELDS = {
+    "train_epochs": "epochs",
+    "train_batch_size": "batch_size",
+    "train_validation_split": "validation_split",
+    "train_learning_rate": "learning_rate",
+    "train_image_size": "image_size",
+    "train_color_mode": "color_mode",
+    "train_augment": "augment",
+    "train_early_stopping": "early_stopping",
+}
+
+
+def _load_settings(cfg: TrainConfig) -> None:
+    settings = asdict(cfg)
+    st.session_state.update({key: settings[name] for key, name in FIELDS.items()})
+
+
+def _apply_preset() -> None:
+    # Choosing a preset loads its own settings; each control can still be changed afterwards.
+    _load_settings(TrainConfig.for_preset(st.session_state["train_preset"]))
+
+
+def controls_ui() -> None:
+    """The training knobs, defaulting to the seed tutorial; they persist for the session."""
+    if "train_epochs" not in st.session_state:
+        _load_settings(TrainConfig())
+    keep = {"persist_state": "session"}
+    preset = st.selectbox("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset, **keep)
+    st.caption(PRESETS[preset].description)
+    c1, c2, c3 = st.columns(3)
+    c1.slider("Epochs", 1, 50, key="train_epochs", **keep)
+    c2.slider("Batch size", 8, 256, step=8, key="train_batch_size", **keep)
+    c3.slider("Validation split", 0.05, 0.5, step=0.05, key="train_validation_split", **keep)
+    c1, c2, c3 = st.columns(3)
+    c1.select_slider("Learning rate", LEARNING_RATES, format_func=lambda v: f"{v:g}", key="train_learning_rate", **keep)
+    c2.select_slider("Image size (px)", IMAGE_SIZES, key="train_image_size", **keep)
+    c3.radio("Colour", ["grayscale", "rgb"], horizontal=True, key="train_color_mode", **keep)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.toggle("Augmentation", key="train_augment", help="Random flips, rotation, zoom, shifts, contrast", **keep)
+    c2.toggle("Early stopping", key="train_early_stopping", help="Stop when validation loss stalls", **keep)
+    c3.number_input("Seed", 0, 2**31 - 1, value=42, step=1, key="train_seed", **keep)
+    c4.number_input(
+        "Photos to use (0 = all)", 0, None, value=0, step=100, key="train_limit", help="A balanced slice", **keep
+    )
+    cfg = chosen_config()
+    photos = f"{cfg.limit:,} photos" if cfg.limit else "all photos"
+    st.caption(
+        f"Start trains the {cfg.preset} preset for {cfg.epochs} epochs in batches of {cfg.batch_size} on {photos}, "
+        f"{cfg.image_size}x{cfg.image_size} {cfg.color_mode}, holding out {cfg.validation_split:.0%} for validation.",
+        help="What Start will run, as the server sees the controls",
+    )
+
+
+def chosen_config() -> TrainConfig:
+    """The TrainConfig the controls show now (read from session state, so a callback sees fresh values)."""
+    state = st.session_state
+    settings = {name: state[key] for key, name in FIELDS.items()}
+    limit = int(state.get("train_limit", 0)) or None
+    return TrainConfig.for_preset(state["train_preset"], **settings, seed=int(state.get("train_seed", 42)), limit=limit)
+
+
+def _start() -> None:
+    try:
+        training_manager().start(active_dataset(), chosen_config(), runs_dir=config.RUNS_DIR)
+    except TrainingBusy as err:
+        st.session_state["train_busy"] = str(err)
+
+
+def _stop() -> None:
+    if job := training_manager().current:
+        job.stop()
+
+
+def _make_active(run_id: str) -> None:
+    catalog.set_active(run_id)
+    st.toast(f"{run_id} is now the active model")
+
+
+def progress_ui(state: TrainingState) -> None:
+    """Epoch, batch and ETA on a bar, and what is being trained on."""
+    st.progress(state.fraction, text=training_line(state))
+    if state.n_train:
+        st.caption(
+            f"{state.config.preset} preset on {Path(state.source).name}: {state.n_train:,} training and "
+            f"{state.n_val:,} validation photos · {state.replicas} replica(s) of {state.per_replica_batch} images "
+            f"per batch · {len(state.batch_log):,} batches logged · {duration(state.elapsed_s)} elapsed"
+        )
+
+
+def summary_ui(state: TrainingState) -> None:
+    """How the run ended: best validation accuracy, wall time, throughput, where it was saved."""
+    if state.status == "failed":
+        st.error(f"The run failed: {state.error}")
+        return
+    result = state.result
+    if result is None:
+        st.warning("Stopped while decoding the photos, before training began: nothing was saved.")
+        return
+    ended = {"finished": "finished", "early-stopped": "stopped early", "stopped": "was stopped"}[result.status]
+    st.success(f"Run {ended}: saved to `{result.run.path}`. It is listed on the Runs page.")
+    best = result.metrics.get("best_val_accuracy")
+    cols = st.columns(4)
+    cols[0].metric("Best validation accuracy", f"{best:.1%}" if best is not None else "—")
+    cols[1].metric("Wall time", duration(result.wall_time_s))
+    cols[2].metric("Images per second", f"{result.metrics.get('train_images_per_s', 0):,.0f}")
+    cols[3].metric("Epochs", f"{result.metrics.get('epochs_completed', 0)} / {state.config.epochs}")
+    active = catalog.active()
+    if active is not None and active.key == result.run.id:
+        st.caption("This run is the active model.")
+    else:
+        st.button("Make this the active model", key="train_make_active", on_click=_make_active, args=(result.run.id,))
+
+
+def buttons_ui(can_start: bool, running: bool) -> None:
+    # Outside the polling fragment: a click never races a redraw of the button it lands on.
+    left, right, _ = st.columns([1, 1, 6])
+    left.button("Start", key="train_start", type="primary", on_click=_start, disabled=not can_start)
+    right.button("Stop", key="train_stop", on_click=_stop, disabled=not running)
+    if busy := st.session_state.pop("train_busy", None):
+        st.warning(busy)
+
+
+def live_ui(was_running: bool) -> None:
+    """The run's progress and curves; while it trains, a fragment redraws them from the job every second."""
+    job = training_manager().current
+    if job is None:
+        st.caption("No run yet on this server: press Start.")
+        return
+    state = job.snapshot()
+    if state.running != was_running:
+        st.rerun()  # the run started or ended: redraw the whole page, buttons included
+    progress_ui(state)
+    if state.history:
+        st.vega_lite_chart(*charts.epoch_curves(state.history_frame()), width="stretch")
+    elif state.running:
+        st.caption("Loss and accuracy per epoch appear when the first epoch ends.")
+    if state.batch_log:
+        st.markdown("**Training loss per batch**, as it happens")
+        st.vega_lite_chart(*charts.batch_loss(state.batch_frame()), width="stretch")
+    if not state.running:
+        summary_ui(state)
+
+
+st.title("Train")
+dataset = active_dataset()
+if dataset is None:
+    st.info("Choose a dataset on the Dataset page first.")
+    st.page_link("pages/dataset.py", label="Go to the Dataset page", icon=":material/photo_library:")
+else:
+    st.caption(f"Dataset: **{dataset.name}**")
+controls_ui()
+job = training_manager().current
+running = job is not None and job.running
+buttons_ui(can_start=dataset is not None, running=running)
+st.fragment(live_ui, run_every="1s" if running else None)(running)

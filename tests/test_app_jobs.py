@@ -1,0 +1,188 @@
+"""The dashboard's non-UI logic: background training and scans (core.jobs), model and dataset choices (core.catalog)."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import time
+import zipfile
+
+import pytest
+from conftest import make_jpeg
+
+from core import catalog, config
+from core.data import DatasetError
+from core.jobs import DatasetScans, TrainingBusy, TrainingManager
+from core.runs import RunStore, promote_run
+
+
+def _config(**overrides):
+    from core.train import TrainConfig
+
+    return TrainConfig(**{"epochs": 1, "limit": 100, "batch_size": 16, **overrides})
+
+
+def _watch(job, timeout: float = 300) -> list:
+    """Snapshots taken every 20 ms until the run ends: what a polling page would have seen."""
+    seen, deadline = [], time.time() + timeout
+    while job.running and time.time() < deadline:
+        seen.append(job.snapshot())
+        time.sleep(0.02)
+    assert job.wait(5), "the run did not end in time"
+    return [*seen, job.snapshot()]
+
+
+def _zip_of(photos: dict[str, bytes], path):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in photos.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_run_reports_load_batch_and_epoch_progress_then_its_saved_result(small_zip, app_dirs):
+    job = TrainingManager().start(small_zip, _config(epochs=2), runs_dir=app_dirs.runs)
+    seen = _watch(job)
+    final = seen[-1]
+
+    assert final.status == "finished", final.error
+    assert {"training"} <= {s.status for s in seen}
+    steps = [row["step"] for row in final.batch_log]
+    assert steps == sorted(steps) and len(steps) == 2 * final.batches  # every batch of both epochs, in order
+    assert all(row["loss"] > 0 for row in final.batch_log)
+    assert [row["epoch"] for row in final.history] == [1, 2]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(final.history[0])
+    assert (final.n_train, final.n_val) == (80, 20)
+    assert final.fraction == 1.0 and final.eta_s is None
+    running = [s for s in seen if s.status == "training" and s.steps_done]
+    assert running and all(0 < s.fraction <= 1 and s.eta_s is not None for s in running)
+    # The polled batch log only ever grows: each snapshot is a prefix of the final one.
+    assert all(s.batch_log == final.batch_log[: len(s.batch_log)] for s in seen)
+    assert final.result.run.id in [run.id for run in RunStore(app_dirs.runs).runs()]
+    assert final.result.metrics["epochs_completed"] == 2
+
+
+def test_one_run_at_a_time_and_stop_keeps_the_best_epoch_so_far(small_zip, app_dirs):
+    manager = TrainingManager()
+    job = manager.start(small_zip, _config(epochs=50, batch_size=8), runs_dir=app_dirs.runs)
+    with pytest.raises(TrainingBusy, match="already in progress.*seed preset on small-train.zip"):
+        manager.start(small_zip, _config(), runs_dir=app_dirs.runs)
+
+    deadline = time.time() + 300
+    while not job.snapshot().history and time.time() < deadline:  # let one epoch finish
+        time.sleep(0.05)
+    job.stop()
+    assert job.snapshot().status == "stopping"
+    final = _watch(job)[-1]
+
+    assert final.status == "stopped", final.error
+    assert 1 <= len(final.history) < 50
+    run = final.result.run
+    assert run.model_path.exists() and run.meta["status"] == "stopped"
+    assert manager.current is job and not job.running
+    # Once it has ended, the next run may start.
+    assert manager.start(app_dirs.data / "missing.zip", _config(), runs_dir=app_dirs.runs).wait(60)
+
+
+def test_stop_while_decoding_ends_the_run_before_anything_is_saved(small_zip, app_dirs, tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "CACHE_DIR", tmp_path / "fresh-cache")  # no cached arrays: decoding really runs
+    job = TrainingManager().start(small_zip, _config(limit=None), runs_dir=app_dirs.runs)
+    job.stop()
+    final = _watch(job)[-1]
+
+    assert final.status == "stopped" and final.result is None
+    assert RunStore(app_dirs.runs).runs() == []
+
+
+def test_a_failed_run_reports_why_and_frees_the_manager(tmp_path, app_dirs, small_zip):
+    cats_only = _zip_of({f"train/cat.{i}.jpg": make_jpeg(seed=i) for i in range(8)}, tmp_path / "cats.zip")
+    manager = TrainingManager()
+    final = _watch(manager.start(cats_only, _config(), runs_dir=app_dirs.runs))[-1]
+
+    assert final.status == "failed"
+    assert "both cats and dogs" in final.error
+    assert not manager.current.running
+
+
+def test_a_scan_runs_once_per_version_of_a_source(small_zip, tmp_path):
+    scans = DatasetScans()
+    first = scans.get(small_zip)
+    assert first.wait(60)
+    assert scans.get(small_zip) is first  # a page switch asks again and gets the same scan
+    assert first.error is None and first.done == first.total == 300
+    assert (first.manifest.label == 0).sum() == 150
+
+    copy = shutil.copy(small_zip, tmp_path / "copy.zip")
+    assert scans.get(copy) is not first
+    scans.forget(small_zip)
+    again = scans.get(small_zip)
+    assert again is not first and again.wait(60) and len(again.manifest) == 300
+
+
+def test_a_scan_of_a_missing_or_broken_source_says_why(tmp_path):
+    scans = DatasetScans()
+    missing = scans.get(tmp_path / "nothing.zip")
+    assert missing.finished and "nothing.zip" in missing.error
+    broken = tmp_path / "notes.zip"
+    broken.write_text("not a zip at all")
+    state = scans.get(broken)
+    assert state.wait(30) and "not a readable zip" in state.error
+
+
+def test_models_to_pick_and_the_active_one(saved_run, app_dirs):
+    older = saved_run
+    newer_path = app_dirs.runs / f"{older.id[:-5]}-zzzz"  # a later id sorts first, as a newer run would
+    shutil.copytree(older.path, newer_path)
+
+    choices = catalog.choices()
+    assert [c.key for c in choices] == [newer_path.name, older.id]
+    assert catalog.active().key == newer_path.name  # nothing chosen yet: the newest run
+    chosen = catalog.set_active(older.id)
+    assert catalog.active() == chosen
+    assert chosen.accuracy == older.meta["metrics"]["best_val_accuracy"]
+    assert chosen.measured_on == f"validation split of small-train.zip ({older.meta['n_val']} photos)"
+    with pytest.raises(KeyError):
+        catalog.set_active("no-such-run")
+
+    promote_run(older, config.DEFAULT_MODEL)
+    assert catalog.choices()[0].key == catalog.DEFAULT_KEY
+    assert catalog.choices()[0].name == "Shipped default"
+    assert catalog.active().key == older.id  # an explicit choice outlives a new default
+    RunStore(app_dirs.runs).delete(older.id)
+    assert catalog.active().key == catalog.DEFAULT_KEY  # the chosen run is gone: back to the default
+
+
+def test_no_models_means_no_active_model(app_dirs):
+    assert catalog.choices() == [] and catalog.active() is None
+
+
+def test_a_dropped_zip_is_kept_under_uploads_and_a_bad_one_is_refused(small_zip, app_dirs):
+    with open(small_zip, "rb") as fh:
+        kept = catalog.save_upload("My photos (2024).zip", fh)
+    assert kept == app_dirs.data / "uploads" / "My_photos_2024.zip"
+    assert kept.read_bytes() == small_zip.read_bytes()
+    assert catalog.dataset_candidates() == [kept]
+
+    with pytest.raises(DatasetError, match="not a readable zip"):
+        catalog.save_upload("../../evil.zip", io.BytesIO(b"plain text"))
+    assert sorted(p.name for p in (app_dirs.data / "uploads").iterdir()) == ["My_photos_2024.zip"]
+
+
+def test_default_dataset_comes_first_among_candidates(small_zip, app_dirs):
+    (app_dirs.data / "train.zip").symlink_to(small_zip)
+    assert catalog.dataset_candidates() == [app_dirs.data / "train.zip"]
+
+
+def test_a_typed_dataset_path_is_validated(tmp_path, small_zip):
+    assert catalog.check_dataset(str(small_zip)) == small_zip
+    with pytest.raises(DatasetError, match="no such folder"):
+        catalog.check_dataset(tmp_path / "nope")
+    cats = tmp_path / "cats"
+    (cats / "cat").mkdir(parents=True)
+    (cats / "cat" / "1.jpg").write_bytes(make_jpeg())
+    with pytest.raises(DatasetError, match="both classes"):
+        catalog.check_dataset(cats)
+    (cats / "dog").mkdir()
+    (cats / "dog" / "1.jpg").write_bytes(make_jpeg(seed=1))
+    assert catalog.check_dataset(cats) == cats
+    with pytest.raises(DatasetError, match="not a single file"):
+        catalog.check_dataset(cats / "dog" / "1.jpg")

@@ -1,0 +1,359 @@
+"""Every dashboard page under Streamlit's AppTest: it renders with and without data, and its flows work."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import catalog, config
+from core.data import Source
+from core.jobs import dataset_scans, training_manager
+from core.runs import RunStore, promote_run
+
+APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
+PAGES = ["pages/dataset.py", "pages/train.py", "pages/predict.py", "pages/runs.py"]
+HOSTILE = {"zero-byte.jpg": "empty file", "text-named.jpg": "not an image", "truncated.jpg": "truncated"}
+
+
+def open_app(page: str = "pages/dataset.py") -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    if page != "pages/dataset.py":
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def sidebar() -> str:
+    """The sidebar's text as a fresh tab shows it (AppTest keeps no sidebar after switch_page)."""
+    at = open_app()
+    progress = "\n".join(p.text for p in at.get("progress"))
+    return "\n".join([texts(at.sidebar.get("markdown")), texts(at.caption), progress])
+
+
+def texts(elements) -> str:
+    return "\n".join(str(e.value) for e in elements)
+
+
+def photo(name: str, source: Path) -> bytes:
+    return Source(source).read(name)
+
+
+@pytest.fixture(autouse=True)
+def no_run_left_behind():
+    """The training manager is per process: never let one test's run leak into the next."""
+    yield
+    job = training_manager().current
+    if job is not None and job.running:
+        job.stop()
+        job.wait(300)
+
+
+@pytest.fixture
+def dataset(small_zip, app_dirs) -> Path:
+    """small_zip as the default dataset (data/train.zip), already scanned."""
+    link = app_dirs.data / "train.zip"
+    link.symlink_to(small_zip)
+    assert dataset_scans().get(link).wait(60)
+    return link
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_without_a_dataset_or_a_model(page, app_dirs):
+    at = open_app(page)
+    shown = texts(at.info)
+    if page == "pages/dataset.py":
+        assert "train.zip" in shown and str(app_dirs.data / "train.zip") in shown
+    elif page == "pages/train.py":
+        assert "Choose a dataset" in shown
+        assert at.button(key="train_start").disabled
+    elif page == "pages/predict.py":
+        assert "No model yet" in shown
+    else:
+        assert "No saved runs" in shown
+    status = sidebar()
+    assert "None yet: see the Dataset page" in status and "None yet: train one" in status
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_with_a_dataset_and_a_model(page, dataset, saved_run):
+    at = open_app(page)
+    assert not at.info and not at.error
+    status = sidebar()
+    assert "150 cats · 150 dogs · 0 skipped" in status
+    accuracy = saved_run.meta["metrics"]["best_val_accuracy"]
+    assert f"{accuracy:.1%} accuracy on validation split of small-train.zip" in status
+    assert "No run in progress" in status
+
+
+def test_dataset_summary_browse_filters_and_the_models_view(dataset):
+    at = open_app()
+    assert [m.value for m in at.metric] == ["150", "150", "0", "0"]
+    assert len(at.get("vega_lite_chart")) == 2  # images per class, image sizes
+    assert len(at.image) == 24 and "300 matching · page 1 of 13" in texts(at.caption)
+
+    at.selectbox(key="dataset_class").set_value("dog").run()
+    assert "150 matching" in texts(at.caption)
+    assert all("dog." in c for c in texts(at.caption).splitlines() if ".jpg" in c)
+    at.text_input(key="dataset_search").set_value("dog.1001.").run()
+    assert "1 matching" in texts(at.caption) and len(at.image) == 1
+    at.toggle(key="dataset_model_view").set_value(True).run()
+    assert len(at.image) == 2  # the photo and, beside it, the 80x80 grayscale input
+    assert "80x80 grayscale" in at.toggle(key="dataset_model_view").label
+
+
+def test_dataset_lists_skipped_files_with_their_reasons(bad_inputs, app_dirs):
+    at = open_app()
+    at.radio(key="dataset_choice").set_value("folder").run()
+    at.text_input(key="dataset_folder").set_value(str(bad_inputs / "class-folders.zip")).run()
+    assert dataset_scans().get(bad_inputs / "class-folders.zip").wait(60)
+    at.run()
+    assert not at.exception
+    problems = at.dataframe[0].value
+    assert len(problems) == 1 and problems.reason.iloc[0].startswith(("corrupt", "truncated", "not an image"))
+    at.switch_page("pages/train.py").run()
+    assert "Dataset: **class-folders.zip**" in texts(at.caption)  # the session's dataset follows the choice
+
+
+def test_a_typed_folder_is_validated(tmp_path, app_dirs):
+    at = open_app()
+    at.radio(key="dataset_choice").set_value("folder").run()
+    at.text_input(key="dataset_folder").set_value(str(tmp_path / "nowhere")).run()
+    assert "no such folder" in texts(at.error)
+    at.text_input(key="dataset_folder").set_value(str(app_dirs.runs)).run()
+    assert "needs photos of both classes" in texts(at.error)
+
+
+def test_a_dropped_zip_is_kept_and_becomes_the_dataset(small_zip, app_dirs):
+    at = open_app()
+    at.file_uploader(key="dataset_upload").set_value(("notes.zip", b"just text", "application/zip")).run()
+    assert "not a readable zip" in texts(at.error)
+
+    at.file_uploader(key="dataset_upload").set_value(("my-pets.zip", small_zip.read_bytes(), "application/zip"))
+    at.run()
+    kept = app_dirs.data / "uploads" / "my-pets.zip"
+    assert kept.exists() and at.radio(key="dataset_choice").value == str(kept)
+    assert dataset_scans().get(kept).wait(60)
+    at.run()
+    assert [m.value for m in at.metric][:2] == ["150", "150"]
+    at.switch_page("pages/train.py").run()
+    assert "Dataset: **my-pets.zip**" in texts(at.caption)
+
+
+def test_choosing_a_preset_loads_its_settings(dataset):
+    from core.train import TrainConfig
+
+    at = open_app("pages/train.py")
+    assert at.slider(key="train_epochs").value == 10  # the seed tutorial's defaults
+    assert at.select_slider(key="train_image_size").value == 80
+    at.selectbox(key="train_preset").set_value("improved").run()
+    improved = TrainConfig.for_preset("improved")
+    assert at.slider(key="train_epochs").value == improved.epochs
+    assert at.slider(key="train_batch_size").value == improved.batch_size
+    assert at.select_slider(key="train_image_size").value == improved.image_size
+    assert at.radio(key="train_color_mode").value == improved.color_mode
+    assert at.toggle(key="train_augment").value is True
+    at.switch_page("pages/dataset.py").run()  # the model's-eye view follows the Train page's settings
+    assert "96x96 rgb" in at.toggle(key="dataset_model_view").label
+
+
+def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(dataset, app_dirs):
+    at = open_app("pages/train.py")
+    at.slider(key="train_epochs").set_value(1)
+    at.slider(key="train_batch_size").set_value(16)
+    at.slider(key="train_validation_split").set_value(0.25)
+    at.button(key="train_start").click().run()
+    job = training_manager().current
+    assert (job.config.preset, job.config.epochs, job.config.batch_size) == ("seed", 1, 16)
+    assert job.config.validation_split == 0.25 and job.config.image_size == 80 and job.config.limit is None
+    assert job.wait(300)
+
+    at.run()
+    state = job.snapshot()
+    assert state.status == "finished", state.error
+    assert "Run finished" in texts(at.success) and str(state.result.run.path) in texts(at.success)
+    labels = [m.label for m in at.metric]
+    assert labels == ["Best validation accuracy", "Wall time", "Images per second", "Epochs"]
+    assert len(at.get("vega_lite_chart")) == 2  # epoch curves and per-batch loss
+
+    at.switch_page("pages/runs.py").run()
+    assert state.result.run.id in at.dataframe[0].value.run.tolist()
+    at.switch_page("pages/train.py").run()
+    assert at.slider(key="train_epochs").value == 1  # settings survive a page switch
+
+
+def test_a_second_start_from_another_tab_gets_a_clear_message_and_stop_ends_the_run(dataset):
+    at, other_tab = open_app("pages/train.py"), open_app("pages/train.py")
+    at.slider(key="train_epochs").set_value(50)
+    at.number_input(key="train_limit").set_value(100)
+    at.button(key="train_start").click().run()
+    job = training_manager().current
+    assert job.running and not at.button(key="train_stop").disabled
+
+    other_tab.button(key="train_start").click().run()
+    assert "already in progress" in texts(other_tab.warning) and not other_tab.exception
+    assert training_manager().current is job
+
+    at.button(key="train_stop").click().run()
+    assert job.wait(300)
+    at.run()
+    assert job.snapshot().status == "stopped" and at.button(key="train_stop").disabled
+    assert "stopped" in (texts(at.success) + texts(at.warning)).lower()  # saved if an epoch finished, else not
+
+
+def test_predict_labels_a_real_photo(saved_run, small_zip):
+    at = open_app("pages/predict.py")
+    assert at.selectbox(key="predict_model").value == saved_run.id
+    at.file_uploader(key="predict_files").set_value(("dog.jpg", photo("train/dog.1001.jpg", small_zip), "image/jpeg"))
+    at.run()
+    assert not at.exception and not at.error
+    label = texts(at.markdown)
+    assert ":material/pets: cat]" in label or ":material/pets: dog]" in label
+    assert len(at.image) == 1 and "P(dog) = " in at.get("progress")[0].text
+    assert at.dataframe[0].value.file.tolist() == ["dog.jpg"]
+
+
+def test_hostile_files_get_their_own_errors_and_the_rest_are_still_predicted(saved_run, small_zip, bad_inputs):
+    files = [("cat.jpg", photo("train/cat.1001.jpg", small_zip), "image/jpeg")]
+    files += [(name, (bad_inputs / name).read_bytes(), "image/jpeg") for name in HOSTILE]
+    files += [(name, (bad_inputs / name).read_bytes(), "image/png") for name in ("bomb-20000x20000.png", "rgba.png")]
+    at = open_app("pages/predict.py")
+    at.file_uploader(key="predict_files").set_value(files).run()
+
+    assert not at.exception
+    errors = texts(at.error)
+    for name, reason in {**HOSTILE, "bomb-20000x20000.png": "too many pixels"}.items():
+        assert f"**{name}**" in errors and reason in errors
+    assert len(at.error) == 4 and len(at.image) == 2  # the photo and the transparent PNG
+    table = at.dataframe[0].value
+    assert table.file.tolist() == [f[0] for f in files]
+    assert table.label.notna().sum() == 2 and table.error.notna().sum() == 4
+    assert at.download_button(key="predict_download")
+
+
+def test_the_shipped_default_comes_first_and_a_pick_sets_the_active_model(saved_run):
+    promote_run(saved_run, config.DEFAULT_MODEL)
+    at = open_app("pages/predict.py")
+    assert at.selectbox(key="predict_model").options[0].startswith("Shipped default")
+    assert at.selectbox(key="predict_model").value == catalog.DEFAULT_KEY
+    assert "Shipped default" in sidebar()
+    at.selectbox(key="predict_model").set_value(saved_run.id).run()
+    assert catalog.active().key == saved_run.id
+    assert f"**{saved_run.id}**" in sidebar()
+
+
+def test_a_camera_photo_is_labeled(saved_run, small_zip):
+    at = open_app("pages/predict.py")
+    at.toggle(key="predict_use_camera").set_value(True).run()
+    at.camera_input(key="predict_camera").set_value(("shot.jpg", photo("train/cat.1002.jpg", small_zip), "image/jpeg"))
+    at.run()
+    assert not at.exception and not at.error
+    assert at.dataframe[0].value.file.tolist() == ["shot.jpg"]
+
+
+def test_where_the_model_looked_overlays_a_heatmap_with_a_legend(saved_run, small_zip):
+    at = open_app("pages/predict.py")
+    at.file_uploader(key="predict_files").set_value(("dog.jpg", photo("train/dog.1002.jpg", small_zip), "image/jpeg"))
+    at.toggle(key="predict_gradcam").set_value(True).run()
+    assert not at.exception and not at.warning, texts(at.warning)
+    assert "Grad-CAM" in texts(at.caption)
+    assert len(at.image) == 2  # the legend strip and the overlaid photo
+
+
+def test_a_zip_of_unlabeled_photos_gives_a_kaggle_submission(saved_run, test_zip):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(test_zip) as src, zipfile.ZipFile(buffer, "w") as dst:
+        for name in sorted(n for n in src.namelist() if n.endswith(".jpg"))[:12]:
+            dst.writestr(name, src.read(name))
+        dst.writestr("test1/999999.jpg", b"")  # one hostile entry
+    at = open_app("pages/predict.py")
+    at.file_uploader(key="predict_zip").set_value(("test1.zip", buffer.getvalue(), "application/zip")).run()
+    assert not at.exception
+    assert "13 rows in submission.csv: 12 photos labeled; 1 could not be read" in texts(at.success)
+    assert at.download_button(key="predict_submission_download")
+    assert at.dataframe[0].value.error.tolist() == ["empty file (0 bytes)"]
+
+
+def test_runs_page_evaluates_activates_and_deletes_a_run(saved_run, dataset, app_dirs):
+    second = app_dirs.runs / f"{saved_run.id[:-5]}-zzzz"
+    shutil.copytree(saved_run.path, second)  # sorts first, as a newer run would
+    at = open_app("pages/runs.py")
+    assert at.dataframe[0].value.run.tolist() == [second.name, saved_run.id]
+    assert at.multiselect(key="runs_compare").value == [second.name, saved_run.id]
+    assert len(at.get("vega_lite_chart")) == 1  # the overlaid curves
+
+    at.selectbox(key="runs_selected").set_value(saved_run.id).run()
+    at.toggle(key="runs_evaluate").set_value(True).run()
+    assert not at.exception and not at.info
+    metrics = {m.label: m.value for m in at.metric}
+    assert set(metrics) == {"Accuracy", "Cats right", "Dogs right"}
+    n_val = saved_run.meta["n_val"]
+    assert f"{n_val} validation photos of train.zip" in texts(at.caption)
+    assert len(at.get("vega_lite_chart")) == 2  # + the confusion matrix
+    wrong = [c for c in texts(at.caption).splitlines() if ", P(dog) = " in c]
+    assert len(wrong) == min(len(at.image), 24)
+
+    at.button(key="runs_make_active").click().run()
+    assert catalog.active().key == saved_run.id and at.button(key="runs_make_active").disabled
+
+    at.button(key="runs_delete").click().run()
+    assert f"Delete **{saved_run.id}**" in texts(at.warning)
+    at.button(key="runs_delete_cancel").click().run()
+    assert saved_run.path.exists() and not at.warning
+    at.button(key="runs_delete").click().run()
+    at.button(key="runs_delete_confirm").click().run()
+    assert not saved_run.path.exists() and not at.exception
+    assert [r.id for r in RunStore().runs()] == [second.name]
+    assert at.dataframe[0].value.run.tolist() == [second.name]
+
+
+def test_a_run_trained_elsewhere_says_where_to_find_its_dataset(saved_run, app_dirs):
+    at = open_app("pages/runs.py")
+    at.toggle(key="runs_evaluate").set_value(True).run()
+    assert "trained on small-train.zip, which is not open here" in texts(at.info)
+
+
+def test_the_sidebar_shows_a_run_in_progress(dataset):
+    from core.train import TrainConfig
+
+    job = training_manager().start(dataset, TrainConfig(epochs=50, limit=100, batch_size=8), runs_dir=config.RUNS_DIR)
+    deadline = time.time() + 120
+    while not job.snapshot().batch_log and time.time() < deadline:
+        time.sleep(0.05)
+    status = sidebar()
+    assert "Training: epoch " in status and "ETA" in status
+    job.stop()
+    assert job.wait(120)
+
+
+def test_the_first_page_renders_without_loading_tensorflow(dataset, saved_run):
+    # In a fresh interpreter: this test process has long imported TensorFlow for training.
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=120).run()\n"
+        "assert not at.exception and at.metric, 'the Dataset page did not render'\n"
+        "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_script_runs_leave_the_keras_state_of_other_threads_alone(dataset):
+    # Streamlit clears the Keras session after each run unless the app stops it: the layer-name counters a
+    # training thread relies on would restart mid-build, and TensorFlow's kernel cache would be emptied.
+    import keras
+
+    before = keras.layers.Dense(1).name
+    open_app("pages/train.py").run()
+    after = keras.layers.Dense(1).name
+    assert after not in ("dense", before), (before, after)

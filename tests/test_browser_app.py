@@ -1,0 +1,170 @@
+"""End to end: a real `streamlit run` server driven by a real Chromium through Playwright."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from core.data import Source
+from ui.harness import IDLE, launch_chromium, running_server, screenshot
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+LONG = 180_000  # ms: a 2-core CPU shared with training
+
+
+@pytest.fixture(scope="module")
+def server(small_zip, tiny_model, tmp_path_factory):
+    """A server whose default dataset is small_zip and whose one saved run is the tiny model."""
+    base = tmp_path_factory.mktemp("browser-app")
+    dirs = SimpleNamespace(data=base / "data", runs=base / "runs", models=base / "models")
+    for folder in vars(dirs).values():
+        folder.mkdir()
+    (dirs.data / "train.zip").symlink_to(small_zip)
+    shutil.copytree(tiny_model.parent, dirs.runs / tiny_model.parent.name)
+    env = {"CVD_DATA_DIR": str(dirs.data), "CVD_RUNS_DIR": str(dirs.runs), "CVD_MODELS_DIR": str(dirs.models)}
+    with running_server(env, base / "server.log") as url:
+        yield SimpleNamespace(url=url, **vars(dirs))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.set_default_timeout(LONG)
+    yield tab
+    context.close()
+
+
+def open_page(page, server, path: str = ""):
+    page.goto(f"{server.url}/{path}")
+    page.wait_for_selector(IDLE)
+    return page
+
+
+def artifact(page, name: str) -> None:
+    screenshot(page, ARTIFACTS / f"{name}.png")
+
+
+def use_photos(page, count: int) -> None:
+    """Train on a balanced slice: type into the 'Photos to use' box, commit it, and see the server take it."""
+    box = page.get_by_role("spinbutton", name="Photos to use (0 = all)")
+    box.fill(str(count))
+    box.press("Enter")
+    page.get_by_text(f"on {count:,} photos").wait_for()
+
+
+def set_slider(page, label: str, keys: list[str], echo: str) -> None:
+    """Move a slider with the keyboard (Home, End, arrows), as a user can, and see the server take it."""
+    slider = page.get_by_test_id("stSlider").filter(has_text=label).get_by_role("slider")
+    for key in keys:
+        slider.press(key)
+    page.get_by_text(echo).wait_for()
+
+
+def batches_logged(page) -> int:
+    found = re.search(r"([\d,]+) batches logged", page.get_by_text("batches logged").inner_text())
+    return int(found.group(1).replace(",", ""))
+
+
+def test_dropping_two_photos_and_a_hostile_file_gives_two_labels_and_one_error(page, server, small_zip, bad_inputs):
+    tmp = server.data.parent / "drop"
+    tmp.mkdir(exist_ok=True)
+    photos = []
+    for name in ("train/cat.1001.jpg", "train/dog.1001.jpg"):
+        photos.append(tmp / Path(name).name)
+        photos[-1].write_bytes(Source(small_zip).read(name))
+    open_page(page, server, "predict")
+    uploader = page.locator(".st-key-predict_files").get_by_test_id("stFileUploaderDropzoneInput")
+    uploader.set_input_files([*photos, bad_inputs / "text-named.jpg"])
+
+    labels = page.locator("[data-testid='stMain'] h4")
+    labels.nth(1).wait_for()
+    page.get_by_text("not an image").wait_for()
+    page.wait_for_selector(IDLE)
+    assert labels.count() == 2
+    assert all(re.search(r"\b(cat|dog)\b", text) for text in labels.all_inner_texts())
+    errors = page.get_by_test_id("stAlertContentError")
+    assert errors.count() == 1 and "text-named.jpg" in errors.inner_text()
+    page.get_by_text("P(dog) = ").nth(1).wait_for()
+    page.wait_for_selector(IDLE)
+    assert page.get_by_text("P(dog) = ").count() == 2
+    artifact(page, "predict")
+
+
+def test_training_draws_live_curves_then_its_summary(page, server):
+    open_page(page, server, "train")
+    use_photos(page, 100)
+    set_slider(page, "Batch size", ["Home"], "in batches of 8 ")
+    set_slider(page, "Epochs", ["Home", *["ArrowRight"] * 4], "for 5 epochs")
+    page.locator(".st-key-train_start button").click()
+
+    page.get_by_text("batches logged").wait_for()
+    seen = []  # (batches logged, charts drawn) each time we look, as a user watching the page would
+    clicked = reloaded = False
+    summary = page.get_by_test_id("stAlertContentSuccess")
+    while not summary.is_visible():
+        if page.get_by_text("batches logged").is_visible():
+            seen.append((batches_logged(page), page.get_by_test_id("stVegaLiteChart").count()))
+            distinct = len({batches for batches, _ in seen})
+            if distinct == 2 and not clicked:
+                page.get_by_text("Augmentation").click()  # another widget: a full rerun mid-run
+                clicked = True
+            elif distinct == 3 and not reloaded:
+                artifact(page, "train-live")
+                page.reload()  # the run lives in the server, not in the tab
+                page.get_by_text("batches logged").wait_for()
+                reloaded = True
+        time.sleep(0.2)
+    live = [batches for batches, charts in seen if charts and batches < 50]
+    assert len(set(live)) >= 3 and clicked and reloaded, f"the chart did not grow while training: {seen}"
+    assert [b for b, _ in seen] == sorted(b for b, _ in seen)  # after the click and the reload too
+    assert summary.inner_text().startswith("Run finished: saved to")
+    assert batches_logged(page) == 50  # 5 epochs of 10 batches (80 training photos, batch 8)
+    assert page.get_by_test_id("stVegaLiteChart").count() == 2  # epoch curves and per-batch loss
+    assert page.get_by_test_id("stMetric").filter(has_text="Epochs").inner_text().endswith("5 / 5")
+    artifact(page, "train")
+
+
+def test_stop_ends_the_run_at_the_next_batch_and_keeps_it(page, server):
+    open_page(page, server, "train")
+    use_photos(page, 100)
+    set_slider(page, "Epochs", ["End"], "for 50 epochs")  # far longer than this test waits
+    page.locator(".st-key-train_start button").click()
+    page.get_by_text(re.compile(r"epoch 2/50")).wait_for()  # one epoch done: there is a best so far
+
+    page.locator(".st-key-train_stop button").click()
+    page.get_by_test_id("stAlertContentSuccess").filter(has_text="Run was stopped").wait_for()
+    done = int(re.search(r"(\d+) / 50", page.get_by_test_id("stMetric").filter(has_text="Epochs").inner_text())[1])
+    assert 1 <= done < 50
+    assert page.locator(".st-key-train_stop button").is_disabled()
+    artifact(page, "train-stopped")
+
+
+def test_every_page_renders_and_the_sidebar_follows_navigation(page, server):
+    open_page(page, server)
+    sidebar = page.get_by_test_id("stSidebar")
+    for name in ("Dataset", "Train", "Predict", "Runs"):
+        page.get_by_test_id("stSidebarNav").get_by_text(name, exact=True).click()
+        page.get_by_role("heading", name=name, exact=True).wait_for()
+        page.wait_for_selector(IDLE)
+        assert not page.get_by_test_id("stException").count()
+        assert "150 cats · 150 dogs" in sidebar.inner_text() and "Active model" in sidebar.inner_text()
+        artifact(page, f"page-{name.lower()}")
+    assert page.get_by_test_id("stDataFrame").count() >= 1  # the runs table, with the runs trained above

@@ -1,0 +1,81 @@
+"""What the app is working with, in words: the sidebar's dataset, model and training status."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import catalog
+from core.data import summarize
+from core.jobs import TrainingState, dataset_scans, training_manager
+from ui.resources import active_dataset
+
+
+def duration(seconds: float | None) -> str:
+    """1h 02m, 3m 20s or 42s; an em dash when unknown."""
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+def training_line(state: TrainingState) -> str:
+    """One line of progress: phase, epoch and batch, ETA; or how the run ended."""
+    if state.status == "loading":
+        return f"Decoding photos: {state.loaded:,} / {state.to_load:,}" if state.to_load else "Opening the dataset…"
+    if state.running:
+        verb = "Stopping after this batch" if state.status == "stopping" else "Training"
+        return (
+            f"{verb}: epoch {max(state.epoch, 1)}/{state.epochs} · batch {state.batch}/{state.batches} · "
+            f"ETA {duration(state.eta_s)}"
+        )
+    return f"Run {state.status} after {duration(state.elapsed_s)}"
+
+
+def _dataset_status() -> None:
+    path = active_dataset()
+    if path is None:
+        st.caption("None yet: see the Dataset page.")
+        return
+    scan = dataset_scans().get(path)
+    if scan.manifest is not None:
+        counts = summarize(scan.manifest)
+        unlabeled = f" · {counts['unlabeled']:,} unlabeled" if counts["unlabeled"] else ""
+        classes = f"{counts['cats']:,} cats · {counts['dogs']:,} dogs{unlabeled}"
+        st.caption(f"**{path.name}**  \n{classes} · {counts['skipped']:,} skipped")
+    elif scan.error:
+        st.caption(f"**{path.name}**  \n{scan.error}")
+    else:
+        st.caption(f"**{path.name}**  \nscanning {scan.done:,} / {scan.total or '?'}…")
+
+
+def _model_status() -> None:
+    model = catalog.active()
+    if model is None:
+        st.caption("None yet: train one on the Train page.")
+        return
+    accuracy = f"{model.accuracy:.1%} accuracy" if model.accuracy is not None else "accuracy not measured"
+    st.caption(f"**{model.name}** · {model.preset or 'unknown'} preset  \n{accuracy} on {model.measured_on}")
+
+
+def _training_status() -> None:
+    job = training_manager().current
+    state = job.snapshot() if job else None
+    if state is None or not state.running:
+        st.caption("No run in progress.")
+        return
+    st.progress(state.fraction, text=training_line(state))
+
+
+@st.fragment(run_every="2s")
+def render_sidebar() -> None:
+    """Dataset, model and training status, refreshed every two seconds."""
+    st.markdown("**Dataset**")
+    _dataset_status()
+    st.markdown("**Active model**")
+    _model_status()
+    st.markdown("**Training**")
+    _training_status()

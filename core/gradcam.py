@@ -11,14 +11,7 @@ import cv2
 import numpy as np
 
 from core.config import CLASS_NAMES
-from core.pipeline import (
-    ImageError,
-    _decode_with_alpha,
-    _decode_with_pillow,
-    _to_color_mode,
-    inspect,
-    preprocess,
-)
+from core.pipeline import decode_original, preprocess
 
 if TYPE_CHECKING:  # keras and TensorFlow load lazily, as in core.predict
     import keras
@@ -136,25 +129,6 @@ def _resize_unit(cam: np.ndarray, width: int, height: int) -> np.ndarray:
     cam = np.maximum(cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR), 0.0)
     peak = float(cam.max())
     return (cam / peak if peak > 0 else np.zeros_like(cam)).astype(np.float32)
-
-
-def decode_original(data: bytes, max_pixels: int | None = None) -> np.ndarray:
-    """The photo as RGB uint8 at its original size, for display; refused like model input (ImageError)."""
-    info = inspect(data) if max_pixels is None else inspect(data, max_pixels)
-    try:
-        if info.has_alpha:
-            img = _decode_with_alpha(data)
-        else:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if img is None:
-            img = _decode_with_pillow(data)
-    except (cv2.error, OSError, ValueError, SyntaxError) as err:
-        raise ImageError(f"corrupt {info.format} image: {str(err).strip().splitlines()[-1][:120]}") from None
-    if img is None or img.size == 0:
-        raise ImageError(f"corrupt {info.format} image: the decoder returned no pixels")
-    if img.dtype != np.uint8:
-        img = (img / 257).astype(np.uint8)
-    return _to_color_mode(img, "rgb")
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:

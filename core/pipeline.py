@@ -171,14 +171,10 @@ def _decode_with_pillow(data: bytes) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
-def decode(data: bytes, cfg: PipelineConfig = PipelineConfig()) -> np.ndarray:
-    """Decode bytes to a uint8 array of cfg.input_shape (RGB order for colour), or raise ImageError."""
-    info = inspect(data, cfg.max_pixels)
+def _decode_pixels(data: bytes, info: ImageInfo, flag: int) -> np.ndarray:
+    # Every decode path: alpha composited on white, Pillow for formats this OpenCV lacks, 8-bit out.
     try:
-        if info.has_alpha:
-            img = _decode_with_alpha(data)
-        else:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), _reduced_flag(info, cfg))
+        img = _decode_with_alpha(data) if info.has_alpha else cv2.imdecode(np.frombuffer(data, np.uint8), flag)
         if img is None:
             img = _decode_with_pillow(data)
     except (cv2.error, OSError, ValueError, SyntaxError) as err:
@@ -187,7 +183,19 @@ def decode(data: bytes, cfg: PipelineConfig = PipelineConfig()) -> np.ndarray:
         raise ImageError(f"corrupt {info.format} image: the decoder returned no pixels")
     if img.dtype != np.uint8:  # e.g. 16-bit PNG read unchanged
         img = (img / 257).astype(np.uint8)
-    img = _to_color_mode(img, cfg.color_mode)
+    return img
+
+
+def decode_original(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The photo as RGB uint8 at its original size, for display; refused exactly like model input."""
+    info = inspect(data, max_pixels)
+    return _to_color_mode(_decode_pixels(data, info, cv2.IMREAD_COLOR), "rgb")
+
+
+def decode(data: bytes, cfg: PipelineConfig = PipelineConfig()) -> np.ndarray:
+    """Decode bytes to a uint8 array of cfg.input_shape (RGB order for colour), or raise ImageError."""
+    info = inspect(data, cfg.max_pixels)
+    img = _to_color_mode(_decode_pixels(data, info, _reduced_flag(info, cfg)), cfg.color_mode)
     img = cv2.resize(img, (cfg.size, cfg.size), interpolation=cv2.INTER_AREA)
     return img.reshape(cfg.input_shape)
 

@@ -34,20 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 JPEG = {"Content-Type": "image/jpeg"}
 
 
-def resolve_model(arg: str | None, train_zip: Path) -> Path:
-    """--model, else the default model (shipped or newest run), else a tiny seed model trained now."""
+def resolve_model(arg: str | None) -> Path:
+    """--model, else the default model (shipped, or the newest run)."""
     from core.runs import default_model_path
 
-    if arg:
-        return Path(arg)
-    found = default_model_path()
-    if found is not None:
-        return found
-    from core.train import TrainConfig, train
-
-    print("no model found: training a tiny seed model (1 epoch, 400 images) first", file=sys.stderr)
-    runs = Path(tempfile.mkdtemp(prefix="bench-runs-"))
-    return train(train_zip, TrainConfig(epochs=1, limit=400), runs_dir=runs).run.model_path
+    path = Path(arg) if arg else default_model_path()
+    if path is None:
+        sys.exit("no model: pass --model or train one with `python -m core train SOURCE`")
+    return path
 
 
 def read_photos(test_zip: Path, n: int) -> list[bytes]:
@@ -149,7 +143,7 @@ def main() -> int:
     args = parser.parse_args()
 
     photos = read_photos(args.test_zip, args.photos)
-    model = resolve_model(args.model, args.train_zip)
+    model = resolve_model(args.model)
     server = Server(model)
     try:
         health = requests.get(server.url + "/health", timeout=10).json()["model"]

@@ -105,19 +105,14 @@ def loading(label: str, path: Path, labeled: bool, limit: int | None, rounds: in
     }
 
 
-def resolve_model(arg: str | None, train_zip: Path, scratch: Path) -> Path:
-    """--model, else the default model (shipped or newest run), else a tiny seed model trained now."""
+def resolve_model(arg: str | None) -> Path:
+    """--model, else the default model (shipped, or the newest run)."""
     from core.runs import default_model_path
 
-    if arg:
-        return Path(arg)
-    found = default_model_path()
-    if found is not None:
-        return found
-    from core.train import TrainConfig, train
-
-    print("no model found: training a tiny seed model (1 epoch, 400 images) first", file=sys.stderr)
-    return train(train_zip, TrainConfig(epochs=1, limit=400), runs_dir=scratch).run.model_path
+    path = Path(arg) if arg else default_model_path()
+    if path is None:
+        sys.exit("no model: pass --model or train one with `python -m core train SOURCE`")
+    return path
 
 
 def latency(model_path: Path, photos: list[bytes]) -> dict:
@@ -193,8 +188,7 @@ def main() -> None:
     with zipfile.ZipFile(args.test_zip) as zf:
         names = sorted(n for n in zf.namelist() if n.endswith(".jpg"))[: args.latency_images]
         photos = [zf.read(n) for n in names]
-    with tempfile.TemporaryDirectory(prefix="bench-runs-") as scratch:
-        lat = latency(resolve_model(args.model, args.train_zip, Path(scratch)), photos)
+    lat = latency(resolve_model(args.model), photos)
     print(f"\nSingle-image predict latency, decode included, median of {lat['images']} test1 photos")
     print(f"model {lat['model']} ({lat['pipeline']})")
     print(f"  seed style (model.predict)   {lat['seed_predict_median_ms']:8.2f} ms")

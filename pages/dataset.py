@@ -13,6 +13,7 @@ from core.jobs import dataset_scans
 from core.pipeline import ImageError, PipelineConfig, decode
 from ui import charts
 from ui.resources import active_dataset, open_source, set_active_dataset
+from ui.workarounds import run_through_entrypoint
 
 UPLOAD, FOLDER = "upload", "folder"
 SMALL_ZIP_BYTES = 64 * 2**20
@@ -202,6 +203,7 @@ def browse_ui(path: Path, manifest) -> None:
                 st.image(data, caption=caption, width="stretch")
 
 
+run_through_entrypoint()
 st.title("Dataset")
 dataset = source_ui()
 if dataset is None:

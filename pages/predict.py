@@ -13,6 +13,7 @@ from core.data import DatasetError, Source
 from core.pipeline import ImageError
 from core.predict import Prediction, predictions_frame, submission_frame
 from ui.resources import predictor
+from ui.workarounds import run_through_entrypoint
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 GALLERY_MAX = 48  # the table holds every result; the gallery shows the first ones
@@ -156,6 +157,7 @@ def predict_archive(model: ModelChoice, archive) -> list[Prediction] | str:
     return predictions
 
 
+run_through_entrypoint()
 st.title("Predict")
 model = model_ui()
 if model is None:

@@ -13,6 +13,7 @@ from core.predict import Evaluation, evaluate
 from core.runs import Run, RunStore
 from ui import charts
 from ui.resources import open_source, predictor, training_source
+from ui.workarounds import run_through_entrypoint
 
 GALLERY_MAX = 24
 COLUMNS = 6
@@ -156,6 +157,7 @@ def misclassified_ui(run: Run, source: Path, result: Evaluation) -> None:
             st.caption(f"{Path(row.file).name}: a {CLASS_NAMES[int(row.true)]}, P(dog) = {row.prob_dog:.2f}")
 
 
+run_through_entrypoint()
 st.title("Runs")
 store = RunStore()
 ids = table_ui(store) if store.runs() else []

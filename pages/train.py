@@ -12,6 +12,7 @@ from core.jobs import TrainingBusy, TrainingState, training_manager
 from ui import charts
 from ui.resources import active_dataset
 from ui.status import duration, training_line
+from ui.workarounds import run_through_entrypoint
 
 with st.spinner("Loading TensorFlow (once per server)…"):
     from core.model import PRESETS
@@ -164,6 +165,7 @@ def live_ui(was_running: bool) -> None:
         summary_ui(state)
 
 
+run_through_entrypoint()
 st.title("Train")
 dataset = active_dataset()
 if dataset is None:

@@ -15,6 +15,8 @@ from ui import charts
 from ui.resources import active_dataset, open_source, set_active_dataset
 from ui.workarounds import run_through_entrypoint
 
+run_through_entrypoint()  # before anything else: a deep link on a fresh server
+
 UPLOAD, FOLDER = "upload", "folder"
 SMALL_ZIP_BYTES = 64 * 2**20
 PER_PAGE = 24
@@ -203,7 +205,6 @@ def browse_ui(path: Path, manifest) -> None:
                 st.image(data, caption=caption, width="stretch")
 
 
-run_through_entrypoint()
 st.title("Dataset")
 dataset = source_ui()
 if dataset is None:

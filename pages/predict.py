@@ -15,6 +15,8 @@ from core.predict import Prediction, predictions_frame, submission_frame
 from ui.resources import predictor
 from ui.workarounds import run_through_entrypoint
 
+run_through_entrypoint()  # before anything else: a deep link on a fresh server
+
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 GALLERY_MAX = 48  # the table holds every result; the gallery shows the first ones
 COLUMNS = 4
@@ -157,7 +159,6 @@ def predict_archive(model: ModelChoice, archive) -> list[Prediction] | str:
     return predictions
 
 
-run_through_entrypoint()
 st.title("Predict")
 model = model_ui()
 if model is None:

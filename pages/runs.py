@@ -15,6 +15,8 @@ from ui import charts
 from ui.resources import open_source, predictor, training_source
 from ui.workarounds import run_through_entrypoint
 
+run_through_entrypoint()  # before anything else: a deep link on a fresh server
+
 GALLERY_MAX = 24
 COLUMNS = 6
 METRICS = {
@@ -157,7 +159,6 @@ def misclassified_ui(run: Run, source: Path, result: Evaluation) -> None:
             st.caption(f"{Path(row.file).name}: a {CLASS_NAMES[int(row.true)]}, P(dog) = {row.prob_dog:.2f}")
 
 
-run_through_entrypoint()
 st.title("Runs")
 store = RunStore()
 ids = table_ui(store) if store.runs() else []

@@ -14,6 +14,8 @@ from ui.resources import active_dataset
 from ui.status import duration, training_line
 from ui.workarounds import run_through_entrypoint
 
+run_through_entrypoint()  # before anything else: a deep link on a fresh server
+
 with st.spinner("Loading TensorFlow (once per server)…"):
     from core.model import PRESETS
     from core.train import TrainConfig
@@ -165,7 +167,6 @@ def live_ui(was_running: bool) -> None:
         summary_ui(state)
 
 
-run_through_entrypoint()
 st.title("Train")
 dataset = active_dataset()
 if dataset is None:

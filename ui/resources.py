@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import script_runner
 
 from core import catalog
 from core.data import Source
@@ -15,6 +16,22 @@ if TYPE_CHECKING:  # core.predict pulls in TensorFlow when a Predictor is built,
     from core.predict import Predictor
 
 _DATASET_KEY = "active_dataset"
+
+
+def _keep_keras_state() -> None:
+    pass  # this app draws no matplotlib figures, the only other module Streamlit cleans
+
+
+def keep_keras_state() -> None:
+    """Stop Streamlit from calling keras.backend.clear_session() at the end of every script run.
+
+    Streamlit 1.67 (script_runner._clean_problem_modules) does so, a habit from TF1 graphs. In Keras 3 that swaps
+    the global state every thread shares and empties TensorFlow's kernel cache: a run training in a background
+    thread can lose its layer-name counters mid-build ("should have unique names") and slows by half while the
+    Train page polls, and every prediction after a rerun costs ~100 ms instead of ~7 ms.
+    """
+    if hasattr(script_runner, "_clean_problem_modules"):
+        script_runner._clean_problem_modules = _keep_keras_state
 
 
 def active_dataset() -> Path | None:

@@ -2,8 +2,8 @@
 
 import streamlit as st
 
+from ui.resources import keep_keras_state
 from ui.status import render_sidebar
-from ui.workarounds import keep_keras_state
 
 keep_keras_state()
 st.set_page_config(page_title="Cats vs Dogs Studio", page_icon=":material/pets:", layout="wide")

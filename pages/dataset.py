@@ -13,9 +13,6 @@ from core.jobs import dataset_scans
 from core.pipeline import ImageError, PipelineConfig, decode
 from ui import charts
 from ui.resources import active_dataset, open_source, set_active_dataset
-from ui.workarounds import run_through_entrypoint
-
-run_through_entrypoint()  # before anything else: a deep link on a fresh server
 
 UPLOAD, FOLDER = "upload", "folder"
 SMALL_ZIP_BYTES = 64 * 2**20

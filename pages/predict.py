@@ -13,9 +13,6 @@ from core.data import DatasetError, Source
 from core.pipeline import ImageError
 from core.predict import Prediction, predictions_frame, submission_frame
 from ui.resources import predictor
-from ui.workarounds import run_through_entrypoint
-
-run_through_entrypoint()  # before anything else: a deep link on a fresh server
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 GALLERY_MAX = 48  # the table holds every result; the gallery shows the first ones

@@ -13,9 +13,6 @@ from core.predict import Evaluation, evaluate
 from core.runs import Run, RunStore
 from ui import charts
 from ui.resources import open_source, predictor, training_source
-from ui.workarounds import run_through_entrypoint
-
-run_through_entrypoint()  # before anything else: a deep link on a fresh server
 
 GALLERY_MAX = 24
 COLUMNS = 6

@@ -12,9 +12,6 @@ from core.jobs import TrainingBusy, TrainingState, training_manager
 from ui import charts
 from ui.resources import active_dataset
 from ui.status import duration, training_line
-from ui.workarounds import run_through_entrypoint
-
-run_through_entrypoint()  # before anything else: a deep link on a fresh server
 
 with st.spinner("Loading TensorFlow (once per server)…"):
     from core.model import PRESETS

@@ -11,7 +11,7 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -270,7 +270,6 @@ class LoadedDataset:
     pipeline: PipelineConfig
     source: str
     from_cache: bool = False
-    extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.y)

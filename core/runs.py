@@ -89,7 +89,8 @@ class RunStore:
         """One row per run: date, preset, hyperparameters, best validation accuracy, images, time."""
         rows = []
         for run in self.runs():
-            meta, cfg = run.meta, run.meta.get("config", {})
+            meta = run.meta  # one read of run.json per run
+            cfg = meta.get("config", {})
             rows.append(
                 {
                     "run": run.id,
@@ -149,13 +150,14 @@ def promote_run(run: Run, target: Path = DEFAULT_MODEL) -> Path:
     tmp = temp_sibling(target)
     shutil.copyfile(run.model_path, tmp)
     os.replace(tmp, target)
+    run_meta = run.meta
     meta = {
-        **run.meta,
+        **run_meta,
         "model_file": target.name,
         "source_run": run.id,
         "model_bytes": target.stat().st_size,
         "model_sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-        "regression_sample": regression_sample(run.meta.get("validation_names", [])),
+        "regression_sample": regression_sample(run_meta.get("validation_names", [])),
     }
     write_json(target.with_suffix(".json"), meta)
     if (run.path / "history.csv").exists():  # the curves travel with the model (benchmarks read them)

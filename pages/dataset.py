@@ -12,7 +12,10 @@ from core.data import OK, DatasetError, summarize
 from core.jobs import dataset_scans
 from core.pipeline import ImageError, PipelineConfig, decode
 from ui import charts
+from ui.navigation import run_through_entrypoint
 from ui.resources import active_dataset, open_source, set_active_dataset
+
+run_through_entrypoint()
 
 UPLOAD, FOLDER = "upload", "folder"
 SMALL_ZIP_BYTES = 64 * 2**20

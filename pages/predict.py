@@ -12,7 +12,10 @@ from core.catalog import ModelChoice
 from core.data import DatasetError, Source
 from core.pipeline import ImageError
 from core.predict import Prediction, predictions_frame, submission_frame
+from ui.navigation import run_through_entrypoint
 from ui.resources import predictor
+
+run_through_entrypoint()
 
 IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
 GALLERY_MAX = 48  # the table holds every result; the gallery shows the first ones

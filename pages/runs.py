@@ -12,7 +12,10 @@ from core.jobs import source_version
 from core.predict import Evaluation, evaluate
 from core.runs import Run, RunStore
 from ui import charts
+from ui.navigation import run_through_entrypoint
 from ui.resources import open_source, predictor, training_source
+
+run_through_entrypoint()
 
 GALLERY_MAX = 24
 COLUMNS = 6

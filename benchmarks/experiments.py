@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from core import config
-from core.model import PRESETS
 from core.pipeline import PipelineConfig
+from core.presets import PRESETS
 from core.train import TrainConfig, train
 
 BASE = PRESETS["best"]

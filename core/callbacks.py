@@ -71,3 +71,33 @@ class BestKeeper(keras.callbacks.Callback):
         self.emit(
             ProgressEvent("epoch", epoch + 1, self.epochs, self.steps, self.steps, logs, time.time() - self.started)
         )
+
+
+class TimeBudget(keras.callbacks.Callback):
+    # A cosine learning rate over wall time, and the end of training when the time is up, so a run fits a budget
+    # on any machine: a slow one trains fewer epochs but still anneals to the end. The epoch it stops in is
+    # still validated, so the best-model keeper sees the final, lowest-rate weights.
+    def __init__(self, budget_s: float, learning_rate: float, alpha: float = 0.01):
+        super().__init__()
+        self.budget_s, self.learning_rate, self.alpha = budget_s, learning_rate, alpha
+        self.started = 0.0
+        self.expired = False
+
+    def rate(self, elapsed_s: float) -> float:
+        done = min(elapsed_s / self.budget_s, 1.0) if self.budget_s > 0 else 1.0
+        return self.learning_rate * (self.alpha + (1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * done)))
+
+    def on_train_begin(self, logs=None):
+        self.started = time.time()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate.assign(self.rate(time.time() - self.started))
+
+    def on_train_batch_end(self, batch, logs=None):
+        if time.time() - self.started >= self.budget_s:
+            self.expired = True
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())

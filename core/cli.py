@@ -56,6 +56,7 @@ def cmd_train(args) -> int:
         color_mode=args.color_mode,
         augment=args.augment,
         early_stopping=args.early_stopping,
+        time_budget_min=args.time_budget,
     )
     bars: dict = {}
 
@@ -191,6 +192,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None)
     t.add_argument("--seed", type=int)
     t.add_argument("--limit", type=int, help="train on a balanced slice of at most N images")
+    t.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="train for this long: the learning rate anneals over the time and --epochs becomes an upper bound"
+        " (the best preset defaults to its own budget)",
+    )
     t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
     t.set_defaults(func=cmd_train)
 
@@ -206,8 +214,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average with the mirrored photo (default: on, except for the seed preset)",
+        default=False,
+        help="also predict the mirrored photo and average (twice the inference; off by default)",
     )
     pr.set_defaults(func=cmd_predict)
 

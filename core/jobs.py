@@ -36,7 +36,7 @@ class TrainingState:
     config: TrainConfig
     source: str
     started_at: float
-    status: str = "loading"  # loading, training, stopping, then finished, early-stopped, stopped or failed
+    status: str = "loading"  # loading, training, stopping, then finished, early-stopped, time-budget, stopped, failed
     loaded: int = 0
     to_load: int = 0
     epoch: int = 0
@@ -74,15 +74,25 @@ class TrainingState:
         if not self.running:
             return 1.0
         total = self.epochs * self.batches
-        return min(self.steps_done / total, 1.0) if total else 0.0
+        done = min(self.steps_done / total, 1.0) if total else 0.0
+        budget_s = self._budget_s
+        if budget_s and self.fit_started_at is not None:  # whichever ends the run first: epochs or time
+            done = max(done, min((time.time() - self.fit_started_at) / budget_s, 1.0))
+        return done
 
     @property
     def eta_s(self) -> float | None:
         """Seconds left at the pace of the batches so far; None before the first batch."""
         if not self.running or self.fit_started_at is None or self.steps_done == 0:
             return None
-        per_step = (time.time() - self.fit_started_at) / self.steps_done
-        return per_step * max(self.epochs * self.batches - self.steps_done, 0)
+        spent = time.time() - self.fit_started_at
+        left = spent / self.steps_done * max(self.epochs * self.batches - self.steps_done, 0)
+        budget_s = self._budget_s
+        return min(left, max(budget_s - spent, 0.0)) if budget_s else left
+
+    @property
+    def _budget_s(self) -> float | None:
+        return self.config.time_budget_min * 60 if self.config.time_budget_min else None
 
     def history_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.history)

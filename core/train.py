@@ -35,11 +35,14 @@ class TrainConfig:
     patience: int = 4
     seed: int = 42
     limit: int | None = None  # train on a balanced slice of at most this many images
+    # Minutes of training: the learning rate follows a cosine over this wall time, not over steps, and training
+    # ends when it runs out (epochs is then an upper bound). None: the cosine runs over the epochs.
+    time_budget_min: float | None = None
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> TrainConfig:
         """The preset's own settings, with any non-None overrides applied."""
-        from core.model import PRESETS
+        from core.presets import PRESETS
 
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -54,6 +57,7 @@ class TrainConfig:
             color_mode=p.pipeline.color_mode,
             augment=p.augment,
             early_stopping=p.early_stopping,
+            time_budget_min=p.time_budget_min,
         )
         known = {f.name for f in fields(cls)}
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None and k in known}})
@@ -120,13 +124,18 @@ def batch_sizes(n: int, batch_size: int, replicas: int = 1) -> list[int]:
     return sizes
 
 
-def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None, replicas: int = 1):
+def _batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None, replicas: int = 1, augment: bool = False
+):
     import keras
+
+    from core.augment import augment_batch
 
     bounds = np.cumsum([0, *batch_sizes(len(y), batch_size, replicas)])
 
     class Batches(keras.utils.PyDataset):
-        # Feeds uint8 arrays through the same to_model_input() that prediction uses.
+        # Feeds uint8 arrays through the same to_model_input() that prediction uses, augmented if asked, with
+        # random draws fixed by (seed, epoch, batch) so a run can be repeated.
         def __init__(self):
             super().__init__()
             self.bounds = bounds
@@ -139,7 +148,10 @@ def _batches(x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | 
 
         def __getitem__(self, i):
             idx = np.sort(self.order[bounds[i] : bounds[i + 1]])
-            return to_model_input(x[idx]), y[idx].astype(np.float32)
+            pixels = x[idx]
+            if augment:
+                pixels = augment_batch(pixels, np.random.default_rng([shuffle_seed or 0, self.epoch, i]))
+            return to_model_input(pixels), y[idx].astype(np.float32)
 
         def on_epoch_end(self):
             if shuffle_seed is not None:
@@ -214,8 +226,9 @@ def train(
     """Train one run; progress goes to a plain callable, cancel is checked every batch."""
     import keras
 
-    from core.callbacks import BestKeeper
-    from core.model import PRESETS, build_model, compile_model, save_model
+    from core.callbacks import BestKeeper, TimeBudget
+    from core.model import build_model, compile_model, save_model
+    from core.presets import PRESETS
 
     started = time.time()
     emit = progress or (lambda event: None)
@@ -243,17 +256,21 @@ def train(
     if per_replica_batch < 1:
         raise ValueError(f"batch size {config.batch_size} is smaller than the {replicas} replicas; use a larger one")
     global_batch = per_replica_batch * replicas
-    train_data = _batches(dataset.x[train_idx], dataset.y[train_idx], global_batch, config.seed, replicas)
+    train_data = _batches(
+        dataset.x[train_idx], dataset.y[train_idx], global_batch, config.seed, replicas, augment=config.augment
+    )
     val_data = _batches(dataset.x[val_idx], dataset.y[val_idx], global_batch, None, replicas) if len(val_idx) else None
     steps = len(train_data)
     with strategy.scope():
-        model = build_model(preset, pipeline, config.augment, seed=config.seed)
-        compile_model(model, preset, config.learning_rate, total_steps=steps * config.epochs)
+        model = build_model(preset, pipeline)
+        budgeted = config.time_budget_min is not None
+        compile_model(model, preset, config.learning_rate, total_steps=None if budgeted else steps * config.epochs)
 
     store = RunStore(runs_dir)
     run = store.create(config.preset)
     keeper = BestKeeper(run, emit, cancel, config, train_data, started)
-    callbacks = [keeper]
+    budget = TimeBudget(config.time_budget_min * 60, config.learning_rate) if budgeted else None
+    callbacks = [budget, keeper] if budget else [keeper]  # first, so the keeper's rows get its learning rate
     if config.early_stopping and len(val_idx):
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
     emit(
@@ -280,7 +297,12 @@ def train(
     save_model(model, run.model_path)
     hist = pd.DataFrame(keeper.rows)
     hist.to_csv(run.path / "history.csv", index=False)
-    status = "stopped" if cancel.is_set() else ("early-stopped" if len(hist) < config.epochs else "finished")
+    if cancel.is_set():
+        status = "stopped"
+    elif budget and budget.expired:
+        status = "time-budget"
+    else:
+        status = "early-stopped" if len(hist) < config.epochs else "finished"
     metrics = {
         "best_val_accuracy": keeper.best.get("val_accuracy"),
         "best_val_loss": keeper.best.get("val_loss"),

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import streamlit as st
 
 from core import catalog, config
 from core.jobs import TrainingBusy, TrainingState, training_manager
+from core.presets import PRESETS
+from core.train import TrainConfig
 from ui import charts
+from ui.navigation import run_through_entrypoint
 from ui.resources import active_dataset
 from ui.status import duration, training_line
 
-with st.spinner("Loading TensorFlow (once per server)…"):
-    from core.model import PRESETS
-    from core.train import TrainConfig
+run_through_entrypoint()
+
 
 # The presets' own values are always among the choices, whatever a preset is later tuned to.
 IMAGE_SIZES = sorted({48, 64, 80, 96, 112, 128, 160} | {p.pipeline.size for p in PRESETS.values()})
@@ -36,6 +38,7 @@ FIELDS = {
 def _load_settings(cfg: TrainConfig) -> None:
     settings = asdict(cfg)
     st.session_state.update({key: settings[name] for key, name in FIELDS.items()})
+    st.session_state["train_time_budget"] = int(cfg.time_budget_min or 0)
 
 
 def _apply_preset() -> None:
@@ -54,10 +57,19 @@ def controls_ui() -> None:
     c1.slider("Epochs", 1, 50, key="train_epochs", **keep)
     c2.slider("Batch size", 8, 256, step=8, key="train_batch_size", **keep)
     c3.slider("Validation split", 0.05, 0.5, step=0.05, key="train_validation_split", **keep)
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c3, c4 = st.columns(4)
     c1.select_slider("Learning rate", LEARNING_RATES, format_func=lambda v: f"{v:g}", key="train_learning_rate", **keep)
     c2.select_slider("Image size (px)", IMAGE_SIZES, key="train_image_size", **keep)
     c3.radio("Colour", ["grayscale", "rgb"], horizontal=True, key="train_color_mode", **keep)
+    c4.number_input(
+        "Time budget (min, 0 = none)",
+        0,
+        24 * 60,
+        step=5,
+        key="train_time_budget",
+        help="Train for this long: the learning rate anneals over the time, and Epochs becomes an upper bound",
+        **keep,
+    )
     c1, c2, c3, c4 = st.columns(4)
     c1.toggle("Augmentation", key="train_augment", help="Random flips, rotation, zoom, shifts, contrast", **keep)
     c2.toggle("Early stopping", key="train_early_stopping", help="Stop when validation loss stalls", **keep)
@@ -67,8 +79,9 @@ def controls_ui() -> None:
     )
     cfg = chosen_config()
     photos = f"{cfg.limit:,} photos" if cfg.limit else "all photos"
+    length = f"{cfg.epochs} epochs" + (f" or {cfg.time_budget_min:g} minutes" if cfg.time_budget_min else "")
     st.caption(
-        f"Start trains the {cfg.preset} preset for {cfg.epochs} epochs in batches of {cfg.batch_size} on {photos}, "
+        f"Start trains the {cfg.preset} preset for {length} in batches of {cfg.batch_size} on {photos}, "
         f"{cfg.image_size}x{cfg.image_size} {cfg.color_mode}, holding out {cfg.validation_split:.0%} for validation.",
         help="What Start will run, as the server sees the controls",
     )
@@ -79,7 +92,8 @@ def chosen_config() -> TrainConfig:
     state = st.session_state
     settings = {name: state[key] for key, name in FIELDS.items()}
     limit = int(state.get("train_limit", 0)) or None
-    return TrainConfig.for_preset(state["train_preset"], **settings, seed=int(state.get("train_seed", 42)), limit=limit)
+    cfg = TrainConfig.for_preset(state["train_preset"], **settings, seed=int(state.get("train_seed", 42)), limit=limit)
+    return replace(cfg, time_budget_min=float(state.get("train_time_budget", 0)) or None)  # 0 = none
 
 
 def _start() -> None:
@@ -119,7 +133,12 @@ def summary_ui(state: TrainingState) -> None:
     if result is None:
         st.warning("Stopped while decoding the photos, before training began: nothing was saved.")
         return
-    ended = {"finished": "finished", "early-stopped": "stopped early", "stopped": "was stopped"}[result.status]
+    ended = {
+        "finished": "finished",
+        "early-stopped": "stopped early",
+        "time-budget": "used its time budget",
+        "stopped": "was stopped",
+    }[result.status]
     st.success(f"Run {ended}: saved to `{result.run.path}`. It is listed on the Runs page.")
     best = result.metrics.get("best_val_accuracy")
     cols = st.columns(4)

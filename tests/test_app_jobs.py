@@ -61,6 +61,19 @@ def test_a_run_reports_load_batch_and_epoch_progress_then_its_saved_result(small
     assert final.result.metrics["epochs_completed"] == 2
 
 
+def test_a_time_budgeted_run_reports_progress_and_eta_against_its_budget(small_zip, app_dirs):
+    budget_s = 6.0
+    job = TrainingManager().start(small_zip, _config(epochs=500, time_budget_min=budget_s / 60), runs_dir=app_dirs.runs)
+    seen = _watch(job)
+    final = seen[-1]
+    assert final.status == "time-budget", final.error
+    assert final.result.metrics["epochs_completed"] < 500
+    running = [s for s in seen if s.status == "training" and s.steps_done]
+    # 500 epochs at this pace would take minutes: the ETA and progress follow the 6-second budget instead.
+    assert running and all(s.eta_s <= budget_s + 0.5 for s in running)
+    assert max(s.fraction for s in running) > 0.5
+
+
 def test_one_run_at_a_time_and_stop_keeps_the_best_epoch_so_far(small_zip, app_dirs):
     manager = TrainingManager()
     job = manager.start(small_zip, _config(epochs=50, batch_size=8), runs_dir=app_dirs.runs)

@@ -161,6 +161,13 @@ def test_choosing_a_preset_loads_its_settings(dataset):
     assert at.select_slider(key="train_image_size").value == improved.image_size
     assert at.radio(key="train_color_mode").value == improved.color_mode
     assert at.toggle(key="train_augment").value is True
+    assert at.number_input(key="train_time_budget").value == 0
+    at.selectbox(key="train_preset").set_value("best").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.number_input(key="train_time_budget").value == TrainConfig.for_preset("best").time_budget_min
+    assert "for 50 epochs or 50 minutes" in texts(at.caption)
+    at.number_input(key="train_time_budget").set_value(0).run()  # 0 turns the budget off
+    assert "for 50 epochs in batches" in texts(at.caption)
     at.switch_page("pages/dataset.py").run()  # the model's-eye view follows the Train page's settings
     assert "96x96 rgb" in at.toggle(key="dataset_model_view").label
 
@@ -334,13 +341,16 @@ def test_the_sidebar_shows_a_run_in_progress(dataset):
     assert job.wait(120)
 
 
-def test_the_first_page_renders_without_loading_tensorflow(dataset, saved_run):
-    # In a fresh interpreter: this test process has long imported TensorFlow for training.
+@pytest.mark.parametrize(("page", "element"), [("pages/dataset.py", "metric"), ("pages/train.py", "slider")])
+def test_the_dataset_and_train_pages_render_without_loading_tensorflow(dataset, saved_run, page, element):
+    # In a fresh interpreter: this test process has long imported TensorFlow for training. The Train page
+    # lists the presets from core.presets, which does not import Keras; TensorFlow loads when a run starts.
     script = (
         "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
         f"at = AppTest.from_file({APP!r}, default_timeout=120).run()\n"
-        "assert not at.exception and at.metric, 'the Dataset page did not render'\n"
+        f"at = at.switch_page({page!r}).run() if {page!r} != 'pages/dataset.py' else at\n"
+        f"assert not at.exception and at.{element}, 'the page did not render'\n"
         "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
         "assert not heavy, heavy\n"
     )

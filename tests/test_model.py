@@ -80,20 +80,20 @@ def test_seed_builds_at_other_sizes_and_colors():
 # --- improved --------------------------------------------------------------------------------------------------
 
 
-def test_improved_preset_has_batch_norm_global_pooling_dropout_and_in_model_augmentation():
+def test_improved_preset_has_batch_norm_global_pooling_dropout_and_no_augmentation_layers():
     model = build_model(PRESETS["improved"])
     assert model.input_shape == (None, 96, 96, 3)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("BatchNormalization") >= 4
+    assert {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)} == {0.9}
     assert "GlobalAveragePooling2D" in kinds and "Flatten" not in kinds
     assert "Dropout" in kinds
-    augmentation = model.get_layer("augmentation")
-    assert {type(layer).__name__ for layer in augmentation.layers} >= {"RandomFlip", "RandomRotation", "RandomZoom"}
+    assert not [kind for kind in kinds if kind.startswith("Random")]  # core.augment does it, outside the model
     assert model.layers[-1].get_config()["activation"] == "sigmoid"
 
 
-def test_improved_augmentation_and_dropout_act_only_while_training():
-    model = build_model(PRESETS["improved"], seed=1)
+def test_improved_dropout_acts_only_while_training():
+    model = build_model(PRESETS["improved"])
     x = np.random.default_rng(0).random((4, 96, 96, 3), dtype=np.float32)
     inference = np.asarray(model(x, training=False))
     np.testing.assert_array_equal(inference, np.asarray(model(x, training=False)))
@@ -101,10 +101,8 @@ def test_improved_augmentation_and_dropout_act_only_while_training():
     assert ((inference >= 0) & (inference <= 1)).all()
 
 
-def test_improved_builds_without_augmentation_and_at_other_pipelines():
-    plain = build_model(PRESETS["improved"], PipelineConfig(64, "grayscale"), augment=False)
-    assert plain.input_shape == (None, 64, 64, 1)
-    assert "augmentation" not in [layer.name for layer in plain.layers]
+def test_improved_builds_at_other_pipelines():
+    assert build_model(PRESETS["improved"], PipelineConfig(64, "grayscale")).input_shape == (None, 64, 64, 1)
 
 
 def test_improved_compiles_with_adamw_and_a_cosine_decaying_learning_rate():
@@ -119,12 +117,20 @@ def test_improved_compiles_with_adamw_and_a_cosine_decaying_learning_rate():
     assert compiled["loss_weights"] is None
 
 
+def test_without_a_step_count_adamw_gets_a_plain_rate_for_a_time_budget_to_drive():
+    preset = PRESETS["best"]
+    model = compile_model(build_model(preset), preset, preset.learning_rate, total_steps=None)
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(preset.learning_rate)
+    model.optimizer.learning_rate.assign(1e-5)
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-5)
+
+
 # --- save and load -----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("preset, pipeline", [("seed", PipelineConfig()), ("improved", PipelineConfig(64, "rgb"))])
 def test_a_saved_model_loads_with_the_same_weights_and_its_pipeline(tmp_path, preset, pipeline):
-    model = build_model(PRESETS[preset], pipeline, seed=0)
+    model = build_model(PRESETS[preset], pipeline)
     x = np.random.default_rng(0).random((3, *pipeline.input_shape), dtype=np.float32)
     path = save_model(model, tmp_path / "sub" / "model.keras")
     assert zipfile.is_zipfile(path)

@@ -11,7 +11,7 @@ import pytest
 
 from core import config
 from core.data import Source
-from core.model import PRESETS, build_model, load_model, model_pipeline
+from core.model import PRESETS, load_model, model_pipeline
 from core.pipeline import PipelineConfig, preprocess
 from core.predict import Predictor, evaluate
 from core.train import TrainConfig, train
@@ -34,13 +34,6 @@ def test_best_preset_trains_one_epoch_and_round_trips_with_identical_predictions
     first = np.asarray(saved(x, training=False))
     again = np.asarray(load_model(result.run.model_path)(x, training=False))
     np.testing.assert_array_equal(first, again)
-
-
-def test_best_preset_puts_augmentation_inside_the_model_and_off_at_inference():
-    model = build_model(PRESETS["best"], seed=1)
-    assert "augmentation" in [layer.name for layer in model.layers]
-    x = np.random.default_rng(1).random((2, *PRESETS["best"].pipeline.input_shape), np.float32)
-    np.testing.assert_allclose(model(x, training=False), model(x, training=False))
 
 
 def test_shipped_model_loads_in_safe_mode_and_its_metadata_matches_the_file(shipped_meta):
@@ -72,10 +65,10 @@ def test_shipped_model_is_at_least_90_percent_accurate_on_its_fixed_validation_s
     assert result.accuracy >= 0.90, result.per_class
 
 
-def test_best_models_average_with_the_mirrored_photo_and_the_seed_does_not(tiny_model, jpeg):
-    shipped = Predictor(config.DEFAULT_MODEL)
-    assert shipped.flip_tta and not Predictor(tiny_model).flip_tta
-    x = preprocess(jpeg, shipped.pipeline)[None]
-    plain = Predictor(config.DEFAULT_MODEL, flip_tta=False)
+def test_flip_tta_is_opt_in_and_averages_with_the_mirrored_photo(jpeg):
+    plain = Predictor(config.DEFAULT_MODEL)
+    assert not plain.flip_tta
+    tta = Predictor(config.DEFAULT_MODEL, flip_tta=True)
+    x = preprocess(jpeg, tta.pipeline)[None]
     expected = (plain.probabilities(x) + plain.probabilities(x[:, :, ::-1, :].copy())) / 2
-    np.testing.assert_allclose(shipped.probabilities(x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tta.probabilities(x), expected, rtol=1e-5, atol=1e-6)

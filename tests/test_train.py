@@ -7,6 +7,7 @@ import itertools
 import json
 import shutil
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -163,6 +164,38 @@ def test_the_improved_preset_trains_at_a_small_size(small_slice, small_zip, tmp_
     assert result.status == "finished"
     assert model_pipeline(load_model(result.run.model_path)) == PipelineConfig(32, "rgb")
     assert result.run.meta["config"]["preset"] == "improved"
+
+
+def test_a_time_budget_anneals_the_rate_over_wall_time_and_ends_training(small_zip, tmp_path):
+    cfg = TrainConfig.for_preset(
+        "improved", epochs=200, image_size=32, batch_size=16, limit=SLICE, early_stopping=False, time_budget_min=0.1
+    )
+    started = time.time()
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "time-budget"
+    assert 1 <= result.metrics["epochs_completed"] < 200
+    assert time.time() - started < 60
+    rates = result.history["learning_rate"].to_numpy()
+    assert (np.diff(rates) <= 0).all() and rates[-1] < rates[0]
+    assert rates[-1] < cfg.learning_rate * 0.2  # near the end of the cosine
+    assert result.run.meta["status"] == "time-budget"
+    assert load_model(result.run.model_path) is not None
+
+
+def test_the_time_budget_rate_is_a_cosine_from_the_rate_to_one_percent_of_it():
+    from core.callbacks import TimeBudget
+
+    budget = TimeBudget(100, 2e-3)
+    assert budget.rate(0) == pytest.approx(2e-3)
+    assert budget.rate(50) == pytest.approx(2e-3 * (0.01 + 0.99 * 0.5))
+    assert budget.rate(100) == budget.rate(1e6) == pytest.approx(2e-5)
+
+
+def test_the_best_preset_trains_to_a_budget_under_the_hour():
+    cfg = TrainConfig.for_preset("best")
+    assert cfg.time_budget_min is not None and cfg.time_budget_min <= 55
+    assert cfg.augment and cfg.pipeline == PipelineConfig(96, "rgb")
+    assert TrainConfig.for_preset("seed").time_budget_min is None
 
 
 # --- cancellation -------------------------------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""Training-time augmentation: real transforms of uint8 batches, repeatable, and only where training asks."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from core.augment import Augmentation, augment_batch
+from core.train import _batches
+
+NONE = Augmentation(rotation_deg=0, zoom=0, translation=0, contrast=0, flip=False)
+
+
+def blob_batch(n: int = 16, size: int = 48, channels: int = 3) -> np.ndarray:
+    """A bright disc left of centre on a dark, textured background."""
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 60, (n, size, size, channels), dtype=np.uint8)
+    for image in batch:
+        cv2.circle(image, (size // 3, size // 2), size // 8, (255,) * channels, -1)
+    return batch
+
+
+def centroid_x(image: np.ndarray) -> float:
+    bright = image.mean(axis=-1) > 200
+    return float(np.nonzero(bright)[1].mean())
+
+
+def test_the_output_is_a_new_uint8_batch_of_the_same_shape():
+    batch = blob_batch()
+    before = batch.copy()
+    out = augment_batch(batch, np.random.default_rng(1))
+    assert out.shape == batch.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(batch, before)
+    assert not np.array_equal(out, batch)
+
+
+def test_the_same_generator_seed_gives_the_same_batch_and_another_seed_does_not():
+    batch = blob_batch()
+    first = augment_batch(batch, np.random.default_rng(5))
+    np.testing.assert_array_equal(first, augment_batch(batch, np.random.default_rng(5)))
+    assert not np.array_equal(first, augment_batch(batch, np.random.default_rng(6)))
+
+
+def test_with_every_range_at_zero_nothing_changes():
+    batch = blob_batch()
+    np.testing.assert_array_equal(augment_batch(batch, np.random.default_rng(0), NONE), batch)
+
+
+def test_a_flip_mirrors_left_and_right_about_half_the_time():
+    batch = blob_batch(n=64)
+    out = augment_batch(batch, np.random.default_rng(2), Augmentation(0, 0, 0, 0, flip=True))
+    mirrored = [np.array_equal(o, b[:, ::-1]) for o, b in zip(out, batch, strict=True)]
+    kept = [np.array_equal(o, b) for o, b in zip(out, batch, strict=True)]
+    assert all(m or k for m, k in zip(mirrored, kept, strict=True))
+    assert 16 <= sum(mirrored) <= 48
+
+
+def test_a_shift_moves_the_subject_by_at_most_the_translation_range():
+    batch = blob_batch(n=32, size=60)
+    out = augment_batch(batch, np.random.default_rng(3), Augmentation(0, 0, 0.1, 0, flip=False))
+    moves = np.array([centroid_x(o) - centroid_x(b) for o, b in zip(out, batch, strict=True)])
+    assert np.abs(moves).max() <= 0.1 * 60 + 1
+    assert np.abs(moves).max() >= 2  # it did move
+
+
+def test_rotation_and_zoom_keep_the_subject_and_fill_the_corners_without_black():
+    batch = np.full((8, 48, 48, 3), 128, np.uint8)
+    cv2.circle(batch[0], (24, 24), 6, (255, 255, 255), -1)
+    out = augment_batch(batch, np.random.default_rng(4), Augmentation(18, 0.15, 0, 0, flip=False))
+    assert out.min() >= 127  # reflected borders: no black wedges from the rotation
+    assert (out[0] > 200).sum() > 40  # the disc survives
+
+
+def test_contrast_changes_spread_but_not_mean_level():
+    batch = np.random.default_rng(1).integers(80, 176, (16, 32, 32, 3), dtype=np.uint8)  # room to spread
+    out = augment_batch(batch, np.random.default_rng(7), Augmentation(0, 0, 0, 0.3, flip=False))
+    spread = out.reshape(16, -1).std(axis=1) / batch.reshape(16, -1).std(axis=1)
+    assert spread.min() < 0.95 and spread.max() > 1.05
+    np.testing.assert_allclose(out.mean(axis=(1, 2, 3)), batch.mean(axis=(1, 2, 3)), atol=3)
+
+
+def test_grayscale_batches_keep_their_channel_axis():
+    out = augment_batch(blob_batch(channels=1), np.random.default_rng(0))
+    assert out.shape == (16, 48, 48, 1)
+
+
+def test_anything_but_a_uint8_batch_is_refused():
+    with pytest.raises(ValueError, match="uint8 batch"):
+        augment_batch(np.zeros((2, 8, 8, 3), np.float32), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="uint8 batch"):
+        augment_batch(np.zeros((8, 8, 3), np.uint8), np.random.default_rng(0))
+
+
+def test_the_training_feeder_augments_repeatably_and_the_plain_feeder_does_not():
+    x, y = blob_batch(n=40), np.arange(40) % 2
+    plain = _batches(x, y, 16, shuffle_seed=9)
+    augmented = _batches(x, y, 16, shuffle_seed=9, augment=True)
+    (px, py), (ax, ay) = plain[0], augmented[0]
+    np.testing.assert_array_equal(py, ay)  # the same photos, the same labels
+    assert px.dtype == ax.dtype == np.float32 and px.shape == ax.shape
+    np.testing.assert_allclose(px, x[np.sort(plain.order[:16])] / 255, atol=1e-6)
+    assert not np.array_equal(px, ax)
+    np.testing.assert_array_equal(ax, augmented[0][0])  # the same epoch and batch: the same draw
+    augmented.on_epoch_end()
+    assert not np.array_equal(ax, augmented[0][0]) or not np.array_equal(ay, augmented[0][1])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from core.data import DatasetError
@@ -39,6 +40,13 @@ def cmd_scan(args) -> int:
     return 0
 
 
+def _minutes(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (0 or more)")
+    return value
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -56,8 +64,9 @@ def cmd_train(args) -> int:
         color_mode=args.color_mode,
         augment=args.augment,
         early_stopping=args.early_stopping,
-        time_budget_min=args.time_budget,
     )
+    if args.time_budget is not None:  # 0 turns a preset's budget off
+        config = replace(config, time_budget_min=args.time_budget or None)
     bars: dict = {}
 
     def progress(event) -> None:
@@ -194,10 +203,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--limit", type=int, help="train on a balanced slice of at most N images")
     t.add_argument(
         "--time-budget",
-        type=float,
+        type=_minutes,
         metavar="MINUTES",
         help="train for this long: the learning rate anneals over the time and --epochs becomes an upper bound"
-        " (the best preset defaults to its own budget)",
+        " (the best preset defaults to 50; 0 turns it off)",
     )
     t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
     t.set_defaults(func=cmd_train)

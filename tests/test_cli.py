@@ -248,3 +248,28 @@ def test_a_model_file_that_is_not_a_model_is_one_line_error(cli_home, tmp_path, 
     photo = tmp_path / "x.jpg"
     photo.write_bytes(jpeg)
     assert_one_line_error(run_cli(cli_home, "predict", photo, "--model", fake), "not a Keras model")
+
+
+def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_is_refused(cli_home, small_zip):
+    proc = run_cli(
+        cli_home,
+        "train",
+        small_zip,
+        "--preset",
+        "best",
+        "--time-budget",
+        "0",
+        "--epochs",
+        "1",
+        "--limit",
+        "64",
+        "--image-size",
+        "32",
+    )
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "run.json").read_text())
+    assert meta["config"]["preset"] == "best" and meta["config"]["time_budget_min"] is None
+    assert meta["status"] == "finished"
+    refused = run_cli(cli_home, "train", small_zip, "--time-budget", "-5")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "not a number of minutes" in refused.stderr

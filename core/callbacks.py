@@ -79,13 +79,14 @@ class TimeBudget(keras.callbacks.Callback):
     # still validated, so the best-model keeper sees the final, lowest-rate weights.
     def __init__(self, budget_s: float, learning_rate: float, alpha: float = 0.01):
         super().__init__()
-        self.budget_s, self.learning_rate, self.alpha = budget_s, learning_rate, alpha
+        self.budget_s = budget_s
+        # Keras's own cosine, with seconds as its steps (it holds at alpha past the end).
+        self.schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(budget_s, 1e-6), alpha=alpha)
         self.started = 0.0
         self.expired = False
 
     def rate(self, elapsed_s: float) -> float:
-        done = min(elapsed_s / self.budget_s, 1.0) if self.budget_s > 0 else 1.0
-        return self.learning_rate * (self.alpha + (1 - self.alpha) * 0.5 * (1 + math.cos(math.pi * done)))
+        return float(self.schedule(elapsed_s))
 
     def on_train_begin(self, logs=None):
         self.started = time.time()

@@ -114,6 +114,12 @@ def legend_ui() -> None:
     st.caption(f"Where the model looked (Grad-CAM, last convolutional layer): {LEGEND}.")
 
 
+def csv_download(label: str, frame, file_name: str, key: str) -> None:
+    """A download button for a table as CSV; clicking it does not rerun the page."""
+    data = frame.to_csv(index=False)
+    st.download_button(label, data, file_name=file_name, mime="text/csv", key=key, on_click="ignore")
+
+
 def submission_ui(model: ModelChoice) -> None:
     """A zip of unlabeled photos, named like Kaggle's test1/123.jpg, becomes a submission CSV."""
     archive = st.file_uploader("A zip of unlabeled photos, like Kaggle's test1.zip", type=["zip"], key="predict_zip")
@@ -129,14 +135,7 @@ def submission_ui(model: ModelChoice) -> None:
         f"{len(frame):,} rows in submission.csv: {len(predictions) - len(errors):,} photos labeled; "
         f"{len(errors):,} could not be read and get the fallback label (Kaggle needs every id)."
     )
-    st.download_button(
-        "Download submission.csv",
-        frame.to_csv(index=False),
-        file_name="submission.csv",
-        mime="text/csv",
-        key="predict_submission_download",
-        on_click="ignore",
-    )
+    csv_download("Download submission.csv", frame, "submission.csv", "predict_submission_download")
     if len(errors):
         st.dataframe(errors[["file", "error"]], hide_index=True, width="stretch")
 
@@ -183,14 +182,7 @@ if files:
     gallery_ui(files, predictions, overlays)
     table = predictions_frame(predictions)
     st.dataframe(table, hide_index=True, width="stretch")
-    st.download_button(
-        "Download results (CSV)",
-        table.to_csv(index=False),
-        file_name="predictions.csv",
-        mime="text/csv",
-        key="predict_download",
-        on_click="ignore",
-    )
+    csv_download("Download results (CSV)", table, "predictions.csv", "predict_download")
 else:
     st.caption("JPEG, PNG, WebP or BMP; many at once. Nothing is stored.")
 with st.expander("Kaggle submission from a zip"):

@@ -24,17 +24,24 @@ class Augmentation:
     flip: bool = True  # mirror left-right half the time
 
 
-def augment_batch(pixels: np.ndarray, rng: np.random.Generator, aug: Augmentation = Augmentation()) -> np.ndarray:
-    """A randomly transformed copy of a uint8 batch of shape (N, H, W, C); the input is not changed."""
+def augment_batch(
+    pixels: np.ndarray, rng: np.random.Generator, aug: Augmentation = Augmentation(), size: int | None = None
+) -> np.ndarray:
+    """A randomly transformed copy of a uint8 batch of shape (N, H, W, C); the input is not changed.
+
+    With size, the photos come out size x size: the same warp also scales them, at no extra cost (progressive
+    resizing trains early epochs on smaller photos).
+    """
     if pixels.ndim != 4 or pixels.dtype != np.uint8:
         raise ValueError(f"expected a uint8 batch (N, H, W, C), got {pixels.dtype} {pixels.shape}")
     n, h, w, c = pixels.shape
+    out_w, out_h = (size, size) if size else (w, h)
     angles = rng.uniform(-aug.rotation_deg, aug.rotation_deg, n)
     scales = rng.uniform(1 - aug.zoom, 1 + aug.zoom, n)
     shifts = rng.uniform(-aug.translation, aug.translation, (n, 2)) * (w, h)
     flips = rng.random(n) < 0.5 if aug.flip else np.zeros(n, bool)
     factors = rng.uniform(1 - aug.contrast, 1 + aug.contrast, n)
-    out = np.empty_like(pixels)
+    out = np.empty((n, out_h, out_w, c), np.uint8)
     centre = ((w - 1) / 2, (h - 1) / 2)
     for i in range(n):
         matrix = cv2.getRotationMatrix2D(centre, float(angles[i]), float(scales[i]))
@@ -42,9 +49,13 @@ def augment_batch(pixels: np.ndarray, rng: np.random.Generator, aug: Augmentatio
         if flips[i]:  # mirror the output: x' = (w - 1) - x
             matrix[0] = -matrix[0]
             matrix[0, 2] += w - 1
+        if (out_w, out_h) != (w, h):  # scale about pixel centres: x' = s (x + 0.5) - 0.5
+            matrix[0] *= out_w / w
+            matrix[1] *= out_h / h
+            matrix[:, 2] += (out_w / w / 2 - 0.5, out_h / h / 2 - 0.5)
         warped = cv2.warpAffine(
-            pixels[i], matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
-        ).reshape(h, w, c)
+            pixels[i], matrix, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101
+        ).reshape(out_h, out_w, c)
         if aug.contrast:
             mean = warped.mean(axis=(0, 1), dtype=np.float32)
             warped = np.clip((warped - mean) * np.float32(factors[i]) + mean, 0, 255).round()

@@ -24,9 +24,12 @@ class BestKeeper(keras.callbacks.Callback):
         config: TrainConfig,
         train_data,
         started: float,
+        export=lambda model: model,
     ):
         super().__init__()
         self.run, self.emit, self.cancel, self.started = run, emit, cancel, started
+        self.export = export  # the model to save, given the one in training
+        self.image_size = config.image_size  # the size the current epochs train at, recorded per epoch
         self.epochs = config.epochs
         self.steps = len(train_data)
         self.batch_images = np.diff(train_data.bounds)  # images in each batch, for the throughput figure
@@ -61,13 +64,13 @@ class BestKeeper(keras.callbacks.Callback):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         if self.cancel.is_set() and self.batches_done % self.steps:
             return  # an interrupted epoch is not a real one
-        row = {"epoch": epoch + 1, **logs, "elapsed_s": time.time() - self.started}
+        row = {"epoch": epoch + 1, **logs, "train_size": self.image_size, "elapsed_s": time.time() - self.started}
         self.rows.append(row)
         score = logs.get("val_loss", logs.get("loss", math.inf))
         if score < self.best.get("val_loss", self.best.get("loss", math.inf)) or not self.best:
             self.best = row
             self.best_weights = self.model.get_weights()
-            save_model(self.model, self.run.model_path)  # a crash later still leaves the best so far
+            save_model(self.export(self.model), self.run.model_path)  # a crash later still leaves the best so far
         self.emit(
             ProgressEvent("epoch", epoch + 1, self.epochs, self.steps, self.steps, logs, time.time() - self.started)
         )
@@ -88,8 +91,13 @@ class TimeBudget(keras.callbacks.Callback):
     def rate(self, elapsed_s: float) -> float:
         return float(self.schedule(elapsed_s))
 
+    def fraction(self) -> float:
+        """How much of the budget is spent, from 0 to 1."""
+        return min((time.time() - self.started) / max(self.budget_s, 1e-6), 1.0) if self.started else 0.0
+
     def on_train_begin(self, logs=None):
-        self.started = time.time()
+        if not self.started:  # training in stages calls fit() once per stage: the clock runs across them
+            self.started = time.time()
 
     def on_train_batch_begin(self, batch, logs=None):
         self.model.optimizer.learning_rate.assign(self.rate(time.time() - self.started))
@@ -102,3 +110,14 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+
+
+class StageEnd(keras.callbacks.Callback):
+    # Ends one stage of progressive resizing at the first epoch end past its share of the time budget.
+    def __init__(self, budget: TimeBudget, until_fraction: float):
+        super().__init__()
+        self.budget, self.until_fraction = budget, until_fraction
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.budget.fraction() >= self.until_fraction:
+            self.model.stop_training = True

@@ -47,6 +47,16 @@ def _minutes(text: str) -> float:
     return value
 
 
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or not all(0 < s <= 1 for s in scales):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of fractions of the image size, like 0.67,0.83,1")
+    return scales
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -64,6 +74,7 @@ def cmd_train(args) -> int:
         color_mode=args.color_mode,
         augment=args.augment,
         early_stopping=args.early_stopping,
+        train_scales=args.train_scales,
     )
     if args.time_budget is not None:  # 0 turns a preset's budget off
         config = replace(config, time_budget_min=args.time_budget or None)
@@ -207,6 +218,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="MINUTES",
         help="train for this long: the learning rate anneals over the time and --epochs becomes an upper bound"
         " (the best preset defaults to 50; 0 turns it off)",
+    )
+    t.add_argument(
+        "--train-scales",
+        type=_scales,
+        metavar="S1,S2,...",
+        help="progressive resizing: train in equal shares at these fractions of --image-size, smallest first"
+        " (the best preset: 0.67,0.83,1; 1 trains at full size throughout)",
     )
     t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
     t.set_defaults(func=cmd_train)

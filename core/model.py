@@ -38,13 +38,17 @@ def build_vgg_bn(
     widths: tuple[int, ...] = (16, 32, 64, 128),
     stem: int = 0,
     name: str = "improved",
+    any_size: bool = False,
 ) -> keras.Model:
     """Conv pairs with batch norm and max-pooling, global average pooling, dropout 0.3, sigmoid.
 
     Batch norm uses momentum 0.9: with 0.99 the moving statistics trailed the weights by ~100 steps, and
     validation accuracy sat near chance for the first epochs while training accuracy climbed.
+    With any_size the input takes photos of any size (progressive resizing trains on several); global pooling
+    makes the net itself size-agnostic.
     """
-    inputs = keras.Input(pipeline.input_shape, name="image")
+    shape = (None, None, pipeline.channels) if any_size else pipeline.input_shape
+    inputs = keras.Input(shape, name="image")
     x = inputs
     if stem:
         x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
@@ -63,15 +67,27 @@ def build_vgg_bn(
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_model(preset: Preset, pipeline: PipelineConfig | None = None) -> keras.Model:
+def build_model(preset: Preset, pipeline: PipelineConfig | None = None, any_size: bool = False) -> keras.Model:
     """Build an uncompiled model for a preset, optionally at another input size or colour mode.
 
-    Augmentation is not part of the model: `core.augment` applies it to training batches.
+    Augmentation is not part of the model: `core.augment` applies it to training batches. any_size builds it to
+    take photos of any size, for training at several; `fixed_size` makes the model to save from it.
     """
     pipeline = pipeline or preset.pipeline
     if preset.name == "seed":
+        if any_size:
+            raise ValueError("the seed net flattens a fixed-size map, so it trains at one size only")
         return build_seed(pipeline)
-    return build_vgg_bn(pipeline, preset.widths, preset.stem, name=preset.name)
+    return build_vgg_bn(pipeline, preset.widths, preset.stem, name=preset.name, any_size=any_size)
+
+
+def fixed_size(model: keras.Model, preset: Preset, pipeline: PipelineConfig) -> keras.Model:
+    """The model at the pipeline's input size, so that a saved model says what input it expects."""
+    if model.input_shape[1:] == pipeline.input_shape:
+        return model
+    fixed = build_model(preset, pipeline)
+    fixed.set_weights(model.get_weights())
+    return fixed
 
 
 def compile_model(model: keras.Model, preset: Preset, learning_rate: float, total_steps: int | None) -> keras.Model:

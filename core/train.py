@@ -38,6 +38,10 @@ class TrainConfig:
     # Minutes of training: the learning rate follows a cosine over this wall time, not over steps, and training
     # ends when it runs out (epochs is then an upper bound). None: the cosine runs over the epochs.
     time_budget_min: float | None = None
+    # Progressive resizing: train in equal shares (of the time budget, else of the epochs) at these fractions of
+    # image_size, e.g. (2/3, 5/6, 1) for 64, 80 and 96. Small early epochs cost a fraction of full-size ones, so
+    # the same time trains more epochs. Validation and the saved model use image_size. (): image_size throughout.
+    train_scales: tuple[float, ...] = ()
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> TrainConfig:
@@ -58,6 +62,7 @@ class TrainConfig:
             augment=p.augment,
             early_stopping=p.early_stopping,
             time_budget_min=p.time_budget_min,
+            train_scales=p.train_scales,
         )
         known = {f.name for f in fields(cls)}
         return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None and k in known}})
@@ -65,6 +70,11 @@ class TrainConfig:
     @property
     def pipeline(self) -> PipelineConfig:
         return PipelineConfig(self.image_size, self.color_mode)
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """The input size of each training stage (one stage, at image_size, without progressive resizing)."""
+        return tuple(max(8, round(self.image_size * s)) for s in self.train_scales) or (self.image_size,)
 
 
 @dataclass
@@ -125,8 +135,16 @@ def batch_sizes(n: int, batch_size: int, replicas: int = 1) -> list[int]:
 
 
 def _batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, shuffle_seed: int | None, replicas: int = 1, augment: bool = False
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    shuffle_seed: int | None,
+    replicas: int = 1,
+    augment: bool = False,
+    size: int | None = None,
+    first_epoch: int = 0,
 ):
+    import cv2
     import keras
 
     from core.augment import augment_batch
@@ -140,7 +158,7 @@ def _batches(
             super().__init__()
             self.bounds = bounds
             self.order = np.arange(len(y))
-            self.epoch = 0
+            self.epoch = first_epoch
             self.on_epoch_end()
 
         def __len__(self):
@@ -150,7 +168,11 @@ def _batches(
             idx = np.sort(self.order[bounds[i] : bounds[i + 1]])
             pixels = x[idx]
             if augment:
-                pixels = augment_batch(pixels, np.random.default_rng([shuffle_seed or 0, self.epoch, i]))
+                rng = np.random.default_rng([shuffle_seed or 0, self.epoch, i])
+                pixels = augment_batch(pixels, rng, size=size)
+            elif size and size != pixels.shape[1]:
+                pixels = np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in pixels])
+                pixels = pixels.reshape(*pixels.shape[:3], -1)  # cv2 drops a grayscale channel axis
             return to_model_input(pixels), y[idx].astype(np.float32)
 
         def on_epoch_end(self):
@@ -226,8 +248,8 @@ def train(
     """Train one run; progress goes to a plain callable, cancel is checked every batch."""
     import keras
 
-    from core.callbacks import BestKeeper, TimeBudget
-    from core.model import build_model, compile_model, save_model
+    from core.callbacks import BestKeeper, StageEnd, TimeBudget
+    from core.model import build_model, compile_model, fixed_size, save_model
     from core.presets import PRESETS
 
     started = time.time()
@@ -256,23 +278,33 @@ def train(
     if per_replica_batch < 1:
         raise ValueError(f"batch size {config.batch_size} is smaller than the {replicas} replicas; use a larger one")
     global_batch = per_replica_batch * replicas
-    train_data = _batches(
-        dataset.x[train_idx], dataset.y[train_idx], global_batch, config.seed, replicas, augment=config.augment
-    )
+    stages = config.stages
+
+    def train_data_at(stage: int, first_epoch: int = 0):
+        x, y = dataset.x[train_idx], dataset.y[train_idx]
+        return _batches(x, y, global_batch, config.seed, replicas, config.augment, stages[stage], first_epoch)
+
+    train_data = train_data_at(0)
     val_data = _batches(dataset.x[val_idx], dataset.y[val_idx], global_batch, None, replicas) if len(val_idx) else None
     steps = len(train_data)
+    any_size = stages != (pipeline.size,)
     with strategy.scope():
-        model = build_model(preset, pipeline)
+        model = build_model(preset, pipeline, any_size=any_size)
         budgeted = config.time_budget_min is not None
         compile_model(model, preset, config.learning_rate, total_steps=None if budgeted else steps * config.epochs)
 
+    def export(m):
+        return fixed_size(m, preset, pipeline)
+
     store = RunStore(runs_dir)
     run = store.create(config.preset)
-    keeper = BestKeeper(run, emit, cancel, config, train_data, started)
+    keeper = BestKeeper(run, emit, cancel, config, train_data, started, export)
     budget = TimeBudget(config.time_budget_min * 60, config.learning_rate) if budgeted else None
     callbacks = [budget, keeper] if budget else [keeper]  # first, so the keeper's rows get its learning rate
+    early = None
     if config.early_stopping and len(val_idx):
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
+        early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
+        callbacks.append(early)
     emit(
         ProgressEvent(
             "start",
@@ -289,11 +321,35 @@ def train(
         )
     )
     fit_started = time.time()
-    _fit(model, strategy, train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks, verbose=0)
+    # One fit() per stage of progressive resizing. Stages split the epochs and, with a time budget, the time too: a
+    # stage ends at the first epoch end past either share. The learning-rate schedule runs across all of them.
+    stage_ends = np.arange(1, len(stages) + 1) * config.epochs // len(stages)  # spare epochs go to later stages
+    for stage, size in enumerate(stages):
+        last = stage == len(stages) - 1
+        done = len(keeper.rows)
+        if stage:
+            train_data = train_data_at(stage, done)
+        keeper.image_size = size
+        until = int(stage_ends[stage])
+        stage_callbacks = callbacks if last or not budget else [*callbacks, StageEnd(budget, (stage + 1) / len(stages))]
+        if until > done:
+            _fit(
+                model,
+                strategy,
+                train_data,
+                validation_data=val_data,
+                epochs=until,
+                initial_epoch=done,
+                callbacks=stage_callbacks,
+                verbose=0,
+            )
+        if cancel.is_set() or (budget and budget.expired) or (early and early.stopped_epoch):
+            break
     fit_time = time.time() - fit_started
 
     if keeper.best_weights is not None:
         model.set_weights(keeper.best_weights)
+    model = export(model)
     save_model(model, run.model_path)
     hist = pd.DataFrame(keeper.rows)
     hist.to_csv(run.path / "history.csv", index=False)

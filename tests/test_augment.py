@@ -104,3 +104,26 @@ def test_the_training_feeder_augments_repeatably_and_the_plain_feeder_does_not()
     np.testing.assert_array_equal(ax, augmented[0][0])  # the same epoch and batch: the same draw
     augmented.on_epoch_end()
     assert not np.array_equal(ax, augmented[0][0]) or not np.array_equal(ay, augmented[0][1])
+
+
+def test_an_output_size_scales_in_the_same_warp_like_cv2_resize():
+    batch = blob_batch(size=48)
+    small = augment_batch(batch, np.random.default_rng(0), NONE, size=24)
+    assert small.shape == (16, 24, 24, 3) and small.dtype == np.uint8
+    for image, out in zip(batch, small, strict=True):  # the same pixel-centre mapping as cv2.resize
+        expected = cv2.resize(image, (24, 24), interpolation=cv2.INTER_LINEAR)
+        assert np.abs(out.astype(int) - expected).max() <= 1
+    shift = Augmentation(rotation_deg=0, zoom=0, translation=0.1, contrast=0, flip=False)
+    moved = augment_batch(batch, np.random.default_rng(3), shift, size=32)
+    assert moved.shape == (16, 32, 32, 3)
+    for m, b in zip(moved, batch, strict=True):  # the shift is a fraction of the side, at either size
+        assert abs(centroid_x(m) - (centroid_x(b) + 0.5) * 32 / 48 + 0.5) <= 0.1 * 32 + 0.5
+
+
+def test_the_feeder_trains_at_a_smaller_size_with_or_without_augmentation():
+    x, y = blob_batch(n=40, size=48), np.arange(40) % 2
+    for augment in (True, False):
+        px, _ = _batches(x, y, 16, shuffle_seed=9, augment=augment, size=32)[0]
+        assert px.shape == (16, 32, 32, 3) and px.dtype == np.float32
+    gray = _batches(x[..., :1].copy(), y, 16, shuffle_seed=9, size=32)[0][0]
+    assert gray.shape == (16, 32, 32, 1)

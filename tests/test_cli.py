@@ -251,6 +251,7 @@ def test_a_model_file_that_is_not_a_model_is_one_line_error(cli_home, tmp_path, 
 
 
 def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_is_refused(cli_home, small_zip):
+    # The best preset's progressive resizing stays on: one epoch goes to the last, full-size stage.
     proc = run_cli(
         cli_home,
         "train",
@@ -270,6 +271,21 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
     meta = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "run.json").read_text())
     assert meta["config"]["preset"] == "best" and meta["config"]["time_budget_min"] is None
     assert meta["status"] == "finished"
+    history = pd.read_csv(Path(proc.stdout.strip().splitlines()[-1]) / "history.csv")
+    assert history["train_size"].tolist() == [32]
     refused = run_cli(cli_home, "train", small_zip, "--time-budget", "-5")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "not a number of minutes" in refused.stderr
+
+
+def test_train_scales_set_the_stages_and_nonsense_is_refused(cli_home, small_zip):
+    args = ("train", small_zip, "--preset", "improved", "--epochs", "2", "--limit", "64", "--image-size", "32")
+    proc = run_cli(cli_home, *args, "--train-scales", "0.5,1")
+    assert proc.returncode == 0, proc.stderr
+    run = Path(proc.stdout.strip().splitlines()[-1])
+    assert pd.read_csv(run / "history.csv")["train_size"].tolist() == [16, 32]
+    assert json.loads((run / "run.json").read_text())["config"]["train_scales"] == [0.5, 1.0]
+    for bad in ("0,1", "1.5", "half", ""):
+        refused = run_cli(cli_home, *args, "--train-scales", bad)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "fractions of the image size" in refused.stderr

@@ -126,7 +126,7 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
 
     meta = json.loads((result.run.path / "run.json").read_text())
     assert meta["status"] == "finished"
-    assert meta["config"] == dataclasses.asdict(TrainConfig(epochs=2, limit=SLICE))
+    assert meta["config"] == json.loads(json.dumps(dataclasses.asdict(TrainConfig(epochs=2, limit=SLICE))))
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)
     assert meta["class_names"] == ["cat", "dog"]
@@ -180,6 +180,47 @@ def test_a_time_budget_anneals_the_rate_over_wall_time_and_ends_training(small_z
     assert rates[-1] < cfg.learning_rate * 0.2  # near the end of the cosine
     assert result.run.meta["status"] == "time-budget"
     assert load_model(result.run.model_path) is not None
+
+
+def test_progressive_resizing_trains_in_stages_and_saves_a_model_at_the_full_size(small_zip, tmp_path):
+    cfg = TrainConfig.for_preset(
+        "improved", epochs=3, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 0.75, 1)
+    )
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "finished"
+    assert result.history["train_size"].tolist() == [16, 24, 32]  # one epoch per stage, smallest first
+    assert result.history["epoch"].tolist() == [1, 2, 3]
+    model = load_model(result.run.model_path)
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model_pipeline(model) == PipelineConfig(32, "rgb")
+    assert result.run.meta["config"]["train_scales"] == [0.5, 0.75, 1]
+
+
+def test_progressive_resizing_shares_a_time_budget_between_stages(small_zip, tmp_path):
+    cfg = TrainConfig.for_preset(
+        "improved",
+        epochs=500,
+        image_size=32,
+        batch_size=16,
+        limit=SLICE,
+        early_stopping=False,
+        time_budget_min=0.25,
+        train_scales=(0.5, 1),
+    )
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "time-budget"
+    sizes = result.history["train_size"].tolist()
+    assert sizes == sorted(sizes) and set(sizes) == {16, 32}  # the small stage first, then the full size
+    halfway = result.history["elapsed_s"][result.history["train_size"] == 16].max()
+    assert halfway < result.history["elapsed_s"].max()
+    rates = result.history["learning_rate"].to_numpy()
+    assert (np.diff(rates) <= 0).all()  # one cosine across both stages
+    assert load_model(result.run.model_path).input_shape == (None, 32, 32, 3)
+
+
+def test_the_seed_net_cannot_train_at_several_sizes(small_slice, tmp_path):
+    with pytest.raises(ValueError, match="one size"):
+        train(small_slice, TrainConfig(epochs=2, train_scales=(0.5, 1)), runs_dir=tmp_path)
 
 
 def test_the_time_budget_rate_is_a_cosine_from_the_rate_to_one_percent_of_it():

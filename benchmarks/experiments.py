@@ -20,8 +20,12 @@ from core.train import TrainConfig, train
 
 BASE = PRESETS["best"]
 CANDIDATES = {
-    "vgg96": dataclasses.replace(BASE, widths=(16, 32, 64, 128), stem=0),
+    "best": BASE,
+    "vgg96": dataclasses.replace(BASE, widths=(16, 32, 64, 128), stem=0, train_scales=()),
     "stem96": dataclasses.replace(BASE, widths=(32, 64, 128, 256), stem=32),
+    "stem16": dataclasses.replace(BASE, widths=(32, 64, 128, 256), stem=16, train_scales=()),
+    "stem24-3": dataclasses.replace(BASE, widths=(32, 64, 128), stem=24, train_scales=()),
+    "stem16-112": dataclasses.replace(BASE, pipeline=PipelineConfig(112, "rgb"), train_scales=()),
     "stem128": dataclasses.replace(BASE, pipeline=PipelineConfig(128, "rgb"), widths=(32, 64, 128, 256), stem=32),
     "vgg80gray": dataclasses.replace(BASE, pipeline=PipelineConfig(80, "grayscale")),
 }

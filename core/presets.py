@@ -25,6 +25,7 @@ class Preset:
     widths: tuple[int, ...] = (16, 32, 64, 128)  # conv-pair widths of the VGG-BN presets
     stem: int = 0  # >0: a stride-2 conv stem of this width, halving the resolution the pairs see
     time_budget_min: float | None = None  # train for this many minutes (see TrainConfig.time_budget_min)
+    train_scales: tuple[float, ...] = ()  # progressive resizing (see TrainConfig.train_scales)
 
 
 IMPROVED = Preset(
@@ -49,11 +50,17 @@ PRESETS: dict[str, Preset] = {
     "best": replace(
         IMPROVED,
         name="best",
-        description="The shipped model: the improved net with label smoothing, on 90% of train.zip, for 50 minutes.",
+        description=(
+            "The shipped model: a stride-2 stem and four conv pairs (32 to 256 filters) with label smoothing, "
+            "trained at 64, 80, then 96 px on 90% of train.zip, for 50 minutes."
+        ),
         label_smoothing=0.05,
         epochs=50,  # an upper bound: the 50-minute budget ends training first on a 2-core CPU
         validation_split=0.1,
         early_stopping=False,  # the cosine over the budget is the schedule; the best epoch is kept anyway
         time_budget_min=50,
+        widths=(32, 64, 128, 256),
+        stem=16,
+        train_scales=(2 / 3, 5 / 6, 1),  # 64, 80 and 96 pixels, a third of the budget each
     ),
 }

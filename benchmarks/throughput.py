@@ -1,0 +1,71 @@
+"""Training and inference speed of candidate nets, side by side: images per second on random input.
+
+Usage: python benchmarks/throughput.py [--batches 20] [--rounds 3] [CANDIDATE ...]   (default: all)
+
+The candidates are `benchmarks/experiments.py`'s, plus each preset's training sizes when it trains progressively.
+Rounds interleave the candidates, so a swing in this machine's speed hits all of them alike; the medians and
+their ratios to the first candidate are printed. It measures cost only: accuracy needs a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from experiments import CANDIDATES  # noqa: E402
+
+from core.model import build_model, compile_model  # noqa: E402
+from core.pipeline import PipelineConfig  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("candidates", nargs="*", default=[])
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    names = args.candidates or list(CANDIDATES)
+    rng = np.random.default_rng(0)
+    nets = {}
+    for name in names:
+        preset = CANDIDATES[name]
+        sizes = sorted({max(8, round(preset.pipeline.size * s)) for s in preset.train_scales} | {preset.pipeline.size})
+        for size in sizes:
+            pipeline = PipelineConfig(size, preset.pipeline.color_mode)
+            model = compile_model(build_model(preset, pipeline), preset, preset.learning_rate, 1000)
+            n = args.batch_size * args.batches
+            x = rng.random((n, *pipeline.input_shape), dtype=np.float32)
+            y = rng.integers(0, 2, (n, 1)).astype(np.float32)
+            model.fit(x[: args.batch_size * 2], y[: args.batch_size * 2], batch_size=args.batch_size, verbose=0)
+            model.predict(x[:256], batch_size=128, verbose=0)  # trace both before timing
+            nets[f"{name}@{size}"] = (model, x, y)
+    train_rate = {k: [] for k in nets}
+    infer_rate = {k: [] for k in nets}
+    for r in range(args.rounds):
+        for key, (model, x, y) in nets.items():
+            started = time.perf_counter()
+            model.fit(x, y, batch_size=args.batch_size, epochs=1, verbose=0)
+            train_rate[key].append(len(x) / (time.perf_counter() - started))
+            started = time.perf_counter()
+            model.predict(x, batch_size=128, verbose=0)
+            infer_rate[key].append(len(x) / (time.perf_counter() - started))
+        print(f"round {r + 1}: " + ", ".join(f"{k} {train_rate[k][-1]:.0f}/{infer_rate[k][-1]:.0f}" for k in nets))
+    first = next(iter(nets))
+    base_train, base_infer = np.median(train_rate[first]), np.median(infer_rate[first])
+    print(f"\n{'net@size':<22}{'params':>10}{'train img/s':>13}{'ratio':>7}{'infer img/s':>13}{'ratio':>7}")
+    for key, (model, _, _) in nets.items():
+        tr, inf = np.median(train_rate[key]), np.median(infer_rate[key])
+        ratios = f"{tr:>13.0f}{tr / base_train:>7.2f}{inf:>13.0f}{inf / base_infer:>7.2f}"
+        print(f"{key:<22}{model.count_params():>10,}{ratios}")
+
+
+if __name__ == "__main__":
+    main()

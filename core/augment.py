@@ -24,6 +24,9 @@ class Augmentation:
     flip: bool = True  # mirror left-right half the time
 
 
+IDENTITY = Augmentation(rotation_deg=0, zoom=0, translation=0, contrast=0, flip=False)  # rescaling only
+
+
 def augment_batch(
     pixels: np.ndarray, rng: np.random.Generator, aug: Augmentation = Augmentation(), size: int | None = None
 ) -> np.ndarray:

@@ -103,7 +103,7 @@ class TimeBudget(keras.callbacks.Callback):
         self.model.optimizer.learning_rate.assign(self.rate(time.time() - self.started))
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.time() - self.started >= self.budget_s:
+        if self.fraction() >= 1:
             self.expired = True
             self.model.stop_training = True
 

@@ -144,10 +144,9 @@ def _batches(
     size: int | None = None,
     first_epoch: int = 0,
 ):
-    import cv2
     import keras
 
-    from core.augment import augment_batch
+    from core.augment import IDENTITY, Augmentation, augment_batch
 
     bounds = np.cumsum([0, *batch_sizes(len(y), batch_size, replicas)])
 
@@ -167,12 +166,9 @@ def _batches(
         def __getitem__(self, i):
             idx = np.sort(self.order[bounds[i] : bounds[i + 1]])
             pixels = x[idx]
-            if augment:
+            if augment or (size and size != pixels.shape[1]):  # the warp also rescales, augmented or not
                 rng = np.random.default_rng([shuffle_seed or 0, self.epoch, i])
-                pixels = augment_batch(pixels, rng, size=size)
-            elif size and size != pixels.shape[1]:
-                pixels = np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_AREA) for p in pixels])
-                pixels = pixels.reshape(*pixels.shape[:3], -1)  # cv2 drops a grayscale channel axis
+                pixels = augment_batch(pixels, rng, Augmentation() if augment else IDENTITY, size)
             return to_model_input(pixels), y[idx].astype(np.float32)
 
         def on_epoch_end(self):
@@ -280,9 +276,12 @@ def train(
     global_batch = per_replica_batch * replicas
     stages = config.stages
 
+    x_train, y_train = dataset.x[train_idx], dataset.y[train_idx]  # one copy, shared by every stage
+
     def train_data_at(stage: int, first_epoch: int = 0):
-        x, y = dataset.x[train_idx], dataset.y[train_idx]
-        return _batches(x, y, global_batch, config.seed, replicas, config.augment, stages[stage], first_epoch)
+        return _batches(
+            x_train, y_train, global_batch, config.seed, replicas, config.augment, stages[stage], first_epoch
+        )
 
     train_data = train_data_at(0)
     val_data = _batches(dataset.x[val_idx], dataset.y[val_idx], global_batch, None, replicas) if len(val_idx) else None
@@ -325,13 +324,15 @@ def train(
     # stage ends at the first epoch end past either share. The learning-rate schedule runs across all of them.
     stage_ends = np.arange(1, len(stages) + 1) * config.epochs // len(stages)  # spare epochs go to later stages
     for stage, size in enumerate(stages):
-        last = stage == len(stages) - 1
         done = len(keeper.rows)
         if stage:
             train_data = train_data_at(stage, done)
         keeper.image_size = size
         until = int(stage_ends[stage])
-        stage_callbacks = callbacks if last or not budget else [*callbacks, StageEnd(budget, (stage + 1) / len(stages))]
+        last = stage == len(stages) - 1  # the last stage ends with the budget itself, marked expired
+        stage_callbacks = (
+            [*callbacks, StageEnd(budget, (stage + 1) / len(stages))] if budget and not last else callbacks
+        )
         if until > done:
             _fit(
                 model,

@@ -102,7 +102,8 @@ def compile_model(model: keras.Model, preset: Preset, learning_rate: float, tota
             if total_steps is None
             else keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1), alpha=0.01)
         )
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=1e-4)
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=preset.weight_decay)
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     else:
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
     model.compile(

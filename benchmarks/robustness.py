@@ -3,8 +3,9 @@
 train.zip was resized to 200x200 (aspect ratio not kept) before it reached us; the photos the model meets in
 use are original-size (about 500x375). test1.zip holds 1,001 original-size photos without labels, so this
 measures agreement instead of accuracy: each photo is predicted as-is and as a train.zip-style copy (squashed
-to 200x200, re-encoded as JPEG), and the two answers are compared. It also reports how horizontal-flip
-test-time augmentation changes validation accuracy.
+to 200x200, re-encoded as JPEG), and the two answers are compared (single looks, no TTA). It also compares the
+three flip test-time augmentation modes on the model's validation split: off, unsure (the default: a mirrored
+second look only where P(dog) is between 0.1 and 0.9) and all, with the share of photos each one mirrors.
 
 Usage: python benchmarks/robustness.py [--model models/default.keras]
 """
@@ -23,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core import config  # noqa: E402
+from core.config import TTA_MODES, UNSURE_MARGIN  # noqa: E402
 from core.data import Source, label_from_name  # noqa: E402
 from core.pipeline import ImageError, preprocess  # noqa: E402
 from core.predict import Predictor  # noqa: E402
@@ -45,7 +47,7 @@ def main() -> None:
     parser.add_argument("--photos", default=str(config.KAGGLE_TEST_ZIP))
     parser.add_argument("--labeled", default=str(config.KAGGLE_TRAIN_ZIP))
     args = parser.parse_args()
-    predictor = Predictor(args.model)
+    predictor = Predictor(args.model, tta="off")
     cfg = predictor.pipeline
 
     photos = Source(args.photos)
@@ -72,15 +74,19 @@ def main() -> None:
         labeled = Source(args.labeled)
         x = np.stack([preprocess(labeled.read(n), cfg) for n in val_names])
         y = np.array([label_from_name(n) for n in val_names])
-        plain = predictor.probabilities(x)
-        flipped = predictor.probabilities(x[:, :, ::-1, :].copy())
-        acc_plain = float(((plain >= 0.5) == y).mean())
-        acc_tta = float((((plain + flipped) / 2 >= 0.5) == y).mean())
-        print(
-            f"validation split ({len(y)} images): accuracy {acc_plain:.4f}, with flip TTA {acc_tta:.4f} "
-            f"({100 * (acc_tta - acc_plain):+.2f} points)"
-        )
-        print(json.dumps({"agreement": agree, "val_accuracy": acc_plain, "val_accuracy_flip_tta": acc_tta}))
+        unsure = float((np.abs(predictor.probabilities(x) - 0.5) < UNSURE_MARGIN).mean())
+        mirrored = {"off": 0.0, "unsure": unsure, "all": 1.0}
+        accuracy = {}
+        for mode in TTA_MODES:
+            probs = Predictor(args.model, tta=mode).probabilities(x)
+            accuracy[mode] = float(((probs >= 0.5) == y).mean())
+        print(f"validation split ({len(y)} images), flip TTA modes:")
+        for mode in TTA_MODES:
+            print(
+                f"  {mode:>6}: accuracy {accuracy[mode]:.4f} ({100 * (accuracy[mode] - accuracy['off']):+.2f} points), "
+                f"mirrors {mirrored[mode]:.1%} of photos"
+            )
+        print(json.dumps({"agreement": agree, "val_accuracy": accuracy, "mirrored": mirrored}))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ def model_info(predictor: Predictor) -> dict:
         "modified": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds"),
         "preset": meta.get("config", {}).get("preset"),
         "accuracy": metrics.get("accuracy", metrics.get("best_val_accuracy")),
+        "accuracy_measured_on": metrics.get("measured_on"),
+        "tta": predictor.tta,
         "trained_at": meta.get("finished_at"),
         "input": {"size": pipeline.size, "color_mode": pipeline.color_mode},
     }

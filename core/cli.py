@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from core.config import TTA_MODES
 from core.data import DatasetError
 from core.pipeline import ImageError
 
@@ -120,7 +121,7 @@ def cmd_train(args) -> int:
     if args.out:
         from core.runs import promote_run
 
-        promote_run(result.run, Path(args.out))
+        promote_run(result.run, Path(args.out), source=args.source)
         print(f"saved as {args.out}", file=sys.stderr)
     print(result.run.path)
     return 0
@@ -154,7 +155,7 @@ def cmd_predict(args) -> int:
     from core.data import iter_inputs
     from core.predict import Predictor, predictions_frame
 
-    predictor = Predictor(_model_path(args.model), flip_tta=args.tta)
+    predictor = Predictor(_model_path(args.model), tta=args.tta)
     frame = predictions_frame(predictor.predict_many(iter_inputs(args.sources)))
     if args.csv:
         frame.to_csv(args.csv, index=False)
@@ -240,9 +241,10 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", help="write file,label,prob_dog,error here instead of stdout")
     pr.add_argument(
         "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also predict the mirrored photo and average (twice the inference; off by default)",
+        choices=TTA_MODES,
+        default="unsure",
+        help="flip test-time augmentation: average with the mirrored photo for unsure photos only (P(dog) between "
+        "0.1 and 0.9; the default, as in the dashboard and the API), for all (twice the inference) or for none",
     )
     pr.set_defaults(func=cmd_predict)
 

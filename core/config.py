@@ -26,6 +26,10 @@ BAD_INPUTS = SHARED_DATA / "bad-inputs"
 
 # Labels follow the seed tutorial: cat = 0, dog = 1.
 CLASS_NAMES = ("cat", "dog")
+# Flip test-time augmentation (core.predict.Predictor): "unsure" mirrors a photo only when P(dog) is within
+# UNSURE_MARGIN of 0.5 (between 0.1 and 0.9) and averages the two looks; "all" mirrors every photo.
+TTA_MODES = ("off", "unsure", "all")
+UNSURE_MARGIN = 0.4
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 # Hostile-input limits. OpenCV's own pixel cap (2^30) is far too large for a web app.

@@ -143,8 +143,12 @@ def regression_sample(validation_names: list[str], n: int = 400, seed: int = 0) 
     return sorted(picked)
 
 
-def promote_run(run: Run, target: Path = DEFAULT_MODEL) -> Path:
-    """Copy a run's model to target (atomically), its metadata to target.json, its curves to target-history.csv."""
+def promote_run(run: Run, target: Path = DEFAULT_MODEL, source: str | os.PathLike | None = None) -> Path:
+    """Copy a run's model to target (atomically), its metadata to target.json, its curves to target-history.csv.
+
+    With the training source, the model's accuracy as the app predicts is measured again on the run's
+    validation photos (`record_accuracy`).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)
@@ -162,4 +166,34 @@ def promote_run(run: Run, target: Path = DEFAULT_MODEL) -> Path:
     write_json(target.with_suffix(".json"), meta)
     if (run.path / "history.csv").exists():  # the curves travel with the model (benchmarks read them)
         shutil.copyfile(run.path / "history.csv", target.with_name(f"{target.stem}-history.csv"))
+    if source is not None and run_meta.get("validation_names"):
+        record_accuracy(target, source)
     return target
+
+
+def record_accuracy(target: Path, source: str | os.PathLike) -> dict:
+    """Measure a saved model on its own validation photos with the default Predictor and note it in target.json.
+
+    Training reports validation accuracy from single looks; the app, the CLI and the API predict with flip TTA
+    for unsure photos. This records the accuracy users get (metrics.accuracy, with metrics.measured_on), beside
+    the training figure (metrics.best_val_accuracy).
+    """
+    from core.predict import Predictor, evaluate
+
+    target = Path(target)
+    meta = model_meta(target)
+    names = meta["validation_names"]
+    predictor = Predictor(target)
+    result = evaluate(predictor, source, names=names)
+    if result.n != len(names):
+        raise ValueError(f"{source}: {len(names) - result.n} of the model's {len(names)} validation photos are missing")
+    meta["metrics"] = {
+        **meta.get("metrics", {}),
+        "accuracy": result.accuracy,
+        "measured_on": (
+            f"the {result.n:,} photos of {Path(source).name} held out from training, "
+            f"predicted as the app, the CLI and the API predict (flip TTA: {predictor.tta})"
+        ),
+    }
+    write_json(target.with_suffix(".json"), meta)
+    return meta

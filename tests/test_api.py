@@ -56,6 +56,7 @@ def test_health_names_the_model_and_its_version(client, tiny_model):
     assert model["file"] == "model.keras" and model["bytes"] == tiny_model.stat().st_size
     assert model["preset"] == "seed"
     assert 0.0 <= model["accuracy"] <= 1.0
+    assert model["tta"] == "unsure"
     assert model["input"] == {"size": 80, "color_mode": "grayscale"}
 
 

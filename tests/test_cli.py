@@ -59,8 +59,9 @@ def last_json(stdout: str) -> dict:
 
 @pytest.fixture(scope="module")
 def trained(cli_home, train_zip) -> subprocess.CompletedProcess:
-    """The seed preset trained for 1 epoch on 300 photos of Kaggle's train.zip, through the CLI."""
-    return run_cli(cli_home, "train", train_zip, "--epochs", "1", "--limit", "300", "--seed", "1")
+    """The seed preset trained for 1 epoch on 300 photos of Kaggle's train.zip, through the CLI, saved with --out."""
+    out = cli_home / "shipped" / "mine.keras"
+    return run_cli(cli_home, "train", train_zip, "--epochs", "1", "--limit", "300", "--seed", "1", "--out", out)
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +154,17 @@ def test_model_defaults_to_the_newest_run_until_a_model_ships(cli_home, model_pa
     assert last_json(proc.stdout)["n"] == 3
 
 
+def test_train_out_saves_the_model_with_its_accuracy_as_the_app_predicts(cli_home, model_path):
+    out = cli_home / "shipped" / "mine.keras"
+    assert out.read_bytes() == model_path.read_bytes()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["model_file"] == "mine.keras" and len(meta["validation_names"]) == meta["n_val"] == 60
+    metrics = meta["metrics"]
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["accuracy"] * 60 == pytest.approx(round(metrics["accuracy"] * 60))
+    assert metrics["measured_on"].startswith("the 60 photos of train.zip held out from training")
+    assert "flip TTA: unsure" in metrics["measured_on"]
+
+
 def test_predict_labels_files_folders_and_zips_with_an_error_row_per_unusable_file(
     cli_home, model_path, bad_inputs, tmp_path
 ):
@@ -212,6 +224,32 @@ def test_predict_writes_csv_to_stdout_without_csv_option(cli_home, model_path, t
     frame = pd.read_csv(io.StringIO(proc.stdout))
     assert frame.file.tolist() == [str(photo), str(tmp_path / "empty.jpg")]
     assert frame.label.iloc[0] in ("cat", "dog") and "no such file" in frame.error.iloc[1]
+
+
+def test_predict_gives_the_dashboards_p_dog_by_default_and_tta_is_one_of_three_modes(cli_home, train_zip, tmp_path):
+    from core.data import Source
+    from core.predict import Predictor
+
+    src = Source(train_zip)
+    names = json.loads(config.DEFAULT_MODEL_META.read_text())["regression_sample"][::8]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in names:
+        (photos / Path(name).name).write_bytes(src.read(name))
+    runs = {}
+    for mode in ("default", "off"):
+        out = tmp_path / f"{mode}.csv"
+        extra = () if mode == "default" else ("--tta", mode)
+        proc = run_cli(cli_home, "predict", photos, "--model", config.DEFAULT_MODEL, "--csv", out, *extra)
+        assert proc.returncode == 0, proc.stderr
+        runs[mode] = pd.read_csv(out).set_index("file").prob_dog
+    in_process = Predictor(config.DEFAULT_MODEL)  # the Predict page's and the API's predictor
+    for file, prob in runs["default"].items():
+        assert prob == pytest.approx(in_process.predict_path(file).prob_dog, abs=1e-5)
+    assert (runs["default"] != runs["off"]).any()  # some photo was unsure enough for a second look
+
+    refused = run_cli(cli_home, "predict", photos, "--tta", "sometimes")
+    assert refused.returncode == 2 and "invalid choice: 'sometimes'" in refused.stderr
 
 
 # --- errors are one clear line ---------------------------------------------------------------------------------------

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from keras import layers
 
-from core.model import PRESETS, build_model, compile_model, load_model, model_pipeline, save_model
+from core.model import (
+    PRESETS,
+    build_model,
+    compile_model,
+    inference_model,
+    load_model,
+    model_pipeline,
+    save_model,
+)
 from core.pipeline import PipelineConfig
 
 
@@ -117,12 +125,49 @@ def test_improved_compiles_with_adamw_and_a_cosine_decaying_learning_rate():
     assert compiled["loss_weights"] is None
 
 
+def test_best_decays_conv_and_dense_kernels_but_not_batch_norm_or_biases():
+    preset = PRESETS["best"]
+    model = compile_model(build_model(preset), preset, preset.learning_rate, total_steps=None)
+    for variable in model.trainable_variables:  # no zeros, so that a decay would show
+        variable.assign(np.full(variable.shape, 0.5, np.float32))
+    # A zero gradient moves nothing through Adam itself; only the decoupled weight decay changes a variable.
+    model.optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
+    factor = 1 - preset.learning_rate * preset.weight_decay
+    kinds = {variable.path.split("/")[-1] for variable in model.trainable_variables}
+    assert kinds == {"kernel", "gamma", "beta", "bias"}
+    for variable in model.trainable_variables:
+        expected = 0.5 * factor if variable.path.endswith("/kernel") else 0.5
+        np.testing.assert_allclose(np.asarray(variable), expected, rtol=1e-6, err_msg=variable.path)
+
+
 def test_without_a_step_count_adamw_gets_a_plain_rate_for_a_time_budget_to_drive():
     preset = PRESETS["best"]
     model = compile_model(build_model(preset), preset, preset.learning_rate, total_steps=None)
     assert model.optimizer.learning_rate.numpy() == pytest.approx(preset.learning_rate)
     model.optimizer.learning_rate.assign(1e-5)
     assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-5)
+
+
+def test_inference_model_folds_batch_norm_into_the_convolutions_with_the_same_output():
+    preset = PRESETS["best"]
+    model = build_model(preset)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained-looking statistics, so that folding has something to carry
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.gamma.shape[0]
+            layer.set_weights(
+                [rng.uniform(0.5, 2, c), rng.normal(0, 0.5, c), rng.normal(0, 0.5, c), rng.uniform(0.2, 3, c)]
+            )
+    x = rng.random((4, *preset.pipeline.input_shape), dtype=np.float32)
+    folded = inference_model(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    assert folded.count_params() < model.count_params()
+    np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x, training=False)), rtol=1e-4, atol=1e-5)
+
+
+def test_inference_model_leaves_a_net_without_batch_norm_as_it_is():
+    seed = build_model(PRESETS["seed"])
+    assert inference_model(seed) is seed
 
 
 # --- save and load -----------------------------------------------------------------------------------------------

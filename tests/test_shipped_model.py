@@ -65,10 +65,33 @@ def test_shipped_model_is_at_least_90_percent_accurate_on_its_fixed_validation_s
     assert result.accuracy >= 0.90, result.per_class
 
 
-def test_flip_tta_is_opt_in_and_averages_with_the_mirrored_photo(jpeg):
-    plain = Predictor(config.DEFAULT_MODEL)
-    assert not plain.flip_tta
-    tta = Predictor(config.DEFAULT_MODEL, flip_tta=True)
-    x = preprocess(jpeg, tta.pipeline)[None]
-    expected = (plain.probabilities(x) + plain.probabilities(x[:, :, ::-1, :].copy())) / 2
-    np.testing.assert_allclose(tta.probabilities(x), expected, rtol=1e-5, atol=1e-6)
+def test_predictor_gives_unsure_photos_a_second_mirrored_look_by_default(shipped_meta, train_zip):
+    # Real photos the model never trained on; the shipped model is unsure about roughly one in seven of them.
+    src = Source(train_zip)
+    names = shipped_meta["regression_sample"][::2]
+    predictor = Predictor(config.DEFAULT_MODEL)
+    assert predictor.tta == "unsure"
+    x = np.stack([preprocess(src.read(name), predictor.pipeline) for name in names])
+    model = load_model(config.DEFAULT_MODEL)  # the model as saved, batch norm and all
+    single = np.asarray(model(x, training=False)).ravel()
+    mirrored = np.asarray(model(x[:, :, ::-1, :].copy(), training=False)).ravel()
+    averaged = (single + mirrored) / 2
+
+    off = Predictor(config.DEFAULT_MODEL, tta="off").probabilities(x)
+    np.testing.assert_allclose(off, single, atol=1e-5)
+    np.testing.assert_allclose(Predictor(config.DEFAULT_MODEL, tta="all").probabilities(x), averaged, atol=1e-5)
+    unsure = np.abs(off - 0.5) < config.UNSURE_MARGIN
+    assert 0 < unsure.sum() < len(names) / 2, "the sample should hold both confident and unsure photos"
+    np.testing.assert_allclose(predictor.probabilities(x), np.where(unsure, averaged, single), atol=1e-5)
+
+
+def test_predictor_refuses_an_unknown_tta_mode():
+    with pytest.raises(ValueError, match="tta must be one of off, unsure, all"):
+        Predictor(config.DEFAULT_MODEL, tta="sometimes")
+
+
+def test_shipped_metadata_records_the_accuracy_users_get_and_where_it_was_measured(shipped_meta):
+    metrics = shipped_meta["metrics"]
+    assert metrics["accuracy"] >= metrics["best_val_accuracy"] - 0.005
+    assert f"the {shipped_meta['n_val']:,} photos of train.zip held out from training" in metrics["measured_on"]
+    assert "flip TTA: unsure" in metrics["measured_on"]

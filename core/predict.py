@@ -37,7 +37,7 @@ class Predictor:
     tta is the flip test-time augmentation: "off" predicts each photo once; "all" averages every photo with its
     mirror image (twice the inference); "unsure", the default, averages only the photos the first look is unsure
     about (P(dog) between 0.1 and 0.9). On the shipped model's validation split "unsure" mirrors about one photo
-    in seven and scores what "all" scores (benchmarks/robustness.py): a confident first look is hardly ever
+    in eight and scores what "all" scores (benchmarks/robustness.py): a confident first look is hardly ever
     overturned by its mirror image.
     """
 

@@ -1,10 +1,12 @@
 """Training and inference speed of candidate nets, side by side: images per second on random input.
 
-Usage: python benchmarks/throughput.py [--batches 20] [--rounds 3] [CANDIDATE ...]   (default: all)
+Usage: python benchmarks/throughput.py [--batches 20] [--rounds 3] [--bf16] [CANDIDATE ...]   (default: all)
 
 The candidates are `benchmarks/experiments.py`'s, plus each preset's training sizes when it trains progressively.
 Rounds interleave the candidates, so a swing in this machine's speed hits all of them alike; the medians and
 their ratios to the first candidate are printed. It measures cost only: accuracy needs a real run.
+With --bf16 each net is also built under Keras's mixed_bfloat16 policy (bfloat16 compute, float32 weights),
+to see whether this CPU's bfloat16 support speeds training up.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +34,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bf16", action="store_true", help="also time each net under mixed_bfloat16")
     args = parser.parse_args()
+    policies = ["float32", "mixed_bfloat16"] if args.bf16 else ["float32"]
     names = args.candidates or list(CANDIDATES)
     rng = np.random.default_rng(0)
     nets = {}
@@ -39,14 +44,18 @@ def main() -> None:
         preset = CANDIDATES[name]
         sizes = sorted({max(8, round(preset.pipeline.size * s)) for s in preset.train_scales} | {preset.pipeline.size})
         for size in sizes:
-            pipeline = PipelineConfig(size, preset.pipeline.color_mode)
-            model = compile_model(build_model(preset, pipeline), preset, preset.learning_rate, 1000)
-            n = args.batch_size * args.batches
-            x = rng.random((n, *pipeline.input_shape), dtype=np.float32)
-            y = rng.integers(0, 2, (n, 1)).astype(np.float32)
-            model.fit(x[: args.batch_size * 2], y[: args.batch_size * 2], batch_size=args.batch_size, verbose=0)
-            model.predict(x[:256], batch_size=128, verbose=0)  # trace both before timing
-            nets[f"{name}@{size}"] = (model, x, y)
+            for policy in policies:
+                keras.config.set_dtype_policy(policy)  # layers take the policy in force when they are built
+                pipeline = PipelineConfig(size, preset.pipeline.color_mode)
+                model = compile_model(build_model(preset, pipeline), preset, preset.learning_rate, 1000)
+                keras.config.set_dtype_policy("float32")
+                n = args.batch_size * args.batches
+                x = rng.random((n, *pipeline.input_shape), dtype=np.float32)
+                y = rng.integers(0, 2, (n, 1)).astype(np.float32)
+                model.fit(x[: args.batch_size * 2], y[: args.batch_size * 2], batch_size=args.batch_size, verbose=0)
+                model.predict(x[:256], batch_size=128, verbose=0)  # trace both before timing
+                suffix = "" if policy == "float32" else "/bf16"
+                nets[f"{name}@{size}{suffix}"] = (model, x, y)
     train_rate = {k: [] for k in nets}
     infer_rate = {k: [] for k in nets}
     for r in range(args.rounds):

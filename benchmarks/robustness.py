@@ -74,12 +74,11 @@ def main() -> None:
         labeled = Source(args.labeled)
         x = np.stack([preprocess(labeled.read(n), cfg) for n in val_names])
         y = np.array([label_from_name(n) for n in val_names])
-        unsure = float((np.abs(predictor.probabilities(x) - 0.5) < UNSURE_MARGIN).mean())
+        probs = {"off": predictor.probabilities(x)}  # the single looks, reused for the unsure share
+        probs |= {mode: Predictor(args.model, tta=mode).probabilities(x) for mode in TTA_MODES if mode != "off"}
+        accuracy = {mode: float(((probs[mode] >= 0.5) == y).mean()) for mode in TTA_MODES}
+        unsure = float((np.abs(probs["off"] - 0.5) < UNSURE_MARGIN).mean())
         mirrored = {"off": 0.0, "unsure": unsure, "all": 1.0}
-        accuracy = {}
-        for mode in TTA_MODES:
-            probs = Predictor(args.model, tta=mode).probabilities(x)
-            accuracy[mode] = float(((probs >= 0.5) == y).mean())
         print(f"validation split ({len(y)} images), flip TTA modes:")
         for mode in TTA_MODES:
             print(

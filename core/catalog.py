@@ -56,7 +56,7 @@ def _from_run(run: Run) -> ModelChoice:
 def choices() -> list[ModelChoice]:
     """Every model a user may pick, default first; never a file a user uploaded."""
     found = [describe(DEFAULT_KEY, config.DEFAULT_MODEL)] if config.DEFAULT_MODEL.exists() else []
-    return found + [_from_run(run) for run in RunStore().runs()]
+    return found + [_from_run(run) for run in RunStore().with_models()]
 
 
 def _selection_file() -> Path:

@@ -192,6 +192,20 @@ def decode_original(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return _to_color_mode(_decode_pixels(data, info, cv2.IMREAD_COLOR), "rgb")
 
 
+def decode_preview(data: bytes, max_side: int = 640, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An 8-bit RGB picture of the photo for display, at most max_side on its longer side; refused like model input.
+
+    Pages show this, never the uploaded bytes: a browser (or st.image) cannot show every format we decode
+    (16-bit PNG, TIFF, CMYK JPEG), and a huge photo need not travel to the browser at full size.
+    """
+    img = decode_original(data, max_pixels)
+    scale = max_side / max(img.shape[:2])
+    if scale < 1:
+        size = (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale)))
+        img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return img
+
+
 def decode(data: bytes, cfg: PipelineConfig = PipelineConfig()) -> np.ndarray:
     """Decode bytes to a uint8 array of cfg.input_shape (RGB order for colour), or raise ImageError."""
     info = inspect(data, cfg.max_pixels)

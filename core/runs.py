@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ class Run:
         return self.path / "model.keras"
 
     @property
+    def has_model(self) -> bool:
+        """Whether the run saved a model; a run stopped before its first epoch ended has none."""
+        return self.model_path.is_file()
+
+    @property
     def meta(self) -> dict:
         try:
             return json.loads((self.path / "run.json").read_text())
@@ -52,6 +58,15 @@ class Run:
             return pd.read_csv(self.path / "history.csv")
         except (OSError, ValueError, pd.errors.EmptyDataError):
             return pd.DataFrame()
+
+
+# A run folder's name: the UTC time, the preset and a random suffix, e.g. 20261124-011206-seed-f544.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _is_run_folder(path: Path) -> bool:
+    # A real folder (never a symlink, which could point anywhere) with run.json in it.
+    return RUN_ID.fullmatch(path.name) is not None and not path.is_symlink() and (path / "run.json").is_file()
 
 
 class RunStore:
@@ -68,16 +83,20 @@ class RunStore:
         return Run(path)
 
     def runs(self) -> list[Run]:
-        """Runs that have a saved model, newest first."""
-        if not self.root.exists():
+        """Every run with metadata, newest first, with or without a model (see Run.has_model)."""
+        if not self.root.is_dir():
             return []
-        found = [Run(p) for p in self.root.iterdir() if (p / "model.keras").exists() and (p / "run.json").exists()]
+        found = [Run(p) for p in self.root.iterdir() if _is_run_folder(p)]
         return sorted(found, key=lambda r: r.id, reverse=True)
 
+    def with_models(self) -> list[Run]:
+        """The runs that saved a model, newest first: the ones a user can pick, download or promote."""
+        return [run for run in self.runs() if run.has_model]
+
     def get(self, run_id: str) -> Run:
-        """One run by id; refuses ids that would leave the store."""
-        path = (self.root / run_id).resolve()
-        if path.parent != self.root.resolve() or not path.is_dir():
+        """One run by id; refuses ids that are not plain folder names, symlinks and anything outside the store."""
+        path = self.root / run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
+        if path is None or not _is_run_folder(path):
             raise KeyError(f"no run named {run_id!r}")
         return Run(path)
 
@@ -114,7 +133,7 @@ def default_model_path() -> Path | None:
     """The model used when none is named: the shipped default, else the newest run, else none."""
     if DEFAULT_MODEL.exists():
         return DEFAULT_MODEL
-    runs = RunStore().runs()
+    runs = RunStore().with_models()
     return runs[0].model_path if runs else None
 
 
@@ -149,6 +168,8 @@ def promote_run(run: Run, target: Path = DEFAULT_MODEL, source: str | os.PathLik
     With the training source, the model's accuracy as the app predicts is measured again on the run's
     validation photos (`record_accuracy`).
     """
+    if not run.has_model:
+        raise ValueError(f"run {run.id} saved no model: it was stopped before its first epoch ended")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(target)

@@ -348,10 +348,9 @@ def train(
             break
     fit_time = time.time() - fit_started
 
-    if keeper.best_weights is not None:
+    if keeper.best_weights is not None:  # no epoch completed (stopped in the first): no model worth saving
         model.set_weights(keeper.best_weights)
-    model = export(model)
-    save_model(model, run.model_path)
+        save_model(export(model), run.model_path)
     hist = pd.DataFrame(keeper.rows)
     hist.to_csv(run.path / "history.csv", index=False)
     if cancel.is_set():

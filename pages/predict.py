@@ -13,7 +13,7 @@ from core.data import DatasetError, Source
 from core.pipeline import ImageError
 from core.predict import Prediction, predictions_frame, submission_frame
 from ui.navigation import run_through_entrypoint
-from ui.resources import predictor
+from ui.resources import active_model, predictor
 
 run_through_entrypoint()
 
@@ -37,7 +37,7 @@ def model_ui() -> ModelChoice | None:
         )
         return None
     keys = list(available)
-    active = catalog.active()
+    active = active_model()
     st.selectbox(
         "Model",
         keys,

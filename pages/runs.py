@@ -13,7 +13,7 @@ from core.predict import Evaluation, evaluate
 from core.runs import Run, RunStore
 from ui import charts
 from ui.navigation import run_through_entrypoint
-from ui.resources import open_source, predictor, training_source
+from ui.resources import active_model, open_source, predictor, training_source
 
 run_through_entrypoint()
 
@@ -88,7 +88,7 @@ def _delete(store: RunStore, run_id: str) -> None:
 def actions_ui(store: RunStore, run: Run) -> None:
     """Activate, download and delete (after a confirmation)."""
     c1, c2, c3, _ = st.columns([1, 1, 1, 2])
-    active = catalog.active()
+    active = active_model()
     if active is not None and active.key == run.id:
         c1.button("Active model", key="runs_make_active", disabled=True)
     else:
@@ -176,6 +176,9 @@ st.caption(
     f"{meta.get('dataset', {}).get('source')} · best validation accuracy "
     f"{f'{best:.1%}' if best is not None else '—'} · status {meta.get('status')}"
 )
+if not run.has_model:
+    st.warning("This run was stopped before its first epoch ended: it saved no model to use, download or evaluate.")
+    st.stop()
 actions_ui(store, run)
 if st.toggle("Evaluate on its validation split", key="runs_evaluate", persist_state="session"):
     evaluation_ui(run)

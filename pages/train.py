@@ -13,7 +13,7 @@ from core.presets import PRESETS
 from core.train import TrainConfig
 from ui import charts
 from ui.navigation import run_through_entrypoint
-from ui.resources import active_dataset
+from ui.resources import active_dataset, active_model
 from ui.status import duration, training_line
 
 run_through_entrypoint()
@@ -139,6 +139,12 @@ def summary_ui(state: TrainingState) -> None:
         "time-budget": "used its time budget",
         "stopped": "was stopped",
     }[result.status]
+    if not result.run.has_model:
+        st.warning(
+            f"Run stopped before its first epoch ended: no model was saved. Its settings are kept in "
+            f"`{result.run.path}` and listed on the Runs page, but it is not offered as a model."
+        )
+        return
     st.success(f"Run {ended}: saved to `{result.run.path}`. It is listed on the Runs page.")
     best = result.metrics.get("best_val_accuracy")
     cols = st.columns(4)
@@ -146,7 +152,7 @@ def summary_ui(state: TrainingState) -> None:
     cols[1].metric("Wall time", duration(result.wall_time_s))
     cols[2].metric("Images per second", f"{result.metrics.get('train_images_per_s', 0):,.0f}")
     cols[3].metric("Epochs", f"{result.metrics.get('epochs_completed', 0)} / {state.config.epochs}")
-    active = catalog.active()
+    active = active_model()
     if active is not None and active.key == result.run.id:
         st.caption("This run is the active model.")
     else:

@@ -19,6 +19,7 @@ from core.pipeline import (
     PipelineConfig,
     _reduced_flag,
     decode,
+    decode_preview,
     inspect,
     preprocess,
     to_model_input,
@@ -186,6 +187,16 @@ def test_grayscale_with_alpha_png_is_composited_too():
     la[:, 50:, 1] = 255  # left half transparent
     x = decode(pillow_bytes(Image.fromarray(la, "LA"), "PNG"))
     assert x[40, 10, 0] == 255 and x[40, 70, 0] == 50
+
+
+def test_a_preview_is_8_bit_rgb_at_most_max_side_and_keeps_the_aspect_ratio():
+    gray16 = np.full((300, 1200), 65535, np.uint16)  # a format st.image cannot show from its bytes
+    preview = decode_preview(cv2_bytes(gray16, ".png"), max_side=400)
+    assert preview.dtype == np.uint8 and preview.shape == (100, 400, 3) and (preview == 255).all()
+    small = decode_preview(make_jpeg(120, 90), max_side=400)
+    assert small.shape == (90, 120, 3)  # never enlarged
+    with pytest.raises(ImageError, match="empty"):
+        decode_preview(b"")
 
 
 def test_16_bit_png_is_scaled_to_8_bits():

@@ -279,7 +279,9 @@ def test_stop_from_another_thread_keeps_the_best_model_so_far(small_slice, tmp_p
         np.testing.assert_array_equal(a, b)
 
 
-def test_stop_during_the_first_epoch_still_leaves_a_loadable_model(small_slice, tmp_path):
+def test_stop_during_the_first_epoch_keeps_the_run_but_saves_no_model(small_slice, tmp_path):
+    from core.runs import RunStore, default_model_path, promote_run
+
     cancel = threading.Event()
 
     def progress(event: ProgressEvent) -> None:
@@ -288,5 +290,11 @@ def test_stop_during_the_first_epoch_still_leaves_a_loadable_model(small_slice, 
 
     result = train(small_slice, TrainConfig(epochs=3), progress=progress, cancel=cancel, runs_dir=tmp_path)
     assert result.status == "stopped"
-    assert len(result.history) == 0
-    assert load_model(result.run.model_path).input_shape == (None, 80, 80, 1)
+    assert len(result.history) == 0 and result.metrics["epochs_completed"] == 0
+    assert not result.run.model_path.exists() and not result.run.has_model
+    store = RunStore(tmp_path)
+    assert [r.id for r in store.runs()] == [result.run.id]  # listed, with its settings
+    assert store.with_models() == []  # but never offered as a model
+    with pytest.raises(ValueError, match="before its first epoch"):
+        promote_run(result.run, tmp_path / "default.keras")
+    assert default_model_path() != result.run.model_path

@@ -43,6 +43,11 @@ def active_dataset() -> Path | None:
     return candidates[0] if candidates else None
 
 
+def active_model() -> catalog.ModelChoice | None:
+    """The model this session predicts with and compares against; every page asks here, never catalog directly."""
+    return catalog.active()
+
+
 def set_active_dataset(path: Path) -> None:
     """Remember the dataset for this session; the Train page and the sidebar follow it."""
     st.session_state[_DATASET_KEY] = str(path)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import catalog
 from core.data import summarize
 from core.jobs import TrainingState, dataset_scans, training_manager
-from ui.resources import active_dataset
+from ui.resources import active_dataset, active_model
 
 
 def duration(seconds: float | None) -> str:
@@ -53,7 +52,7 @@ def _dataset_status() -> None:
 
 
 def _model_status() -> None:
-    model = catalog.active()
+    model = active_model()
     if model is None:
         st.caption("None yet: train one on the Train page.")
         return

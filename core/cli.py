@@ -58,6 +58,22 @@ def _scales(text: str) -> tuple[float, ...]:
     return scales
 
 
+class TrainingRefused(RuntimeError):
+    """Another training holds the runs folder (one line for stderr)."""
+
+
+def _claim_runs_folder():
+    # One training at a time per runs folder, across processes: refused with the run in progress named.
+    from core.runs import RunStore, TrainingInProgress
+
+    try:
+        return RunStore().claim_training()
+    except TrainingInProgress as err:
+        raise TrainingRefused(
+            f"{err}; one training at a time per runs folder: wait, or pass --allow-concurrent"
+        ) from None
+
+
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
@@ -111,7 +127,12 @@ def cmd_train(args) -> int:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in event.logs.items() if "loss" in k or "acc" in k})
                 bar.close()
 
-    result = train(args.source, config, progress=progress)
+    lock = None if args.allow_concurrent else _claim_runs_folder()
+    try:
+        result = train(args.source, config, progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
     for bar in bars.values():
         bar.close()
     print(
@@ -228,6 +249,11 @@ def parser() -> argparse.ArgumentParser:
         " (the best preset: 0.67,0.83,1; 1 trains at full size throughout)",
     )
     t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
+    t.add_argument(
+        "--allow-concurrent",
+        action="store_true",
+        help="train even while another run trains into the same runs folder (each slows the other down)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy of a model on labeled photos")
@@ -267,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ImageError, FileNotFoundError, ValueError, KeyError, OSError) as err:
+    except (DatasetError, ImageError, FileNotFoundError, ValueError, KeyError, OSError, TrainingRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -131,10 +131,10 @@ def cmd_train(args) -> int:
     try:
         result = train(args.source, config, progress=progress)
     finally:
+        for bar in bars.values():  # closed before any error line, which must stay the last line
+            bar.close()
         if lock is not None:
             lock.release()
-    for bar in bars.values():
-        bar.close()
     print(
         f"run {result.status}: best val_accuracy {result.metrics['best_val_accuracy']} in {result.wall_time_s:.0f} s",
         file=sys.stderr,

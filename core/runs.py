@@ -30,6 +30,7 @@ def write_json(path: Path, data: dict) -> None:
 
 RUNNING = "running"  # run.json's status from a run's start until it ends
 INTERRUPTED = "interrupted"  # what a run still "running" is shown as once its process is gone
+TEMP_PID = re.compile(r"\..*\.tmp(\d+)-\d+")  # core.config.temp_sibling's names carry the writer's pid
 LOCK_FILE = ".training.lock"  # in the runs folder: held by the one training allowed there at a time
 
 
@@ -185,7 +186,19 @@ class RunStore:
             lock.acquire(timeout=0)
         except Timeout:
             raise TrainingInProgress(self._busy_reason()) from None
+        self.tidy()
         return lock
+
+    def tidy(self) -> list[Path]:
+        """Remove the temp files that processes killed mid-write left in this folder and its runs; returns them."""
+        stale = [
+            tmp
+            for tmp in [*self.root.glob(".*.tmp*"), *self.root.glob("*/.*.tmp*")]
+            if (found := TEMP_PID.match(tmp.name)) and not psutil.pid_exists(int(found.group(1)))
+        ]
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        return stale
 
     def _busy_reason(self) -> str:
         running = self.in_progress()

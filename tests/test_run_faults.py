@@ -181,6 +181,13 @@ def test_the_dashboard_refuses_to_start_while_another_process_trains_and_shows_t
     assert other_process_runs() == ""  # the sidebar reads the app's runs folder: none training there
     monkeypatch.setattr(config, "RUNS_DIR", runs)
     assert f"**{run_id}** (pid " in other_process_runs()
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(config.ROOT / "streamlit_app.py"), default_timeout=180)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    sidebar = "\n".join(str(c.value) for c in at.caption)
+    assert f"In progress in another process: **{run_id}**" in sidebar, sidebar
 
 
 def test_kill_9_after_the_first_checkpoint_leaves_an_interrupted_run_whose_model_works(small_zip, tmp_path):

@@ -9,9 +9,10 @@ It starts the server in a subprocess (waitress, the production setup), then:
 - stalled connections: /health latency on fresh connections, first alone, then with --stalled sockets open that
   each sent half a request and stalled (headers that never end, or a body that never comes), side by side;
 - hostile uploads: --hostile-clients threads post hostile files made here (a PNG whose IDAT chunk claims ~3.7 GB,
-  a 16-bit RGBA PNG just under the 40 MP cap, a GIF whose logical screen is at the cap, a JPEG whose frame claims
-  the cap but holds no data, a valid 25 MP photo) all at once, --hostile-rounds times each; the server's peak RSS
-  (VmHWM in /proc/<pid>/status) after the photo load and after the hostile uploads, side by side.
+  16-bit RGBA PNGs just under the 40 MP cap and at 14 MP, 19 MB of random bytes, a GIF whose logical screen is at
+  the cap, a JPEG whose frame claims the cap but holds no data, a valid 25 MP photo) all at once, --hostile-rounds
+  times each; the server's peak RSS (VmHWM in /proc/<pid>/status) after the photo load and after the hostile
+  uploads, side by side.
 A watchdog kills the server if its RSS passes --rss-cap-gb (the machine is shared), and says so.
 It prints tables, ratios, and the same figures as one JSON line.
 The clients share the machine with the server, so on a small machine they take some of its CPU.
@@ -268,6 +269,8 @@ def hostile_files(max_pixels: int) -> dict[str, bytes]:
     return {
         "idat-claims-3.7GB.png": _png(64, 48, zlib.compress(b"\0" * 100), idat_length=0xDDDDDDDD),
         f"rgba16-{side}px.png": _zeros_png16_rgba(side),
+        "rgba16-3800px.png": _zeros_png16_rgba(3800),  # 14 MP: heavy, but within the per-image decode budget
+        "random-19MB.jpg": rng.bytes(19 * 2**20),  # a body near the limit, on 8 threads at once
         f"gif-screen-{side}px.gif": bytes(gif),
         f"jpeg-frame-{side}px-no-data.jpg": bytes(jpeg[: sof + 200]) + b"\xff\xd9",
         "photo-25MP.jpg": cv2.imencode(".jpg", photo, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(),

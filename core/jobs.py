@@ -218,6 +218,8 @@ class TrainingManager:
                     f"{reason[:1].upper()}{reason[1:]}. Only one run trains at a time in a runs folder: "
                     "wait for it to finish."
                 ) from None
+            except OSError as err:  # the page shows why no run can start, as it shows a busy folder
+                raise TrainingBusy(f"Cannot train here: {err}") from err
             self._job = TrainingJob(source, config, runs_dir, lock).start()
             return self._job
 

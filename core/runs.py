@@ -19,7 +19,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from core import config
-from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META, atomic_write
+from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META, atomic_write, write_error
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -180,12 +180,14 @@ class RunStore:
     def claim_training(self) -> FileLock:
         """Take this folder's training lock, for one run at a time across processes; release() it when the run
         ends. Raises TrainingInProgress, naming the run in progress, if another process or job holds it."""
-        self.root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(self.root / LOCK_FILE, thread_local=False)  # the job's thread releases what start() took
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=0)
         except Timeout:
             raise TrainingInProgress(self._busy_reason()) from None
+        except OSError as err:  # e.g. a runs folder this user may not write to
+            raise write_error(self.root / LOCK_FILE, err) from err
         self.tidy()
         return lock
 

@@ -376,3 +376,10 @@ def test_temp_files_of_dead_writers_are_tidied_and_live_ones_kept(tmp_path):
     live.write_text("epoch")
     assert RunStore(tmp_path).tidy() == [Path(dead)]
     assert sorted(p.name for p in (tmp_path / "run-a").iterdir()) == [live.name]
+
+
+def test_a_runs_folder_that_cannot_be_made_is_a_clear_refusal_not_a_crash(tmp_path, small_zip):
+    (tmp_path / "a-file").write_text("not a folder")
+    runs = tmp_path / "a-file" / "runs"
+    with pytest.raises(TrainingBusy, match=re.escape(f"Cannot train here: could not write {runs / '.training.lock'}")):
+        TrainingManager().start(small_zip, TrainConfig(epochs=1), runs_dir=runs)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -62,16 +64,24 @@ class TrainingRefused(RuntimeError):
     """Another training holds the runs folder (one line for stderr)."""
 
 
-def _claim_runs_folder():
+@contextmanager
+def _one_training_per_folder(allow_concurrent: bool) -> Iterator[None]:
     # One training at a time per runs folder, across processes: refused with the run in progress named.
     from core.runs import RunStore, TrainingInProgress
 
+    if allow_concurrent:
+        yield
+        return
     try:
-        return RunStore().claim_training()
+        lock = RunStore().claim_training()
     except TrainingInProgress as err:
         raise TrainingRefused(
             f"{err}; one training at a time per runs folder: wait, or pass --allow-concurrent"
         ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cmd_train(args) -> int:
@@ -127,14 +137,12 @@ def cmd_train(args) -> int:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in event.logs.items() if "loss" in k or "acc" in k})
                 bar.close()
 
-    lock = None if args.allow_concurrent else _claim_runs_folder()
-    try:
-        result = train(args.source, config, progress=progress)
-    finally:
-        for bar in bars.values():  # closed before any error line, which must stay the last line
-            bar.close()
-        if lock is not None:
-            lock.release()
+    with _one_training_per_folder(args.allow_concurrent):
+        try:
+            result = train(args.source, config, progress=progress)
+        finally:
+            for bar in bars.values():  # closed before any error line, which must stay the last line
+                bar.close()
     print(
         f"run {result.status}: best val_accuracy {result.metrics['best_val_accuracy']} in {result.wall_time_s:.0f} s",
         file=sys.stderr,

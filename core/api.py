@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import os
+import resource
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flask import Flask, Request, jsonify, request
+from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
+from core import config
 from core.pipeline import PipelineConfig
 from core.predict import Prediction, Predictor
 
-# Flask's request size cap. Waitress refuses bodies past WAITRESS_BODY_FACTOR times it before buffering them,
-# so a client can never make the server spool gigabytes; between the two the answer is Flask's JSON 413.
+# The request size cap, the same in Flask and in waitress: waitress refuses a bigger body as it arrives (from its
+# Content-Length, or as soon as a chunked body passes it), so a client can never make the server spool more.
 MAX_CONTENT_LENGTH = int(os.environ.get("CVD_MAX_CONTENT_LENGTH", 20 * 1024 * 1024))
-WAITRESS_BODY_FACTOR = 4
 SERVER_THREADS = 8
+# On every response: never sniffed into another type, framed, cached or sent on as a referrer.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+OPEN_PATHS = ("/health",)  # answered without the token, so a load balancer can probe the server
 
 
 def model_info(predictor: Predictor) -> dict:
@@ -55,6 +68,56 @@ def _error(status: int, message: str, **extra):
     return response
 
 
+def too_large_message(limit: int) -> str:
+    """What a 413 says, from Flask or from waitress."""
+    return f"request too large: the limit is {limit / 2**20:g} MB"
+
+
+def _authorized(req: Request, token: str) -> bool:
+    # Constant-time comparison: the time taken says nothing about how much of a guess was right.
+    scheme, _, given = (req.headers.get("Authorization") or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
+def _cors_headers(req: Request, origins: frozenset[str]) -> dict:
+    # Only for configured origins; a preflight also learns what it may send.
+    origin = req.headers.get("Origin")
+    if not origin or not (origin in origins or "*" in origins):
+        return {}
+    headers = {"Access-Control-Allow-Origin": "*" if "*" in origins else origin, "Vary": "Origin"}
+    if req.method == "OPTIONS":
+        headers |= {
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type",
+            "Access-Control-Max-Age": "600",
+        }
+    return headers
+
+
+def _settings(token: str | None, cors_origins: str | None) -> tuple[str | None, frozenset[str]]:
+    # None: read the environment (CVD_API_TOKEN, CVD_API_CORS_ORIGINS); "" turns either off.
+    token = os.environ.get(config.API_TOKEN_ENV) if token is None else token
+    origins = os.environ.get(config.API_CORS_ORIGINS_ENV, "") if cors_origins is None else cors_origins
+    return token or None, frozenset(o.strip().rstrip("/") for o in origins.split(",") if o.strip())
+
+
+def _guard(app: Flask, token: str | None, origins: frozenset[str]) -> None:
+    # The bearer token before any route runs, and the security (and configured CORS) headers after every one.
+    @app.before_request
+    def require_token():
+        if token and request.method != "OPTIONS" and request.path not in OPEN_PATHS and not _authorized(request, token):
+            response = _error(401, "unauthorized: send the API token as `Authorization: Bearer <token>`")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="cats-vs-dogs-studio"'
+            return response
+        return None
+
+    @app.after_request
+    def add_headers(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(_cors_headers(request, origins))
+        return response
+
+
 def _one_upload(req: Request) -> tuple[bytes, str]:
     # A multipart upload (field `file`, or any single file field), else the raw body is the image.
     if req.mimetype == "multipart/form-data":
@@ -79,13 +142,24 @@ def _result(p: Prediction) -> dict:
     return {"file": p.file, "label": p.label, "prob_dog": p.prob_dog, "error": p.error}
 
 
-def create_app(model: str | os.PathLike | Predictor, max_content_length: int | None = None) -> Flask:
-    """The Flask app for one model, loaded and warmed up now (the Predictor is thread-safe)."""
+def create_app(
+    model: str | os.PathLike | Predictor,
+    max_content_length: int | None = None,
+    token: str | None = None,
+    cors_origins: str | None = None,
+) -> Flask:
+    """The Flask app for one model, loaded and warmed up now (the Predictor is thread-safe).
+
+    token: the bearer token every route but /health requires (default: $CVD_API_TOKEN; unset or "": none).
+    cors_origins: comma-separated origins that browsers may call it from, or "*" (default:
+    $CVD_API_CORS_ORIGINS; unset: no CORS headers, so browsers allow same-origin calls only).
+    """
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     info = model_info(predictor)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_content_length or MAX_CONTENT_LENGTH
     app.extensions["predictor"] = predictor
+    _guard(app, *_settings(token, cors_origins))
 
     @app.get("/health")
     def health():
@@ -117,8 +191,7 @@ def create_app(model: str | os.PathLike | Predictor, max_content_length: int | N
         if err.code is None or err.code < 400:  # routing redirects are answers, not errors
             return err
         if err.code == 413:
-            limit = app.config["MAX_CONTENT_LENGTH"]
-            return _error(413, f"request too large: the limit is {limit / 2**20:g} MB")
+            return _error(413, too_large_message(app.config["MAX_CONTENT_LENGTH"]))
         return _error(err.code or 500, err.description or err.name)
 
     @app.errorhandler(Exception)
@@ -130,6 +203,31 @@ def create_app(model: str | os.PathLike | Predictor, max_content_length: int | N
     return app
 
 
+def _waitress_settings(limit: int, threads: int) -> dict:
+    # Slow and idle clients cost a socket and a little memory each, never a thread: waitress buffers each request
+    # whole before a thread runs it. These bound what each may hold, and how many there may be.
+    return {
+        "threads": threads,
+        "connection_limit": config.API_CONNECTION_LIMIT,
+        "channel_timeout": config.API_CHANNEL_TIMEOUT_S,  # idle connections are closed after this long
+        "cleanup_interval": 5,  # how often it looks for them
+        "backlog": 2048,  # connections past the limit wait here rather than being refused
+        "asyncore_use_poll": True,  # select() cannot watch file descriptors past 1024
+        "max_request_body_size": limit,
+        "max_request_header_size": 32 * 1024,  # per half-sent request: 256 KB by default
+        "inbuf_overflow": 256 * 1024,  # a body past this is buffered in a temp file, not in memory
+        "ident": "cats-vs-dogs-studio",
+    }
+
+
+def _raise_open_files_limit(needed: int) -> None:
+    # Each connection is a file descriptor: a default soft limit of 1024 would cap the connection limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def serve(
     model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, threads: int = SERVER_THREADS
 ) -> None:
@@ -137,15 +235,11 @@ def serve(
     import waitress
 
     app = create_app(Path(model_path))
-    limit = app.config["MAX_CONTENT_LENGTH"]
-    server = waitress.create_server(
-        app,
-        host=host,
-        port=port,
-        threads=threads,
-        max_request_body_size=limit * WAITRESS_BODY_FACTOR,
-        ident="cats-vs-dogs-studio",
-    )
+    settings = _waitress_settings(app.config["MAX_CONTENT_LENGTH"], threads)
+    _raise_open_files_limit(settings["connection_limit"] + 256)
+    sockets: dict = {}
+    server = waitress.create_server(app, map=sockets, host=host, port=port, **settings)
+    answer_waitress_errors_in_json(sockets, too_large_message(settings["max_request_body_size"]))
     name = app.extensions["predictor"].name
     # The socket is bound now, so this line tells scripts (and the tests) the server is ready, and on which port.
     print(f"serving model {name} on http://{server.effective_host}:{server.effective_port}", file=sys.stderr)
@@ -153,3 +247,35 @@ def serve(
         server.run()
     finally:
         server.close()
+
+
+def answer_waitress_errors_in_json(sockets: dict, too_large: str) -> None:
+    """Make waitress's own error answers ours: JSON, with the security headers.
+
+    waitress answers some requests before the app sees them: a body over max_request_body_size (413), headers it
+    cannot parse (400) or that are too large (431), a transfer encoding it does not know (501). It makes them in
+    `waitress.task.ErrorTask`, as text/plain, and has no public hook to change that. So this relies on waitress 3's
+    internals (pinned `waitress>=3.0,<4` in requirements.txt, with this function named there): each listening
+    server's `channel_class`, whose `error_task_class` makes those answers. tests/test_api.py checks it.
+    """
+    from waitress.channel import HTTPChannel
+    from waitress.server import BaseWSGIServer
+    from waitress.task import ErrorTask
+
+    class JsonErrorTask(ErrorTask):
+        def execute(self):
+            error = self.request.error
+            message = too_large if error.code == 413 else f"{error.reason.lower()}: {error.body}"
+            body = json.dumps({"error": message, "status": error.code}).encode()
+            self.status = f"{error.code} {error.reason}"
+            self.response_headers.extend([("Content-Type", "application/json"), *SECURITY_HEADERS.items()])
+            self.set_close_on_finish()
+            self.content_length = len(body)
+            self.write(body)
+
+    class JsonErrorChannel(HTTPChannel):
+        error_task_class = JsonErrorTask
+
+    for listener in sockets.values():  # one server per listening socket (two for a host like localhost)
+        if isinstance(listener, BaseWSGIServer):
+            listener.channel_class = JsonErrorChannel

@@ -70,10 +70,17 @@ class BestKeeper(keras.callbacks.Callback):
         if score < self.best.get("val_loss", self.best.get("loss", math.inf)) or not self.best:
             self.best = row
             self.best_weights = self.model.get_weights()
-            save_model(self.export(self.model), self.run.model_path)  # a crash later still leaves the best so far
+            self._checkpoint()
+        self.run.save_history(self.rows)  # the curves so far survive a crash too
         self.emit(
             ProgressEvent("epoch", epoch + 1, self.epochs, self.steps, self.steps, logs, time.time() - self.started)
         )
+
+    def _checkpoint(self) -> None:
+        # The best epoch so far, saved with what run.json says of it: a crash later still leaves a usable model.
+        save_model(self.export(self.model), self.run.model_path)
+        best = {"best_val_accuracy": self.best.get("val_accuracy"), "best_val_loss": self.best.get("val_loss")}
+        self.run.update_meta(metrics={**best, "best_epoch": self.best["epoch"]})
 
 
 class TimeBudget(keras.callbacks.Callback):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,6 +58,30 @@ def _scales(text: str) -> tuple[float, ...]:
     if not scales or not all(0 < s <= 1 for s in scales):  # also refuses nan
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of fractions of the image size, like 0.67,0.83,1")
     return scales
+
+
+class TrainingRefused(RuntimeError):
+    """Another training holds the runs folder (one line for stderr)."""
+
+
+@contextmanager
+def _one_training_per_folder(allow_concurrent: bool) -> Iterator[None]:
+    # One training at a time per runs folder, across processes: refused with the run in progress named.
+    from core.runs import RunStore, TrainingInProgress
+
+    if allow_concurrent:
+        yield
+        return
+    try:
+        lock = RunStore().claim_training()
+    except TrainingInProgress as err:
+        raise TrainingRefused(
+            f"{err}; one training at a time per runs folder: wait, or pass --allow-concurrent"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cmd_train(args) -> int:
@@ -111,9 +137,12 @@ def cmd_train(args) -> int:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in event.logs.items() if "loss" in k or "acc" in k})
                 bar.close()
 
-    result = train(args.source, config, progress=progress)
-    for bar in bars.values():
-        bar.close()
+    with _one_training_per_folder(args.allow_concurrent):
+        try:
+            result = train(args.source, config, progress=progress)
+        finally:
+            for bar in bars.values():  # closed before any error line, which must stay the last line
+                bar.close()
     print(
         f"run {result.status}: best val_accuracy {result.metrics['best_val_accuracy']} in {result.wall_time_s:.0f} s",
         file=sys.stderr,
@@ -228,6 +257,11 @@ def parser() -> argparse.ArgumentParser:
         " (the best preset: 0.67,0.83,1; 1 trains at full size throughout)",
     )
     t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
+    t.add_argument(
+        "--allow-concurrent",
+        action="store_true",
+        help="train even while another run trains into the same runs folder (each slows the other down)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="accuracy of a model on labeled photos")
@@ -267,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ImageError, FileNotFoundError, ValueError, KeyError, OSError) as err:
+    except (DatasetError, ImageError, FileNotFoundError, ValueError, KeyError, OSError, TrainingRefused) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +42,15 @@ MAX_FILE_BYTES = 64 * 1024 * 1024  # one image, or one zip entry, uncompressed
 MAX_ZIP_TOTAL_BYTES = 8 * 1024 * 1024 * 1024  # all entries of one zip, uncompressed
 MAX_ZIP_RATIO = 200  # uncompressed / compressed; real photos compress ~1:1
 
+# The HTTP API (core.api). An optional bearer token: when set, every route but /health needs it.
+API_TOKEN_ENV = "CVD_API_TOKEN"
+# Origins allowed to call the API from a browser, comma-separated; none (no CORS headers) unless set.
+API_CORS_ORIGINS_ENV = "CVD_API_CORS_ORIGINS"
+# Open connections waitress holds at once. Idle or slow ones cost a socket and a little memory each, no thread;
+# past the limit new connections wait in the listen backlog, so the limit sits well above the 500 that must fit.
+API_CONNECTION_LIMIT = int(os.environ.get("CVD_API_CONNECTION_LIMIT", 2000))
+API_CHANNEL_TIMEOUT_S = 30  # a connection that sends nothing for this long is closed
+
 
 def default_dataset() -> Path | None:
     """The dataset the app opens by default: data/train.zip, else data/train/, else none."""
@@ -49,6 +62,50 @@ def default_dataset() -> Path | None:
 
 def temp_sibling(path: Path) -> Path:
     """A temp path in the same folder, unique per process and thread, for write-then-os.replace saves."""
-    import threading
-
     return path.with_name(f".{path.stem}.tmp{os.getpid()}-{threading.get_ident()}{path.suffix}")
+
+
+# What a failed write says happened, in words, by errno; others use the system's own wording.
+_WRITE_FAILURES = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+    errno.EFBIG: "file too large for this file system or process limit",
+    errno.ENOENT: "its folder does not exist",
+}
+
+
+class WriteError(OSError):
+    """A file could not be written; the message names the file and says what happened, e.g. disk full."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def write_error(path: str | os.PathLike, err: OSError) -> WriteError:
+    """The WriteError for a failed write of path: `could not write PATH: disk full`."""
+    reason = _WRITE_FAILURES.get(err.errno) or (err.strerror or str(err) or type(err).__name__).lower()
+    return WriteError(err.errno, f"could not write {path}: {reason}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Write path through a temp file in its folder, then os.replace, so readers see the old file or the new one.
+
+    write(tmp) writes the temp file. Whatever fails, the temp file is removed (a partial one would keep a full
+    disk full) and an OSError becomes a WriteError naming path, never the temp file.
+    """
+    path = Path(path)
+    tmp = temp_sibling(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise write_error(path, err) from err
+    finally:
+        with contextlib.suppress(OSError):  # nothing to remove, or a folder we may not write to
+            tmp.unlink(missing_ok=True)
+    return path

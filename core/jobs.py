@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from core.data import DatasetError, scan
+from core.runs import RunStore, TrainingInProgress
 
 if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state without it
     from core.train import ProgressEvent, RunResult, TrainConfig
@@ -104,10 +105,11 @@ class TrainingState:
 class TrainingJob:
     """One training run in a daemon thread: progress goes into a lock-protected state, Stop is an Event."""
 
-    def __init__(self, source: str | os.PathLike, config: TrainConfig, runs_dir: Path | None = None):
+    def __init__(self, source: str | os.PathLike, config: TrainConfig, runs_dir: Path | None = None, lock=None):
         self.source = source
         self.config = config
         self.runs_dir = runs_dir
+        self._runs_lock = lock  # the runs folder's training lock (RunStore.claim_training), released at the end
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._state = TrainingState(config, str(source), time.time(), epochs=config.epochs)
@@ -128,6 +130,9 @@ class TrainingJob:
             self._finish(status="failed", error=f"{type(err).__name__}: {err}")
         else:
             self._finish(status=result.status, result=result)
+        finally:
+            if self._runs_lock is not None:
+                self._runs_lock.release()
 
     def _dirs(self) -> dict:
         return {"runs_dir": self.runs_dir} if self.runs_dir is not None else {}
@@ -194,7 +199,8 @@ class TrainingManager:
         self._job: TrainingJob | None = None
 
     def start(self, source: str | os.PathLike, config: TrainConfig, runs_dir: Path | None = None) -> TrainingJob:
-        """Start a run in the background, or raise TrainingBusy if one is still going."""
+        """Start a run in the background, or raise TrainingBusy if one is still going, here or in another
+        process training into the same runs folder."""
         with self._lock:
             if self._job is not None and self._job.running:
                 state = self._job.snapshot()
@@ -204,7 +210,17 @@ class TrainingManager:
                     f"{Path(state.source).name}, started {started}). Only one run trains at a time: "
                     "wait for it to finish or stop it."
                 )
-            self._job = TrainingJob(source, config, runs_dir).start()
+            try:
+                lock = RunStore(runs_dir).claim_training()
+            except TrainingInProgress as err:
+                reason = str(err)
+                raise TrainingBusy(
+                    f"{reason[:1].upper()}{reason[1:]}. Only one run trains at a time in a runs folder: "
+                    "wait for it to finish."
+                ) from None
+            except OSError as err:  # the page shows why no run can start, as it shows a busy folder
+                raise TrainingBusy(f"Cannot train here: {err}") from err
+            self._job = TrainingJob(source, config, runs_dir, lock).start()
             return self._job
 
     @property

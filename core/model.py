@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from core.config import temp_sibling
+from core.config import atomic_write
 from core.pipeline import PipelineConfig
 from core.presets import PRESETS, Preset  # noqa: F401  (PRESETS re-exported)
 
@@ -159,16 +159,11 @@ def compile_model(model: keras.Model, preset: Preset, learning_rate: float, tota
 
 
 def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
-    """Save atomically: a temp file in the same folder, then os.replace, so a crash never leaves half a model."""
+    """Save atomically, so a crash never leaves half a model; a failed save removes its temp file and raises a
+    `core.config.WriteError` naming the model file and what happened (disk full, permission denied, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, model.save)
 
 
 def load_model(path: str | os.PathLike) -> keras.Model:

@@ -9,21 +9,60 @@ import random
 import re
 import secrets
 import shutil
+import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import psutil
+from filelock import FileLock, Timeout
 
 from core import config
-from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META, temp_sibling
+from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META, atomic_write, write_error
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically so a reader never sees half a file."""
-    tmp = temp_sibling(path)
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    """Write JSON atomically so a reader never sees half a file; a failure raises a WriteError naming path."""
+    text = json.dumps(data, indent=2, default=str)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+RUNNING = "running"  # run.json's status from a run's start until it ends
+INTERRUPTED = "interrupted"  # what a run still "running" is shown as once its process is gone
+TEMP_PID = re.compile(r"\..*\.tmp(\d+)-\d+")  # core.config.temp_sibling's names carry the writer's pid
+LOCK_FILE = ".training.lock"  # in the runs folder: held by the one training allowed there at a time
+
+
+class TrainingInProgress(RuntimeError):
+    """Another training holds this runs folder's lock; the message names the run in progress."""
+
+
+def this_process() -> dict:
+    """Who is training, as run.json records it: pid, host and this process's start time (to tell a reused pid)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "process_started": psutil.Process().create_time()}
+
+
+def process_alive(pid: int, host: str, process_started: float) -> bool:
+    """Whether the process recorded by this_process() still runs; one on another host is assumed to."""
+    if host != socket.gethostname():
+        return True
+    try:
+        process = psutil.Process(int(pid))
+        # A pid can be reused: it is the same process only if it started at the recorded time.
+        same = abs(process.create_time() - float(process_started)) < 1.0
+        return same and process.status() != psutil.STATUS_ZOMBIE  # killed but not yet reaped is gone too
+    except (psutil.Error, TypeError, ValueError):
+        return False
+
+
+def status_of(meta: dict) -> str:
+    """A run's status from its run.json: as recorded, except that a running run whose process is gone is
+    interrupted."""
+    status = meta.get("status", "unknown")
+    if status == RUNNING and not process_alive(meta.get("pid"), meta.get("host"), meta.get("process_started")):
+        return INTERRUPTED
+    return status
 
 
 @dataclass(frozen=True)
@@ -51,6 +90,21 @@ class Run:
             return json.loads((self.path / "run.json").read_text())
         except (OSError, ValueError):
             return {}
+
+    @property
+    def status(self) -> str:
+        """running, finished, stopped, early-stopped, time-budget, failed, or interrupted (its process died)."""
+        return status_of(self.meta)
+
+    def update_meta(self, **changes) -> dict:
+        """Merge changes into run.json (atomically); only the process training the run calls this."""
+        meta = {**self.meta, **changes}
+        write_json(self.path / "run.json", meta)
+        return meta
+
+    def save_history(self, rows: list[dict]) -> None:
+        """Write history.csv, one row per epoch, atomically."""
+        atomic_write(self.path / "history.csv", lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
 
     @property
     def history(self) -> pd.DataFrame:
@@ -82,6 +136,17 @@ class RunStore:
         path.mkdir(parents=True)
         return Run(path)
 
+    def begin(self, preset: str, config: dict) -> Run:
+        """A new run, listed at once: run.json says running, with the config, start time and this process."""
+        run = self.create(preset)
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        try:
+            run.update_meta(id=run.id, status=RUNNING, config=config, started_at=started, **this_process())
+        except BaseException:
+            shutil.rmtree(run.path, ignore_errors=True)  # a folder without run.json is no run: leave none
+            raise
+        return run
+
     def runs(self) -> list[Run]:
         """Every run with metadata, newest first, with or without a model (see Run.has_model)."""
         if not self.root.is_dir():
@@ -90,8 +155,13 @@ class RunStore:
         return sorted(found, key=lambda r: r.id, reverse=True)
 
     def with_models(self) -> list[Run]:
-        """The runs that saved a model, newest first: the ones a user can pick, download or promote."""
-        return [run for run in self.runs() if run.has_model]
+        """The runs that saved a model and are not training still (an interrupted run keeps its best epoch),
+        newest first: the ones a user can pick, download or promote."""
+        return [run for run in self.runs() if run.has_model and run.status != RUNNING]
+
+    def in_progress(self) -> list[Run]:
+        """The runs training now, in this process or any other, newest first."""
+        return [run for run in self.runs() if run.status == RUNNING]
 
     def get(self, run_id: str) -> Run:
         """One run by id; refuses ids that are not plain folder names, symlinks and anything outside the store."""
@@ -101,8 +171,46 @@ class RunStore:
         return Run(path)
 
     def delete(self, run_id: str) -> None:
-        """Remove a run folder and everything in it."""
-        shutil.rmtree(self.get(run_id).path)
+        """Remove a run folder and everything in it; a run still training is refused (stop it first)."""
+        run = self.get(run_id)
+        if run.status == RUNNING:
+            raise ValueError(f"run {run_id} is still training: stop it before deleting it")
+        shutil.rmtree(run.path)
+
+    def claim_training(self) -> FileLock:
+        """Take this folder's training lock, for one run at a time across processes; release() it when the run
+        ends. Raises TrainingInProgress, naming the run in progress, if another process or job holds it."""
+        lock = FileLock(self.root / LOCK_FILE, thread_local=False)  # the job's thread releases what start() took
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise TrainingInProgress(self._busy_reason()) from None
+        except OSError as err:  # e.g. a runs folder this user may not write to
+            raise write_error(self.root / LOCK_FILE, err) from err
+        self.tidy()
+        return lock
+
+    def tidy(self) -> list[Path]:
+        """Remove the temp files that processes killed mid-write left in this folder and its runs; returns them."""
+        stale = [
+            tmp
+            for tmp in [*self.root.glob(".*.tmp*"), *self.root.glob("*/.*.tmp*")]
+            if (found := TEMP_PID.match(tmp.name)) and not psutil.pid_exists(int(found.group(1)))
+        ]
+        for tmp in stale:
+            tmp.unlink(missing_ok=True)
+        return stale
+
+    def _busy_reason(self) -> str:
+        running = self.in_progress()
+        if not running:  # the lock is taken a moment before the run's folder exists
+            return f"another training is starting in {self.root}"
+        meta = running[0].meta
+        return (
+            f"run {running[0].id} is training in {self.root} ({meta.get('config', {}).get('preset')} preset, "
+            f"pid {meta.get('pid')} on {meta.get('host')}, started {meta.get('started_at')})"
+        )
 
     def table(self) -> pd.DataFrame:
         """One row per run: date, preset, hyperparameters, best validation accuracy, images, time."""
@@ -113,7 +221,7 @@ class RunStore:
             rows.append(
                 {
                     "run": run.id,
-                    "date": meta.get("finished_at", ""),
+                    "date": meta.get("finished_at") or meta.get("started_at", ""),
                     "preset": cfg.get("preset"),
                     "epochs": cfg.get("epochs"),
                     "batch_size": cfg.get("batch_size"),
@@ -123,7 +231,7 @@ class RunStore:
                     "best_val_accuracy": meta.get("metrics", {}).get("best_val_accuracy"),
                     "images": meta.get("n_images"),
                     "wall_time_s": meta.get("wall_time_s"),
-                    "status": meta.get("status"),
+                    "status": status_of(meta),
                 }
             )
         return pd.DataFrame(rows)
@@ -172,9 +280,7 @@ def promote_run(run: Run, target: Path = DEFAULT_MODEL, source: str | os.PathLik
         raise ValueError(f"run {run.id} saved no model: it was stopped before its first epoch ended")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(target)
-    shutil.copyfile(run.model_path, tmp)
-    os.replace(tmp, target)
+    atomic_write(target, lambda tmp: shutil.copyfile(run.model_path, tmp))
     run_meta = run.meta
     meta = {
         **run_meta,
@@ -186,7 +292,8 @@ def promote_run(run: Run, target: Path = DEFAULT_MODEL, source: str | os.PathLik
     }
     write_json(target.with_suffix(".json"), meta)
     if (run.path / "history.csv").exists():  # the curves travel with the model (benchmarks read them)
-        shutil.copyfile(run.path / "history.csv", target.with_name(f"{target.stem}-history.csv"))
+        history = target.with_name(f"{target.stem}-history.csv")
+        atomic_write(history, lambda tmp: shutil.copyfile(run.path / "history.csv", tmp))
     if source is not None and run_meta.get("validation_names"):
         record_accuracy(target, source)
     return target

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import pandas as pd
 
 from core.data import LoadedDataset, load_dataset
 from core.pipeline import PipelineConfig, to_model_input
-from core.runs import Run, RunStore, write_json
+from core.runs import Run, RunStore
 
 
 @dataclass(frozen=True)
@@ -241,7 +242,56 @@ def train(
     runs_dir: Path | None = None,
     strategy=None,
 ) -> RunResult:
-    """Train one run; progress goes to a plain callable, cancel is checked every batch."""
+    """Train one run; progress goes to a plain callable, cancel is checked every batch.
+
+    The run is listed from its start: run.json says "running", with this process's pid, host and start time, so a
+    run whose process dies shows as interrupted (`core.runs.Run.status`), its best epoch so far still saved.
+    """
+    run = RunStore(runs_dir).begin(config.preset, asdict(config))
+    try:
+        return _train_run(run, source, config, progress, cancel, strategy)
+    except BaseException as err:
+        _record_failure(run, err)
+        raise
+
+
+def _record_failure(run: Run, err: BaseException) -> None:
+    # A run that saved no model leaves nothing behind; one that did keeps it, marked failed (or interrupted).
+    try:
+        if not run.has_model:
+            shutil.rmtree(run.path, ignore_errors=True)
+            return
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        run.update_meta(status=status, error=str(err) or type(err).__name__, finished_at=_now())
+    except OSError:
+        pass  # e.g. the disk is full: the run then reads as interrupted once this process ends
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _data_record(dataset: LoadedDataset, config: TrainConfig, val_idx: np.ndarray, **sizes) -> dict:
+    # What run.json says a run trains on, written before its first epoch so that an interrupted run says it too.
+    return {
+        "pipeline": asdict(config.pipeline),
+        "class_names": ["cat", "dog"],
+        "dataset": {"source": dataset.source, "fingerprint": dataset.fingerprint, "skipped": len(dataset.skipped)},
+        "n_images": len(dataset),
+        "n_val": len(val_idx),
+        "validation_names": dataset.names[val_idx].tolist(),
+        **sizes,
+    }
+
+
+def _train_run(
+    run: Run,
+    source: str | os.PathLike | LoadedDataset,
+    config: TrainConfig,
+    progress: ProgressFn | None,
+    cancel: threading.Event | None,
+    strategy,
+) -> RunResult:
     import keras
 
     from core.callbacks import BestKeeper, StageEnd, TimeBudget
@@ -275,6 +325,8 @@ def train(
         raise ValueError(f"batch size {config.batch_size} is smaller than the {replicas} replicas; use a larger one")
     global_batch = per_replica_batch * replicas
     stages = config.stages
+    sizes = {"replicas": replicas, "global_batch": global_batch, "per_replica_batch": per_replica_batch}
+    run.update_meta(**_data_record(dataset, config, val_idx, n_train=len(train_idx), **sizes))
 
     x_train, y_train = dataset.x[train_idx], dataset.y[train_idx]  # one copy, shared by every stage
 
@@ -295,8 +347,6 @@ def train(
     def export(m):
         return fixed_size(m, preset, pipeline)
 
-    store = RunStore(runs_dir)
-    run = store.create(config.preset)
     keeper = BestKeeper(run, emit, cancel, config, train_data, started, export)
     budget = TimeBudget(config.time_budget_min * 60, config.learning_rate) if budgeted else None
     callbacks = [budget, keeper] if budget else [keeper]  # first, so the keeper's rows get its learning rate
@@ -309,13 +359,7 @@ def train(
             "start",
             epochs=config.epochs,
             batches=steps,
-            logs={
-                "n_train": len(train_idx),
-                "n_val": len(val_idx),
-                "replicas": replicas,
-                "global_batch": global_batch,
-                "per_replica_batch": per_replica_batch,
-            },
+            logs={"n_train": len(train_idx), "n_val": len(val_idx), **sizes},
             elapsed=time.time() - started,
         )
     )
@@ -352,7 +396,7 @@ def train(
         model.set_weights(keeper.best_weights)
         save_model(export(model), run.model_path)
     hist = pd.DataFrame(keeper.rows)
-    hist.to_csv(run.path / "history.csv", index=False)
+    run.save_history(keeper.rows)
     if cancel.is_set():
         status = "stopped"
     elif budget and budget.expired:
@@ -368,28 +412,7 @@ def train(
         "train_images_per_s": keeper.images / max(fit_time, 1e-9),
     }
     wall = time.time() - started
-    write_json(
-        run.path / "run.json",
-        {
-            "id": run.id,
-            "status": status,
-            "config": asdict(config),
-            "pipeline": asdict(pipeline),
-            "class_names": ["cat", "dog"],
-            "dataset": {"source": dataset.source, "fingerprint": dataset.fingerprint, "skipped": len(dataset.skipped)},
-            "n_images": len(dataset),
-            "n_train": len(train_idx),
-            "n_val": len(val_idx),
-            "validation_names": dataset.names[val_idx].tolist(),
-            "replicas": replicas,
-            "global_batch": global_batch,
-            "per_replica_batch": per_replica_batch,
-            "metrics": metrics,
-            "wall_time_s": wall,
-            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": _versions(),
-        },
-    )
+    run.update_meta(status=status, metrics=metrics, wall_time_s=wall, finished_at=_now(), versions=_versions())
     result = RunResult(run, hist, metrics, status, wall)
     emit(
         ProgressEvent(

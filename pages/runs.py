@@ -174,10 +174,15 @@ best = meta.get("metrics", {}).get("best_val_accuracy")
 st.caption(
     f"{meta.get('config', {}).get('preset')} preset · {meta.get('n_images', 0):,} photos of "
     f"{meta.get('dataset', {}).get('source')} · best validation accuracy "
-    f"{f'{best:.1%}' if best is not None else '—'} · status {meta.get('status')}"
+    f"{f'{best:.1%}' if best is not None else '—'} · status {run.status}"
 )
 if not run.has_model:
-    st.warning("This run was stopped before its first epoch ended: it saved no model to use, download or evaluate.")
+    ended = (
+        "is training and has not ended an epoch yet"
+        if run.status == "running"
+        else "was stopped before its first epoch ended"
+    )
+    st.warning(f"This run {ended}: it saved no model to use, download or evaluate.")
     st.stop()
 actions_ui(store, run)
 if st.toggle("Evaluate on its validation split", key="runs_evaluate", persist_state="session"):

@@ -64,9 +64,19 @@ def _training_status() -> None:
     job = training_manager().current
     state = job.snapshot() if job else None
     if state is None or not state.running:
-        st.caption("No run in progress.")
+        elsewhere = other_process_runs()
+        st.caption(f"In progress in another process: {elsewhere}" if elsewhere else "No run in progress.")
         return
     st.progress(state.fraction, text=training_line(state))
+
+
+def other_process_runs() -> str:
+    """The runs training in other processes (a CLI, another server) into this runs folder, in words; '' if none."""
+    from core.runs import RunStore
+
+    # Called when this server trains nothing, so every run in progress belongs to another process.
+    runs = [run.meta for run in RunStore().in_progress()]
+    return ", ".join(f"**{m['id']}** (pid {m.get('pid')}, since {m.get('started_at', '')[11:19]} UTC)" for m in runs)
 
 
 @st.fragment(run_every="2s")

@@ -37,6 +37,14 @@ MAX_PIXELS = int(os.environ.get("CVD_MAX_PIXELS", 40_000_000))
 MAX_FILE_BYTES = 64 * 1024 * 1024  # one image, or one zip entry, uncompressed
 MAX_ZIP_TOTAL_BYTES = 8 * 1024 * 1024 * 1024  # all entries of one zip, uncompressed
 MAX_ZIP_RATIO = 200  # uncompressed / compressed; real photos compress ~1:1
+# Decoding's memory, estimated from a file's checked header before any decoder runs (core.pipeline). One image
+# may need at most MAX_DECODE_BYTES: a 40 MP RGB photo needs 245 MB (OpenCV's picture and the copy Python gets),
+# a 40 MP 16-bit RGBA PNG 656 MB, refused. All the decodes of one process together (the CLI's and the API's
+# threads, a training load) hold at most DECODE_BUDGET_BYTES at once; a decode that does not fit waits its turn.
+MAX_DECODE_BYTES = int(os.environ.get("CVD_MAX_DECODE_MB", 256)) * 2**20
+DECODE_BUDGET_BYTES = int(os.environ.get("CVD_DECODE_BUDGET_MB", 384)) * 2**20
+# Smaller photos carry too little to label: the net sees 80-96 px, so a 1x1 image became a confident guess.
+MIN_IMAGE_SIDE = 16
 
 
 def default_dataset() -> Path | None:

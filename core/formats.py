@@ -96,7 +96,8 @@ _APNG_WORK = 9.5  # bytes per canvas pixel and byte of sample: OpenCV keeps RGBA
 
 def _png(data: bytes, max_pixels: int) -> ImageInfo:
     n, view = len(data), memoryview(data)
-    i, pieces, ihdr, state = 8, 0, None, {"idat": 0, "after_idat": False, "plte": False, "alpha": False, "frames": 0}
+    i, pieces, ihdr, largest = 8, 0, None, 0
+    state = {"idat": 0, "after_idat": False, "plte": False, "alpha": False, "frames": 0}
     while True:
         if i + 12 > n:
             raise corrupt("PNG", f"the file ends at byte {n:,}, before its IEND chunk")
@@ -106,7 +107,7 @@ def _png(data: bytes, max_pixels: int) -> ImageInfo:
             raise corrupt("PNG", f"the chunk at byte {i:,} has no valid type")
         if length > n - i - 12:
             raise corrupt("PNG", f"chunk {name} at byte {i:,} claims {length:,} bytes, only {n - i - 12:,} remain")
-        pieces += 1
+        pieces, largest = pieces + 1, max(largest, length)
         if pieces > MAX_PIECES:
             raise corrupt("PNG", f"more than {MAX_PIECES:,} chunks")
         if tag in _PNG_CHECKSUMMED and zlib.crc32(view[i + 4 : i + 8 + length]) != _u32be(data, i + 8 + length):
@@ -123,7 +124,9 @@ def _png(data: bytes, max_pixels: int) -> ImageInfo:
         raise corrupt("PNG", "a palette image without its PLTE chunk")
     frames = max(1, state["frames"])
     samples = 2 if depth == 16 else 1
+    # OpenCV reads each chunk whole into one buffer, as large as the largest chunk.
     work = int(_APNG_WORK * width * height * samples) if state["frames"] else 0
+    work += largest
     alpha = color in (4, 6) or state["alpha"]
     return ImageInfo("PNG", width, height, alpha, _PNG_CHANNELS[color], max(depth, 8), frames, work)
 
@@ -184,7 +187,7 @@ _JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def _jpeg(data: bytes, max_pixels: int) -> ImageInfo:
-    n, i, frame, scans, pieces = len(data), 2, None, 0, 0
+    n, i, frame, scans, pieces, saved = len(data), 2, None, 0, 0, 0
     while True:
         if i + 2 > n:
             raise corrupt("JPEG", "the file ends before its end-of-image marker")
@@ -217,11 +220,13 @@ def _jpeg(data: bytes, max_pixels: int) -> ImageInfo:
             scans += 1
             i = _jpeg_scan(data, i, length, frame, scans)
             continue
+        elif marker in (0xE1, 0xE2):  # OpenCV keeps APP1 (EXIF) and APP2 (ICC) segments in memory while decoding
+            saved += length
         i += 2 + length
     if frame is None or not scans:
         raise corrupt("JPEG", "it has no frame header or no scan, so no pixels")
     width, height, components, coefficients, progressive = frame
-    work = coefficients if progressive or scans > 1 else 0  # one scan decodes a row of blocks at a time
+    work = saved + (coefficients if progressive or scans > 1 else 0)  # one scan decodes a row of blocks at a time
     return ImageInfo("JPEG", width, height, False, components, 8, 1, work)
 
 

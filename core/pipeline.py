@@ -229,9 +229,7 @@ def _opaque(img: np.ndarray, fit: Fit, rgb: bool) -> np.ndarray:
     if img.ndim == 3 and img.shape[2] == 4:
         _premultiply(img)  # then averaging colour with alpha, as INTER_AREA does, composites correctly
         return _on_white(_resized(img, fit), rgb)
-    img = _resized(img, fit)
-    if img.dtype == np.uint16:
-        img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    img = _to_8_bits(_resized(img, fit))
     if not rgb:
         return img
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.ndim == 3 else cv2.COLOR_GRAY2RGB)
@@ -257,29 +255,27 @@ def _integer_samples(img: np.ndarray) -> np.ndarray:
 
 def _premultiply(img: np.ndarray) -> None:
     top = np.iinfo(img.dtype).max
-    wide = np.uint16 if top == 255 else np.uint32
     for rows in _bands(img):
         band = img[rows]
-        color = band[:, :, :3].astype(wide)
-        color *= band[:, :, 3:4]
-        color += top // 2
-        color //= top
-        band[:, :, :3] = color
+        alpha = band[:, :, 3]
+        cv2.multiply(band, cv2.merge([alpha, alpha, alpha, np.full_like(alpha, top)]), dst=band, scale=1 / top)
 
 
 def _on_white(img: np.ndarray, rgb: bool) -> np.ndarray:
-    # Premultiplied colour over white: colour + (1 - alpha) * white, in integers, to 8-bit BGR (or RGB).
+    # Premultiplied colour over white: colour + (1 - alpha) * white, to 8-bit BGR (or RGB).
     top = np.iinfo(img.dtype).max
     out = np.empty((*img.shape[:2], 3), np.uint8)
     for rows in _bands(img):
         band = img[rows]
-        color = band[:, :, :3].astype(np.uint32)
-        color += top - band[:, :, 3:4]
-        if top == 65535:
-            color += 128
-            color //= 257
-        out[rows] = color[:, :, ::-1] if rgb else color
+        inverse = top - band[:, :, 3]
+        flat = cv2.add(np.ascontiguousarray(band[:, :, :3]), cv2.merge([inverse, inverse, inverse]))
+        flat = _to_8_bits(flat)
+        out[rows] = cv2.cvtColor(flat, cv2.COLOR_BGR2RGB) if rgb else flat
     return out
+
+
+def _to_8_bits(img: np.ndarray) -> np.ndarray:
+    return img if img.dtype == np.uint8 else cv2.convertScaleAbs(img, alpha=1 / 257)  # rounds, as x / 257 should
 
 
 def decode_original(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:

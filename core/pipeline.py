@@ -54,7 +54,12 @@ _SHOWN_FORMAT = {"WEBP": "WebP"}
 
 
 class DecodeBudget:
-    """Bytes that decodes may hold at once in this process; one that does not fit waits, first come first served."""
+    """Bytes that decodes may hold at once in this process; one that does not fit waits, first come first served.
+
+    Every decode in core.pipeline holds its estimated cost here while it runs, so callers (the CLI, the API's
+    request threads, training loads) need no admission control of their own. Holds do not nest: never decode
+    inside a hold.
+    """
 
     def __init__(self, capacity: int):
         self.capacity = capacity

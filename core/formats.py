@@ -67,6 +67,7 @@ def corrupt(fmt: str, detail: str) -> ImageError:
 
 
 def unsupported(fmt: str, detail: str) -> ImageError:
+    """A well-formed variant of an accepted format that OpenCV here cannot decode."""
     return ImageError(f"unsupported {fmt}: {detail}")
 
 

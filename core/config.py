@@ -41,6 +41,17 @@ MAX_PIXELS = int(os.environ.get("CVD_MAX_PIXELS", 40_000_000))
 MAX_FILE_BYTES = 64 * 1024 * 1024  # one image, or one zip entry, uncompressed
 MAX_ZIP_TOTAL_BYTES = 8 * 1024 * 1024 * 1024  # all entries of one zip, uncompressed
 MAX_ZIP_RATIO = 200  # uncompressed / compressed; real photos compress ~1:1
+# Decoding's memory, estimated from a file's checked header before any decoder runs (core.pipeline). One image
+# may need at most MAX_DECODE_BYTES: a 40 MP RGB photo needs 245 MB (OpenCV's picture and the copy Python gets),
+# a 40 MP 16-bit RGBA PNG 656 MB, refused. All the decodes of one process together (the CLI's and the API's
+# threads, a training load) hold at most DECODE_BUDGET_BYTES at once; a decode that does not fit waits its turn.
+MAX_DECODE_BYTES = int(os.environ.get("CVD_MAX_DECODE_MB", 256)) * 2**20
+DECODE_BUDGET_BYTES = int(os.environ.get("CVD_DECODE_BUDGET_MB", 384)) * 2**20
+# A photo shorter than this on either side gets a reason, not a label (a 1x1 image got "dog, 0.593"). Shrunk to
+# s x s, 1,000 of the shipped model's validation photos from train.zip score 95.1% at 200 px, 81.3% at 32,
+# 67.8% at 16, 55.7% at 8 and 50.3% (chance) at 4 (benchmarks/min_size.py): 16 px is the last size clearly
+# above chance; the smallest real photo in Kaggle's test1.zip is 41x50.
+MIN_IMAGE_SIDE = 16
 
 # The HTTP API (core.api). An optional bearer token: when set, every route but /health needs it.
 API_TOKEN_ENV = "CVD_API_TOKEN"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import lzma
 import os
 import posixpath
 import re
 import threading
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,12 +80,17 @@ def _too_big(size: int) -> str:
 
 @dataclass(frozen=True)
 class Listed:
-    """One file of a source as listed, before reading: its name, size, a content token and a refusal."""
+    """One file of a source as listed, before reading: its name, size, a content token and a refusal.
+
+    index is the entry's position in its zip's infolist() (-1 outside zips): Source.read_item() opens that very
+    entry, never another one that happens to share its name.
+    """
 
     name: str
     size: int
     token: int
     refusal: str | None = None
+    index: int = -1
 
 
 class Source:
@@ -95,6 +102,7 @@ class Source:
             raise DatasetError(f"{self.path}: no such file or folder")
         self.is_zip = self.path.is_file() and self.path.suffix.lower() == ".zip"
         self._local = threading.local()
+        self._names: dict[str, Listed] | None = None
         if self.is_zip:
             self.listing = self._list_zip()
         elif self.path.is_dir():
@@ -134,28 +142,50 @@ class Source:
         return list(_zip_listing(str(self.path.resolve()), stat.st_size, stat.st_mtime_ns))
 
     def read(self, name: str) -> bytes:
-        """The bytes of one file, read in place and never more than the per-file cap."""
-        if not self.is_zip:
-            full = self.path if self.path.is_file() else self.path / name
+        """The bytes of the listed file of that name: in a zip, the entry of that name that counts (the first)."""
+        item = self._by_name().get(name)
+        if item is None:
+            raise ImageError(f"not in {self.label}: {name}")
+        if item.refusal:
+            raise ImageError(item.refusal)
+        return self.read_item(item)
+
+    def _by_name(self) -> dict[str, Listed]:
+        found = self._names
+        if found is None:  # later entries of a duplicated name are refused, so the first is the one that counts
+            found = self._names = {}
+            for item in self.listing:
+                found.setdefault(item.name, item)
+        return found
+
+    def read_item(self, item: Listed) -> bytes:
+        """The bytes of one listed file, read in place and never more than the per-file cap."""
+        if self.is_zip:
+            data = self._read_entry(item)
+        else:
+            full = self.path if self.path.is_file() else self.path / item.name
             try:
                 with open(full, "rb") as fh:
                     data = fh.read(MAX_FILE_BYTES + 1)
             except OSError as err:  # deleted since listing, permission denied, ...
-                raise ImageError(f"unreadable file: {err.strerror or err}") from None
-        else:
-            zf = getattr(self._local, "zf", None)
-            if zf is None:  # one handle per thread: zip reads then run in parallel
-                zf = self._local.zf = zipfile.ZipFile(self.path)
-            try:
-                with zf.open(name) as fh:
-                    data = fh.read(MAX_FILE_BYTES + 1)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, NotImplementedError) as err:
-                raise ImageError(f"unreadable zip entry: {err}") from None
-            except RuntimeError as err:  # zipfile's answer to an encrypted entry
-                raise ImageError(f"unreadable zip entry: {err}") from None
+                raise ImageError(f"unreadable file: {err.strerror or 'the system refused to read it'}") from None
         if len(data) > MAX_FILE_BYTES:
             raise ImageError(f"refused: file expands past the {MAX_FILE_BYTES // 2**20} MB cap")
         return data
+
+    def _read_entry(self, item: Listed) -> bytes:
+        zf = getattr(self._local, "zf", None)
+        if zf is None:  # one handle per thread: zip reads then run in parallel
+            zf = self._local.zf = zipfile.ZipFile(self.path)
+        infos = zf.infolist()
+        info = infos[item.index] if 0 <= item.index < len(infos) else None
+        if info is None or (info.filename, info.file_size, info.CRC) != (item.name, item.size, item.token):
+            raise ImageError("unreadable zip entry: the zip changed since it was listed")
+        try:
+            with zf.open(info) as fh:
+                return fh.read(MAX_FILE_BYTES + 1)
+        except _ZIP_ERRORS as err:
+            raise ImageError(f"unreadable zip entry: {_zip_reason(err, info)}") from None
 
     def fingerprint(self) -> str:
         """A content fingerprint: names, sizes and CRC32s (zips) or modification times (folders)."""
@@ -165,14 +195,35 @@ class Source:
         return digest.hexdigest()
 
 
+# What zipfile and its decompressors raise on a damaged, encrypted or exotic entry (RuntimeError: encrypted).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, ValueError)
+_ZIP_ERRORS += (NotImplementedError, RuntimeError)
+
+
+def _zip_reason(err: Exception, info: zipfile.ZipInfo) -> str:
+    # Our own words: zipfile's messages quote names as Python reprs and mention its internals.
+    if info.flag_bits & 0x1:
+        return "it is encrypted (password-protected)"
+    if isinstance(err, NotImplementedError):
+        return f"its compression method ({info.compress_type}) is not supported"
+    if "CRC" in str(err):
+        return "its data fails its CRC-32 check"
+    if isinstance(err, zipfile.BadZipFile | zipfile.LargeZipFile):
+        return "its header is damaged"
+    return "its compressed data is corrupt"
+
+
 @functools.lru_cache(maxsize=16)
 def _zip_listing(path: str, size: int, mtime_ns: int) -> tuple[Listed, ...]:
     # Listing 25,000 entries costs ~0.2 s; a cached reload must not pay it again for an unchanged file.
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise DatasetError(f"{Path(path).name}: not a readable zip file ({err})") from None
+    except zipfile.BadZipFile as err:
+        detail = str(err) if re.fullmatch(r"[A-Za-z0-9 ,.:-]{1,80}", str(err)) else "its directory is damaged"
+        raise DatasetError(f"{Path(path).name}: not a readable zip file ({detail})") from None
+    except OSError as err:
+        raise DatasetError(f"{Path(path).name}: not a readable zip file ({err.strerror or 'unreadable'})") from None
     total = sum(i.file_size for i in infos)
     if total > MAX_ZIP_TOTAL_BYTES:
         raise DatasetError(
@@ -180,19 +231,38 @@ def _zip_listing(path: str, size: int, mtime_ns: int) -> tuple[Listed, ...]:
             f"over the {MAX_ZIP_TOTAL_BYTES / 2**30:.0f} GB cap"
         )
     found = []
-    for info in infos:
+    named = _duplicates(infos)
+    for index, info in enumerate(infos):
         name = info.filename
         if info.is_dir() or (_is_junk(name) and not _unsafe_path(name)):
             continue
         refusal = Source._type_refusal(name)
         if _unsafe_path(name):
             refusal = "refused: unsafe path in zip (absolute or '..')"
+        elif index in named:
+            refusal = named[index]
         elif info.file_size > MAX_FILE_BYTES:
             refusal = _too_big(info.file_size)
         elif info.file_size > 2**20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
             refusal = "refused: suspicious compression ratio (zip bomb)"
-        found.append(Listed(name, info.file_size, info.CRC, refusal))
+        found.append(Listed(name, info.file_size, info.CRC, refusal, index))
     return tuple(found)
+
+
+def _duplicates(infos: list[zipfile.ZipInfo]) -> dict[int, str]:
+    # Entries whose path repeats an earlier one's (as extracting them would), by index: the first one counts and
+    # each later one is refused by its own position, so one photo never counts twice nor hides another.
+    entries: dict[str, list[int]] = {}
+    for index, info in enumerate(infos):
+        if not info.is_dir():
+            entries.setdefault("/".join(_parts(info.filename)), []).append(index)
+    refused = {}
+    for indices in entries.values():
+        for k, index in enumerate(indices[1:], 2):
+            refused[index] = (
+                f"refused: duplicate name in zip (entry {k} of {len(indices)} named {infos[index].filename})"
+            )
+    return refused
 
 
 def _parallel_map(fn: Callable, items: list, progress: Progress | None, workers: int | None = None) -> list:
@@ -233,7 +303,7 @@ def scan(path: str | os.PathLike, progress: Progress | None = None) -> pd.DataFr
         }
         if item.refusal is None:
             try:
-                info = inspect(source.read(item.name))
+                info = inspect(source.read_item(item))
                 rec["width"], rec["height"] = info.width, info.height
             except ImageError as err:
                 rec["status"] = str(err)
@@ -338,7 +408,7 @@ def load_images(
 
     def load_one(i: int) -> str | None:
         try:
-            x[i] = decode(source.read(usable[i].name), cfg)
+            x[i] = decode(source.read_item(usable[i]), cfg)
             return None
         except ImageError as err:
             return str(err)
@@ -383,4 +453,4 @@ def iter_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, Calla
             if item.refusal:
                 yield shown, None, item.refusal
             else:
-                yield shown, (lambda s=source, n=item.name: s.read(n)), None
+                yield shown, (lambda s=source, it=item: s.read_item(it)), None

@@ -31,7 +31,7 @@ from core.data import (
     scan,
     summarize,
 )
-from core.pipeline import PipelineConfig, decode
+from core.pipeline import ImageError, PipelineConfig, decode
 
 
 def image(ext: str = ".jpg", seed: int = 0, width: int = 120, height: int = 90) -> bytes:
@@ -582,3 +582,119 @@ def test_iter_inputs_walks_files_folders_and_zips_with_refusals(tmp_path):
     assert refusals[f"{folder}/notes.txt"] == "skipped: not an image file type"
     assert refusals[f"{zpath}/../evil.jpg"].startswith("refused: unsafe path")
     assert "no such file or folder" in refusals[str(tmp_path / "missing.jpg")]
+
+
+# --- entries read by position, never looked up by name ------------------------------------------------------------
+
+
+def write_zip_entries(path: Path, entries: list[tuple[str, bytes]]) -> Path:
+    """A zip whose entries may repeat a name, as zipfile (with a warning) and hand-made zips allow."""
+    import warnings
+
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as zf:
+        warnings.simplefilter("ignore")  # zipfile's "Duplicate name" warning: that is the point here
+        for name, data in entries:
+            zf.writestr(name, data)
+    return path
+
+
+def test_a_duplicated_name_never_shadows_the_first_entry_and_counts_once(tmp_path):
+    cat, dog = image(seed=1), image(seed=2)
+    zpath = write_zip_entries(
+        tmp_path / "dupes.zip",
+        [
+            ("cat.1.jpg", cat),
+            ("cat.1.jpg", b"not an image"),
+            ("dog.1.jpg", dog),
+            ("dog.1.jpg", dog),
+            ("dog.2.jpg", dog),
+        ],
+    )
+    manifest = scan(zpath)
+    assert manifest.name.tolist() == ["cat.1.jpg", "cat.1.jpg", "dog.1.jpg", "dog.1.jpg", "dog.2.jpg"]
+    assert manifest.status.tolist() == [
+        OK,
+        "refused: duplicate name in zip (entry 2 of 2 named cat.1.jpg)",
+        OK,
+        "refused: duplicate name in zip (entry 2 of 2 named dog.1.jpg)",
+        OK,
+    ]
+    assert summarize(manifest) == {"cats": 1, "dogs": 2, "unlabeled": 0, "skipped": 2, "total": 5}
+
+    dataset = load_dataset(zpath, cache_dir=False)
+    assert dataset.names.tolist() == ["cat.1.jpg", "dog.1.jpg", "dog.2.jpg"]
+    np.testing.assert_array_equal(dataset.x[0], decode(cat))  # the first entry's pixels, not the second's
+    assert dataset.skipped.status.str.startswith("refused: duplicate name").sum() == 2
+
+    rows = list(iter_inputs([zpath]))
+    assert [refusal for _, _, refusal in rows].count(None) == 3
+    assert rows[0][1]() == cat
+
+
+def test_paths_that_extract_to_one_file_are_duplicates_too(tmp_path):
+    zpath = write_zip_entries(tmp_path / "paths.zip", [("train/cat.1.jpg", image()), ("train//./cat.1.jpg", image())])
+    assert scan(zpath).status.tolist() == [OK, "refused: duplicate name in zip (entry 2 of 2 named train//./cat.1.jpg)"]
+
+
+def test_read_by_name_reads_the_entry_that_counts_and_refuses_what_is_not_listed(tmp_path):
+    cat = image(seed=1)
+    zpath = write_zip_entries(tmp_path / "dupes.zip", [("cat.1.jpg", cat), ("cat.1.jpg", b"junk"), ("../x.jpg", cat)])
+    source = Source(zpath)
+    assert source.read("cat.1.jpg") == cat
+    assert [source.read_item(item) for item in source.listing[:2]] == [cat, b"junk"]
+    with pytest.raises(ImageError, match="refused: unsafe path"):
+        source.read("../x.jpg")
+    with pytest.raises(ImageError, match="not in dupes.zip: dog.9.jpg"):
+        source.read("dog.9.jpg")
+    folder = write_folder(tmp_path / "photos", {"cat.1.jpg": cat})
+    with pytest.raises(ImageError, match="not in photos: ../dupes.zip"):
+        Source(folder).read("../dupes.zip")
+
+
+def test_a_zip_replaced_after_listing_is_never_read_as_the_old_one(tmp_path):
+    zpath = write_zip(tmp_path / "data.zip", {"cat.1.jpg": image(seed=1), "dog.1.jpg": image(seed=2)})
+    source = Source(zpath)
+    write_zip(tmp_path / "data.zip", {"dog.1.jpg": image(seed=3), "cat.1.jpg": image(seed=4)})
+    with pytest.raises(ImageError, match="unreadable zip entry: the zip changed since it was listed"):
+        source.read_item(source.listing[0])
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        ("deflate", "unreadable zip entry: its compressed data is corrupt"),
+        ("crc", "unreadable zip entry: its data fails its CRC-32 check"),
+        ("method", "unreadable zip entry: its compression method (99) is not supported"),
+        ("header", "unreadable zip entry: its header is damaged"),
+    ],
+)
+def test_a_damaged_entry_gets_a_plain_reason_and_the_others_still_load(tmp_path, damage, reason):
+    zpath = write_zip(tmp_path / "d.zip", {"dog.1.jpg": image(width=300, height=200), "cat.1.jpg": image(seed=1)}, 8)
+    raw = bytearray(zpath.read_bytes())
+    local, central = raw.index(b"PK\x03\x04"), raw.index(b"PK\x01\x02")
+    data_at = local + 30 + struct.unpack_from("<H", raw, local + 26)[0]
+    if damage == "deflate":
+        raw[data_at : data_at + 8] = b"\xff" * 8  # an invalid deflate block type
+    elif damage == "crc":
+        struct.pack_into("<I", raw, central + 16, 12345)
+    elif damage == "method":
+        struct.pack_into("<H", raw, local + 8, 99)
+        struct.pack_into("<H", raw, central + 10, 99)
+    else:
+        raw[local : local + 4] = b"XXXX"
+    zpath.write_bytes(bytes(raw))
+    manifest = scan(zpath).set_index("name")
+    assert manifest.loc["dog.1.jpg", "status"] == reason
+    assert manifest.loc["cat.1.jpg", "status"] == OK
+    assert load_dataset(zpath, cache_dir=False).names.tolist() == ["cat.1.jpg"]
+
+
+def test_no_reason_shows_a_python_repr(tmp_path, bad_inputs):
+    import re
+
+    files = {f"cat.{i}.jpg": data for i, data in enumerate([b"", b"GIF89a" + bytes(20), b"\x89PNG\r\n\x1a\n", b"BM"])}
+    folder = write_folder(tmp_path / "bad", files)
+    reasons = [*scan(folder).status, *scan(bad_inputs / "class-folders.zip").status]
+    reasons += [refusal for _, _, refusal in iter_inputs([bad_inputs / "zip-slip.zip", tmp_path / "nope.zip"])]
+    for reason in filter(None, reasons):
+        assert not re.search(r"<\w[^>]* at 0x|object at|b'|\\x[0-9a-f]{2}|Traceback|Error\(", reason), reason

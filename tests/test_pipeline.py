@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
+import time
 import zipfile
 import zlib
 
@@ -19,6 +21,7 @@ from core.pipeline import (
     PipelineConfig,
     _reduced_flag,
     decode,
+    decode_original,
     decode_preview,
     inspect,
     preprocess,
@@ -438,3 +441,277 @@ def test_gray16_bad_input_matches_its_own_pixels_scaled_to_8_bits(bad_inputs):
     assert raw.dtype == np.uint16
     expected = cv2.resize((raw / 257).astype(np.uint8), (80, 80), interpolation=cv2.INTER_AREA)
     assert np.abs(decode(data)[:, :, 0].astype(int) - expected).max() <= 1
+
+
+# --- structure checked before any decoder: every length and size backed by bytes present ----------------------
+
+
+def png_chunk(tag: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + tag + body + struct.pack(">I", zlib.crc32(tag + body))
+
+
+def png_with(chunks: list[bytes]) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def huge_idat_png() -> bytes:
+    """The issue's attack: 64x48 in IHDR, then an IDAT header claiming ~3.7 GB, in about 140 bytes."""
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 48, 8, 2, 0, 0, 0))
+    body = zlib.compress(bytes(64 * 3 + 1) * 48)[:60]
+    return png_with([ihdr]) + struct.pack(">I", 0xE0000000) + b"IDAT" + body + b"\x00" * 4
+
+
+@pytest.fixture
+def imdecode_calls(monkeypatch) -> list[int]:
+    """Counts the calls that reach cv2.imdecode, to show a refused file never got that far."""
+    calls: list[int] = []
+    real = cv2.imdecode
+
+    def counting(buf, flags):
+        calls.append(flags)
+        return real(buf, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", counting)
+    return calls
+
+
+def test_the_huge_idat_png_is_refused_by_its_chunk_walk_before_opencv_sees_it(imdecode_calls):
+    data = huge_idat_png()
+    assert len(data) < 160
+    with pytest.raises(ImageError, match=r"corrupt PNG: chunk IDAT at byte 33 claims 3,758,096,384 bytes, only \d+"):
+        preprocess(data, RGB80)
+    with pytest.raises(ImageError, match="claims 3,758,096,384 bytes"):
+        decode_preview(data)
+    assert imdecode_calls == []
+
+
+def _jpeg_with_app1_claiming(length: int) -> bytes:
+    data = make_jpeg(64, 48)
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", length) + b"Exif\x00\x00" + data[2:40]
+
+
+def _gif_with(screen: tuple[int, int] | None = None, frame: tuple[int, int, int, int] | None = None) -> bytes:
+    data = bytearray(pillow_bytes(Image.fromarray(quadrants(64, 48)), "GIF"))
+    if screen:
+        data[6:10] = struct.pack("<HH", *screen)
+    if frame:
+        at = data.index(b"\x2c", 13 + (3 << ((data[10] & 7) + 1)))
+        data[at + 1 : at + 9] = struct.pack("<HHHH", *frame)
+    return bytes(data)
+
+
+def _webp_with_riff_size(extra: int) -> bytes:
+    data = bytearray(pillow_bytes(Image.fromarray(quadrants(64, 48)), "WEBP"))
+    struct.pack_into("<I", data, 4, struct.unpack_from("<I", data, 4)[0] + extra)
+    return bytes(data)
+
+
+def _tiff_with(tag: int, value: int) -> bytes:
+    # A little-endian TIFF with one of its first directory's entries given another value.
+    data = bytearray(pillow_bytes(Image.fromarray(quadrants(64, 48)), "TIFF"))
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack_from("<H", data, entry)[0] == tag:
+            struct.pack_into("<I", data, entry + 8, value)
+    return bytes(data)
+
+
+def _bmp_with(offset: int, fmt: str, value: int) -> bytes:
+    data = bytearray(cv2_bytes(quadrants(64, 48), ".bmp"))
+    struct.pack_into(fmt, data, offset, value)
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (huge_idat_png(), "PNG: chunk IDAT at byte 33 claims"),
+        (
+            png_with([png_chunk(b"IHDR", struct.pack(">IIBBBBB", 64, 48, 8, 2, 0, 0, 0)), png_chunk(b"IEND", b"")]),
+            "no IDAT",
+        ),
+        (png_with([png_chunk(b"tEXt", b"a\x00b")]), "first chunk is not a 13-byte IHDR"),
+        (cv2_bytes(quadrants(64, 48), ".png")[:-12], "before its IEND"),
+        (_jpeg_with_app1_claiming(60_000), "JPEG: segment at byte 2 claims 60,000 bytes"),
+        (make_jpeg(64, 48)[:-2], "before its end-of-image marker"),
+        (_gif_with(screen=(60_000, 60_000)), "too many pixels: 60000x60000 logical screen"),
+        (_gif_with(frame=(10, 10, 64, 48)), "frame 1 \\(64x48 at 10,10\\) does not fit the 64x48 screen"),
+        (_gif_with(frame=(0, 0, 65_535, 65_535)), "does not fit the 64x48 screen"),
+        (_webp_with_riff_size(10_000), "WebP: its RIFF header claims"),
+        (_tiff_with(273, 10**8), "TIFF: strip 1 claims .* at byte 100,000,000, outside the file"),
+        (_tiff_with(279, 10**8), "TIFF: strip 1 claims 100,000,000 bytes"),
+        (_bmp_with(10, "<I", 10**8), "BMP: its pixel data is said to start at byte 100,000,000"),
+        (_bmp_with(22, "<i", 4800), "BMP: 64x4800 pixels need more bytes"),
+    ],
+    ids=[
+        "png-huge-idat",
+        "png-no-idat",
+        "png-ihdr-not-first",
+        "png-no-iend",
+        "jpeg-segment-length",
+        "jpeg-no-eoi",
+        "gif-screen-over-cap",
+        "gif-frame-off-screen",
+        "gif-frame-huge",
+        "webp-riff-size",
+        "tiff-strip-offset",
+        "tiff-strip-count",
+        "bmp-pixel-offset",
+        "bmp-height",
+    ],
+)
+def test_a_length_or_size_the_bytes_cannot_back_is_refused_before_any_decoder(data, reason, imdecode_calls):
+    with pytest.raises(ImageError, match=reason):
+        decode(data, RGB80)
+    assert imdecode_calls == []
+
+
+def test_a_file_opencv_fails_on_is_never_rescued_by_pillow():
+    # A valid PNG with an 8 MB private chunk: OpenCV refuses chunks that large, Pillow would decode it.
+    small = cv2_bytes(quadrants(64, 48), ".png")
+    data = small[:33] + png_chunk(b"zzXt", bytes(8 * 2**20)) + small[33:]
+    assert Image.open(io.BytesIO(data)).convert("RGB").size == (64, 48)
+    with pytest.raises(ImageError, match="corrupt PNG image: the decoder could not read its pixels"):
+        decode(data, RGB80)
+
+
+@pytest.mark.parametrize(
+    "data, name",
+    [
+        (b"\x00\x00\x00\x1cftypavif" + bytes(40), "AVIF"),
+        (b"\x00\x00\x00\x18ftypheic" + bytes(40), "HEIC"),
+        (b"II+\x00" + bytes(40), "BigTIFF"),
+        (b"8BPS" + bytes(40), "Photoshop PSD"),
+    ],
+)
+def test_a_known_format_we_do_not_read_is_named(data, name):
+    with pytest.raises(ImageError, match=f"unsupported image format: {name} \\(we read JPEG, PNG, GIF, WebP"):
+        decode(data)
+
+
+# --- memory: budgeted from the checked header, admitted process-wide ---------------------------------------------
+
+
+def test_the_decode_budget_is_a_setting_and_an_image_past_it_is_refused_by_reason(monkeypatch):
+    assert config.MAX_DECODE_BYTES == 256 * 2**20 and config.DECODE_BUDGET_BYTES == 384 * 2**20
+    data = cv2_bytes(np.zeros((1000, 1000, 3), np.uint8), ".png")
+    monkeypatch.setattr(config, "MAX_DECODE_BYTES", 40 * 2**20)
+    assert decode(data, RGB80).shape == (80, 80, 3)  # 1 MP of RGB: 6 MB, and its copy, and 16 MB of slack
+    transparent = cv2_bytes(np.zeros((1000, 2000, 4), np.uint16), ".png")  # 16 MB, and its copy
+    with pytest.raises(ImageError, match="too large to decode: this 2000x1000 16-bit PNG with transparency needs"):
+        decode(transparent, RGB80)
+
+
+def test_concurrent_decodes_never_hold_more_than_the_budget():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.pipeline import DecodeBudget
+
+    budget = DecodeBudget(100)
+    held, most, lock = [0], [0], threading.Lock()
+
+    def work(nbytes: int) -> None:
+        with budget.hold(nbytes):
+            with lock:
+                held[0] += nbytes
+                most[0] = max(most[0], held[0])
+            time.sleep(0.001)  # hold it while others try: what is measured is overlap, not speed
+            with lock:
+                held[0] -= nbytes
+
+    sizes = [int(s) for s in np.random.default_rng(0).integers(1, 101, 400)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, sizes))
+    assert most[0] <= 100 and budget.peak <= 100 and budget.in_use == 0
+    assert most[0] > 100 // 2  # several small holds did run side by side
+
+
+def test_pipeline_decodes_in_threads_stay_within_the_process_budget():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.pipeline import DECODE_BUDGET
+
+    photos = [cv2_bytes(quadrants(1200 + i, 900), ".png") for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        shapes = {x.shape for x in pool.map(lambda d: decode(d, RGB80), photos)}
+    assert shapes == {(80, 80, 3)}
+    assert 0 < DECODE_BUDGET.peak <= DECODE_BUDGET.capacity and DECODE_BUDGET.in_use == 0
+
+
+def test_16_bit_alpha_decodes_without_full_frame_float_copies():
+    import tracemalloc
+
+    rgba16 = np.zeros((1500, 2000, 4), np.uint16)
+    rgba16[:, :1000] = (0, 0, 65535, 65535)  # opaque red (BGRA), then transparent
+    data = cv2_bytes(rgba16, ".png")
+    del rgba16
+    tracemalloc.start()  # numpy arrays are traced, OpenCV's own buffers are not
+    try:
+        x = decode(data, RGB80)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    decoded = 1500 * 2000 * 4 * 2  # the uint16 BGRA picture OpenCV hands over: 24 MB
+    assert peak < decoded + 12 * 2**20, peak / 2**20  # a float64 copy alone would be 96 MB
+    assert tuple(x[40, 10]) == RED and tuple(x[40, 70]) == WHITE
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_alpha_composited_after_reduction_matches_compositing_first(bits):
+    rng = np.random.default_rng(bits)
+    top = 2**bits - 1
+    bgra = rng.integers(0, top + 1, (300, 400, 4), dtype=np.uint16 if bits == 16 else np.uint8)
+    data = cv2_bytes(bgra, ".png")
+    alpha = bgra[:, :, 3:4].astype(np.float64) / top
+    flat = (bgra[:, :, :3] * alpha + top * (1 - alpha)) * (255 / top)
+    expected = cv2.cvtColor(
+        cv2.resize(flat.astype(np.float32), (80, 80), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB
+    )
+    assert np.abs(decode(data, RGB80).astype(float) - expected).max() <= 1.5
+
+
+def test_a_big_jpeg_preview_is_decoded_reduced_not_at_full_size():
+    import tracemalloc
+
+    data = make_jpeg(4000, 3000, seed=4)
+    tracemalloc.start()
+    try:
+        preview = decode_preview(data, max_side=640)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert preview.shape == (480, 640, 3)
+    assert peak < 8 * 2**20  # a 1/4-size decode is 9 MB of RGB; the full photo would be 36 MB
+    full = cv2.resize(decode_original(data), (640, 480), interpolation=cv2.INTER_AREA)
+    assert np.abs(preview.astype(int) - full).mean() < 3
+
+
+# --- animations, tiny images -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "WEBP"])
+def test_an_animation_decodes_its_first_frame_only(fmt):
+    red, green, blue = (Image.new("RGB", (64, 48), color) for color in (RED, GREEN, BLUE))
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    data = pillow_bytes(red, fmt, save_all=True, append_images=[green, blue], duration=50, **options)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    assert inspect(data).frames == 3
+    assert {tuple(int(v) for v in px) for px in decode(data, RGB80).reshape(-1, 3)} == {RED}
+
+
+@pytest.mark.parametrize("width, height", [(1, 1), (15, 15), (15, 400), (400, 3)])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP"])
+def test_an_image_below_the_minimum_size_gets_a_reason_not_a_label(fmt, width, height):
+    data = pillow_bytes(Image.new("RGB", (width, height), (200, 120, 40)), fmt)
+    with pytest.raises(ImageError, match=f"too small: {width}x{height}, the minimum is 16 px on the shorter side"):
+        preprocess(data, RGB80)
+
+
+def test_the_minimum_size_is_a_setting_and_16_px_is_enough(monkeypatch):
+    data = pillow_bytes(Image.new("RGB", (16, 16), (200, 120, 40)), "PNG")
+    assert config.MIN_IMAGE_SIDE == 16
+    assert preprocess(data, RGB80).shape == (80, 80, 3)
+    monkeypatch.setattr(config, "MIN_IMAGE_SIDE", 17)
+    with pytest.raises(ImageError, match="too small: 16x16, the minimum is 17 px"):
+        preprocess(data)

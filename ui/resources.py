@@ -162,6 +162,7 @@ def set_active_dataset(path: Path, name: str | None = None) -> None:
 
 def dataset_notice() -> str | None:
     """Why this session's dataset changed without it asking (its upload was removed or its folder deleted)."""
+    active_dataset()  # notices a choice that has gone since the last look
     gone = st.session_state.get(_DATASET_GONE_KEY)
     if gone is None:
         return None
@@ -229,6 +230,7 @@ def set_session_model(key: str) -> ModelChoice:
 
 def model_notice() -> str | None:
     """Why this session's model changed without it asking (the run it picked was deleted)."""
+    active_model()  # notices a pick that has gone since the last look
     gone = st.session_state.get(_MODEL_GONE_KEY)
     if gone is None:
         return None

@@ -72,7 +72,8 @@ def uploads_ui(mine: list, expanded: bool) -> None:
         )
         for upload in mine:
             left, right = st.columns([6, 1], vertical_alignment="center")
-            left.markdown(f"**{upload.name}** · {upload.size / 2**20:,.1f} MB · dropped {clock(upload.uploaded_at)}")
+            size = f"{upload.size / 2**20:,.1f} MB" if upload.size >= 2**20 else f"{upload.size / 2**10:,.0f} KB"
+            left.markdown(f"**{upload.name}** · {size} · dropped {clock(upload.uploaded_at)}")
             right.button("Remove", key=f"dataset_remove_{upload.digest[:16]}", on_click=remove_upload, args=(upload,))
 
 

@@ -190,7 +190,9 @@ def summary_ui(state: TrainingState) -> None:
 
 def owner_ui(state: TrainingState) -> None:
     """Whose run this is; another session's run is read-only here."""
-    if state.running and state.owner != session_owner():
+    if state.running and state.owner == session_owner():
+        st.caption(f"Started by you at {clock(state.started_at)}: only this browser stops it with one click.")
+    elif state.running:
         st.info(
             f"Started by {started_by(state)} at {clock(state.started_at)}: the {state.config.preset} preset on "
             f"{dataset_name(Path(state.source))}. You can watch it; stopping it needs a confirmation.",
@@ -202,10 +204,11 @@ def owner_ui(state: TrainingState) -> None:
 
 def settings_ui(state: TrainingState) -> None:
     """The run's own settings, read from the job: a reloaded page or another session sees what really trains."""
-    settings = {name: value.replace("|", "\\|") for name, value in run_settings(state).items()}
-    which = "this run" if state.running else "the last run"
-    table = f"| {' | '.join(settings)} |\n|{'---|' * len(settings)}\n| {' | '.join(settings.values())} |"
-    st.markdown(f"**Settings of {which}** (started by {started_by(state)} at {clock(state.started_at)})\n\n{table}")
+    settings = list(run_settings(state).items())
+    st.markdown(f"**Settings of {'this run' if state.running else 'the last run'}**, as it was started")
+    per_column = -(-len(settings) // 3)
+    for column, i in zip(st.columns(3), range(0, len(settings), per_column), strict=True):
+        column.markdown("\n".join(f"- {name}: **{value}**" for name, value in settings[i : i + per_column]))
 
 
 def confirm_stop_ui(job: TrainingJob) -> None:

@@ -229,7 +229,7 @@ def test_a_non_owner_sees_the_run_read_only_and_stops_it_only_after_confirming(d
     assert "seed preset on train.zip" in texts(bob.info)
     # The run's own settings, from the job; bob's controls keep his own (the seed tutorial's 10 epochs).
     settings = texts(bob.markdown)
-    assert "| 50 | 8 |" in settings and "| 100 |" in settings
+    assert "- epochs: **50**" in settings and "- batch size: **8**" in settings and "- photos: **100**" in settings
     assert bob.slider(key="train_epochs").value == 10
 
     stop = bob.button(key="train_stop")
@@ -272,8 +272,10 @@ def test_a_reload_of_the_owners_browser_shows_its_runs_own_settings(dataset):
     assert reloaded.slider(key="train_epochs").value == 50 == job.config.epochs
     assert reloaded.number_input(key="train_limit").value == 100
     assert reloaded.select_slider(key="train_image_size").value == job.config.image_size
-    assert "**Settings of this run** (started by you" in texts(reloaded.markdown)
-    assert "| improved | 50 | 8 |" in texts(reloaded.markdown)
+    settings = texts(reloaded.markdown)
+    assert "**Settings of this run**" in settings and "- preset: **improved**" in settings
+    assert "- epochs: **50**" in settings and "- augmentation: **on**" in settings
+    assert "Started by you at" in texts(reloaded.caption)
     reloaded.button(key="train_stop").click().run()
     assert job.wait(300) and job.snapshot().stopped_by == owner_of(alice)
 

@@ -2,10 +2,11 @@
 
 import streamlit as st
 
-from ui.resources import keep_keras_state
+from ui.resources import keep_keras_state, sweep_uploads_now_and_then
 from ui.status import render_sidebar
 
 keep_keras_state()
+sweep_uploads_now_and_then()
 st.set_page_config(page_title="Cats vs Dogs Studio", page_icon=":material/pets:", layout="wide")
 
 page = st.navigation(

@@ -132,7 +132,7 @@ def main() -> int:
                 proc.terminate()
                 proc.wait(30)
             browser.close()
-        model = catalog.active()
+        model = catalog.server_default()
 
     first, drop = statistics.median(starts), statistics.median(drops)
     print(f"data: {data}  model: {model.name if model else '?'}  cpus: {os.cpu_count()}")

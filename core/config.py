@@ -16,6 +16,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("CVD_DATA_DIR", ROOT / "data"))
 UPLOADS_DIR = DATA_DIR / "uploads"
 CACHE_DIR = DATA_DIR / "cache"
+# The dataset every session opens until it chooses another (else data/train.zip, else data/train/).
+DEFAULT_DATASET = Path(os.environ["CVD_DEFAULT_DATASET"]) if os.environ.get("CVD_DEFAULT_DATASET") else None
+# Folders a visitor may type a path under, besides DATA_DIR (os.pathsep-separated): nothing else on the server is
+# reachable from the Dataset page.
+EXTRA_DATA_ROOTS = [Path(p) for p in os.environ.get("CVD_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
+# A dropped zip that no session has used for this long is deleted (its runs keep their own copy of the model).
+UPLOAD_TTL_HOURS = float(os.environ.get("CVD_UPLOAD_TTL_HOURS", 24))
 
 MODELS_DIR = Path(os.environ.get("CVD_MODELS_DIR", ROOT / "models"))
 RUNS_DIR = Path(os.environ.get("CVD_RUNS_DIR", MODELS_DIR / "runs"))
@@ -64,11 +71,17 @@ API_CHANNEL_TIMEOUT_S = 30  # a connection that sends nothing for this long is c
 
 
 def default_dataset() -> Path | None:
-    """The dataset the app opens by default: data/train.zip, else data/train/, else none."""
-    for candidate in (DATA_DIR / "train.zip", DATA_DIR / "train"):
+    """The dataset the app opens by default: CVD_DEFAULT_DATASET, else data/train.zip, else data/train/, else none."""
+    candidates = [DEFAULT_DATASET] if DEFAULT_DATASET else [DATA_DIR / "train.zip", DATA_DIR / "train"]
+    for candidate in candidates:
         if candidate.exists():
             return candidate
     return None
+
+
+def data_roots() -> list[Path]:
+    """The folders typed dataset paths must resolve into: DATA_DIR, then CVD_DATA_ROOTS."""
+    return [DATA_DIR, *EXTRA_DATA_ROOTS]
 
 
 def temp_sibling(path: Path) -> Path:

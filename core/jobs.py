@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -30,6 +31,11 @@ class _Cancelled(Exception):
     pass
 
 
+def owner_label(owner: str | None) -> str:
+    """How a page names the session that owns a run, e.g. "session 3f9a1c": a short tag of an opaque id."""
+    return f"session {owner[:6]}" if owner else "a session that did not say who it was"
+
+
 @dataclass
 class TrainingState:
     """A copy of one run's progress, taken under the job's lock so every field agrees."""
@@ -54,6 +60,8 @@ class TrainingState:
     history: list[dict] = field(default_factory=list)  # one row per finished epoch, as Keras logs it
     error: str | None = None
     result: RunResult | None = None
+    owner: str | None = None  # the opaque id of the browser session that started the run (ui.resources)
+    stopped_by: str | None = None  # who pressed Stop, when someone did
 
     @property
     def running(self) -> bool:
@@ -105,14 +113,23 @@ class TrainingState:
 class TrainingJob:
     """One training run in a daemon thread: progress goes into a lock-protected state, Stop is an Event."""
 
-    def __init__(self, source: str | os.PathLike, config: TrainConfig, runs_dir: Path | None = None, lock=None):
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        config: TrainConfig,
+        runs_dir: Path | None = None,
+        lock=None,
+        owner: str | None = None,
+    ):
         self.source = source
         self.config = config
         self.runs_dir = runs_dir
         self._runs_lock = lock  # the runs folder's training lock (RunStore.claim_training), released at the end
+        self.owner = owner
+        self.id = secrets.token_hex(4)  # so a confirmation given for one run can never stop the next one
         self._cancel = threading.Event()
         self._lock = threading.Lock()
-        self._state = TrainingState(config, str(source), time.time(), epochs=config.epochs)
+        self._state = TrainingState(config, str(source), time.time(), epochs=config.epochs, owner=owner)
         self._thread = threading.Thread(target=self._run, name="training-job", daemon=True)
 
     def start(self) -> TrainingJob:
@@ -168,12 +185,13 @@ class TrainingJob:
             elif event.kind == "epoch":
                 s.history.append({"epoch": event.epoch, **event.logs})
 
-    def stop(self) -> None:
-        """Ask the run to end at its next batch; the best epoch so far is kept."""
+    def stop(self, by: str | None = None) -> None:
+        """Ask the run to end at its next batch; the best epoch so far is kept. `by` says who asked."""
         self._cancel.set()
         with self._lock:
             if self._state.running:
                 self._state.status = "stopping"
+                self._state.stopped_by = self._state.stopped_by or by
 
     @property
     def running(self) -> bool:
@@ -198,16 +216,19 @@ class TrainingManager:
         self._lock = threading.Lock()
         self._job: TrainingJob | None = None
 
-    def start(self, source: str | os.PathLike, config: TrainConfig, runs_dir: Path | None = None) -> TrainingJob:
-        """Start a run in the background, or raise TrainingBusy if one is still going, here or in another
-        process training into the same runs folder."""
+    def start(
+        self, source: str | os.PathLike, config: TrainConfig, runs_dir: Path | None = None, owner: str | None = None
+    ) -> TrainingJob:
+        """Start a run in the background for `owner` (an opaque session id), or raise TrainingBusy if one is still
+        going, here or in another process training into the same runs folder."""
         with self._lock:
             if self._job is not None and self._job.running:
                 state = self._job.snapshot()
                 started = time.strftime("%H:%M:%S", time.localtime(state.started_at))
+                by = "you" if owner is not None and state.owner == owner else owner_label(state.owner)
                 raise TrainingBusy(
                     f"A training run is already in progress ({state.config.preset} preset on "
-                    f"{Path(state.source).name}, started {started}). Only one run trains at a time: "
+                    f"{Path(state.source).name}, started {started} by {by}). Only one run trains at a time: "
                     "wait for it to finish or stop it."
                 )
             try:
@@ -220,7 +241,7 @@ class TrainingManager:
                 ) from None
             except OSError as err:  # the page shows why no run can start, as it shows a busy folder
                 raise TrainingBusy(f"Cannot train here: {err}") from err
-            self._job = TrainingJob(source, config, runs_dir, lock).start()
+            self._job = TrainingJob(source, config, runs_dir, lock, owner).start()
             return self._job
 
     @property
@@ -246,6 +267,7 @@ class ScanState:
     total: int = 0
     manifest: pd.DataFrame | None = None
     error: str | None = None
+    cancelled: bool = False
     done_event: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -293,16 +315,32 @@ class DatasetScans:
     @staticmethod
     def _scan(state: ScanState) -> None:
         def progress(done: int, total: int) -> None:
+            if state.cancelled:
+                raise _Cancelled
             state.done, state.total = done, total
 
         try:
-            state.manifest = scan(state.path, progress)
+            manifest = scan(state.path, progress)
+            if not state.cancelled:
+                state.manifest = manifest
+        except _Cancelled:
+            pass
         except DatasetError as err:
-            state.error = str(err)
+            state.error = state.error or str(err)
         except Exception as err:  # a scan that fails must say why, not hang the page at "scanning"
-            state.error = f"{type(err).__name__}: {err}"
+            state.error = state.error or f"{type(err).__name__}: {err}"
         finally:
             state.done_event.set()
+
+    def cancel(self, path: str | os.PathLike) -> None:
+        """Give up the running scan of this source now; it stays cancelled (for every page) until forget()."""
+        resolved = str(Path(path).resolve())
+        with self._lock:
+            for key, state in self._scans.items():
+                if key[0] == resolved and not state.finished:
+                    state.cancelled = True
+                    state.error = f"{state.path.name}: scan cancelled"
+                    state.done_event.set()  # pages stop waiting at once; the thread ends at its next step
 
     def forget(self, path: str | os.PathLike) -> None:
         """Drop every kept scan of this source, so the next get() scans it again."""

@@ -13,7 +13,18 @@ from core.jobs import dataset_scans
 from core.pipeline import ImageError, PipelineConfig, decode
 from ui import charts
 from ui.navigation import run_through_entrypoint
-from ui.resources import active_dataset, open_source, set_active_dataset
+from ui.resources import (
+    active_dataset,
+    dataset_name,
+    dataset_notice,
+    open_source,
+    remove_upload,
+    save_upload,
+    session_owner,
+    session_uploads,
+    set_active_dataset,
+)
+from ui.status import clock
 
 run_through_entrypoint()
 
@@ -40,18 +51,39 @@ def _on_upload() -> None:
     uploaded = st.session_state.get("dataset_upload")
     if uploaded is None:
         return
+    uploaded.seek(0)
     try:
-        path = catalog.save_upload(uploaded.name, uploaded)
+        upload = save_upload(uploaded.name, uploaded)
     except DatasetError as err:
         st.session_state["dataset_upload_error"] = str(err)
         return
-    set_active_dataset(path)
-    st.session_state["dataset_choice"] = str(path)
+    set_active_dataset(upload.path, upload.name)
+    st.session_state["dataset_choice"] = str(upload.path)
+
+
+def uploads_ui(mine: list, expanded: bool) -> None:
+    """This browser's uploads, each with a Remove button; no other session sees them."""
+    if not mine:
+        return
+    with st.expander(f"Your uploads ({len(mine)})", expanded=expanded):
+        st.caption(
+            f"Only this browser lists them. Each is kept while you use it and removed after "
+            f"{config.UPLOAD_TTL_HOURS:g} hours unused; the same zip dropped twice is stored once."
+        )
+        for upload in mine:
+            left, right = st.columns([6, 1], vertical_alignment="center")
+            size = f"{upload.size / 2**20:,.1f} MB" if upload.size >= 2**20 else f"{upload.size / 2**10:,.0f} KB"
+            left.markdown(f"**{upload.name}** · {size} · dropped {clock(upload.uploaded_at)}")
+            right.button("Remove", key=f"dataset_remove_{upload.digest[:16]}", on_click=remove_upload, args=(upload,))
 
 
 def source_ui() -> Path | None:
     """Draw the source chooser and return the chosen dataset, or None while there is none."""
-    candidates = [str(p) for p in catalog.dataset_candidates()]
+    if notice := dataset_notice():
+        st.warning(notice)
+    mine = session_uploads()
+    uploaded = {str(u.path): u.name for u in mine}
+    candidates = [str(p) for p in catalog.dataset_candidates(session_owner())]
     current = active_dataset()
     options = [*candidates, UPLOAD, FOLDER]
     if current is not None and str(current) in candidates:
@@ -66,12 +98,12 @@ def source_ui() -> Path | None:
             return "Drop a zip"
         if option == FOLDER:
             return "A folder on this machine"
-        where = "uploaded" if Path(option).parent == Path(config.UPLOADS_DIR) else "default"
-        return f"{Path(option).name} ({where})"
+        return f"{uploaded[option]} (your upload)" if option in uploaded else f"{Path(option).name} (default)"
 
     if st.session_state.get("dataset_choice") not in options:  # first visit, or its upload was removed
         st.session_state["dataset_choice"] = options[default]
     choice = st.radio("Source", options, format_func=describe, key="dataset_choice", horizontal=True)
+    uploads_ui(mine, expanded=choice == UPLOAD)
     if choice == UPLOAD:
         st.file_uploader(
             "Kaggle's train.zip, or a zip of cat/ and dog/ folders",
@@ -83,43 +115,64 @@ def source_ui() -> Path | None:
             st.error(error)
         return None
     if choice == FOLDER:
-        typed = st.text_input(
-            "Folder or zip path",
-            value=str(current) if current and str(current) not in candidates else "",
-            key="dataset_folder",
-            placeholder="/home/me/PetImages",
-        )
-        if not typed:
-            return None
-        try:
-            path = catalog.check_dataset(typed)
-        except DatasetError as err:
-            st.error(str(err))
-            return None
-        set_active_dataset(path)
-        return path
-    set_active_dataset(Path(choice))
+        return folder_ui(current, candidates)
+    set_active_dataset(Path(choice), uploaded.get(choice))
     return Path(choice)
+
+
+def folder_ui(current: Path | None, candidates: list[str]) -> Path | None:
+    """A typed folder or zip under the allowed roots, scanned in the background before it becomes the dataset."""
+    roots = ", ".join(str(root) for root in config.data_roots())
+    typed = st.text_input(
+        "Folder or zip path",
+        value=str(current) if current and str(current) not in candidates else "",
+        key="dataset_folder",
+        placeholder=str(config.DATA_DIR / "PetImages"),
+        help=f"Under {roots} (set CVD_DATA_ROOTS for more); a relative path is read from {config.DATA_DIR}",
+    )
+    if not typed:
+        return None
+    try:
+        path = catalog.check_dataset(typed)
+    except DatasetError as err:
+        st.error(str(err))
+        return None
+    if problem := catalog.missing_classes(path.name, catalog.manifest_entries(manifest_of(path))):
+        st.error(problem)
+        return None
+    set_active_dataset(path)
+    return path
 
 
 @st.fragment(run_every=0.5)
 def scan_progress_ui(path: Path) -> None:
-    """Progress of a scan running in the background; the whole page redraws when it is done."""
+    """Progress of a scan running in the background, with Cancel; the whole page redraws when it is done."""
     state = dataset_scans().get(path)
     if state.finished:
         st.rerun()
-    fraction = state.done / state.total if state.total else 0.0
-    st.progress(fraction, text=f"Scanning {path.name}: {state.done:,} / {state.total or '?'} photos…")
+    name = dataset_name(path)
+    if state.total:
+        st.progress(state.done / state.total, text=f"Scanning {name}: {state.done:,} / {state.total:,} photos…")
+    else:
+        st.progress(0.0, text=f"Listing the files of {name}…")
+    st.button("Cancel scan", key="dataset_scan_cancel", on_click=dataset_scans().cancel, args=(path,))
 
 
 def manifest_of(path: Path):
     """The dataset's manifest; a long scan shows its progress and keeps going if the user leaves the page."""
+    if not path.exists():
+        st.error(f"{dataset_name(path)} is no longer there: choose another source.")
+        st.stop()
     state = dataset_scans().get(path)
     # A small source is scanned within a blink, so wait that long rather than flash a progress bar;
     # a big zip (Kaggle's is 543 MB) takes seconds, so show its progress at once.
     blink = 0.3 if path.is_dir() or path.stat().st_size < SMALL_ZIP_BYTES else 0
     if not state.wait(timeout=blink):
         scan_progress_ui(path)
+        st.stop()
+    if state.cancelled:
+        st.info(f"The scan of {dataset_name(path)} was cancelled.")
+        st.button("Scan again", key="dataset_scan_again", on_click=dataset_scans().forget, args=(path,))
         st.stop()
     if state.error:
         st.error(state.error)
@@ -208,7 +261,7 @@ def browse_ui(path: Path, manifest) -> None:
 st.title("Dataset")
 dataset = source_ui()
 if dataset is None:
-    if not catalog.dataset_candidates():
+    if not catalog.dataset_candidates(session_owner()):
         st.info(HOW_TO_GET_DATA)
     st.stop()
 

@@ -13,7 +13,7 @@ from core.data import DatasetError, Source
 from core.pipeline import ImageError
 from core.predict import Prediction, predictions_frame, submission_frame
 from ui.navigation import run_through_entrypoint
-from ui.resources import active_model, predictor
+from ui.resources import active_model, model_notice, predictor, set_session_model
 
 run_through_entrypoint()
 
@@ -24,11 +24,16 @@ COLORS = {"cat": "orange", "dog": "blue"}
 
 
 def _pick_model() -> None:
-    catalog.set_active(st.session_state["predict_model"])
+    try:
+        set_session_model(st.session_state["predict_model"])
+    except KeyError:  # deleted since the list was drawn: the page redraws with what is left
+        st.session_state.pop("predict_model", None)
 
 
 def model_ui() -> ModelChoice | None:
-    """The model picker: the shipped default, if any, then saved runs; choosing one makes it the active model."""
+    """The model picker: the shipped default, if any, then saved runs; a pick is this session's, nobody else's."""
+    if notice := model_notice():
+        st.warning(notice)
     available = {choice.key: choice for choice in catalog.choices()}
     if not available:
         st.info(
@@ -37,15 +42,19 @@ def model_ui() -> ModelChoice | None:
         )
         return None
     keys = list(available)
-    active = active_model()
+    active = active_model() or available[keys[0]]
+    if st.session_state.get("predict_model") != active.key:  # follows picks made on the Train or Runs page
+        st.session_state["predict_model"] = active.key if active.key in keys else keys[0]
     st.selectbox(
         "Model",
         keys,
-        index=keys.index(active.key),
         format_func=lambda key: available[key].label,
         key="predict_model",
         on_change=_pick_model,
-        help="The active model for every page of this server. Uploaded model files are never loaded.",
+        help=(
+            "For this session only: other visitors keep their own. The default for everyone is set on the Runs "
+            "page. Uploaded model files are never loaded."
+        ),
     )
     choice = available[st.session_state["predict_model"]]
     st.caption(f"Accuracy measured on {choice.measured_on}.")

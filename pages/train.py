@@ -7,14 +7,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import catalog, config
-from core.jobs import TrainingBusy, TrainingState, training_manager
+from core import config
+from core.jobs import TrainingBusy, TrainingJob, TrainingState, owner_label, training_manager
 from core.presets import PRESETS
 from core.train import TrainConfig
 from ui import charts
 from ui.navigation import run_through_entrypoint
-from ui.resources import active_dataset, active_model
-from ui.status import duration, training_line
+from ui.resources import active_dataset, active_model, dataset_name, session_owner, set_session_model
+from ui.status import clock, duration, run_settings, started_by, training_line
 
 run_through_entrypoint()
 
@@ -35,10 +35,17 @@ FIELDS = {
 }
 
 
-def _load_settings(cfg: TrainConfig) -> None:
+def _load_settings(cfg: TrainConfig, everything: bool = False) -> None:
     settings = asdict(cfg)
     st.session_state.update({key: settings[name] for key, name in FIELDS.items()})
     st.session_state["train_time_budget"] = int(cfg.time_budget_min or 0)
+    if everything:  # the preset, seed and slice too: a reloaded page shows what its own run is training with
+        st.session_state.update(train_preset=cfg.preset, train_seed=cfg.seed, train_limit=cfg.limit or 0)
+
+
+def _own_live_job() -> TrainingJob | None:
+    job = training_manager().current
+    return job if job is not None and job.running and job.owner == session_owner() else None
 
 
 def _apply_preset() -> None:
@@ -48,8 +55,9 @@ def _apply_preset() -> None:
 
 def controls_ui() -> None:
     """The training knobs, defaulting to the seed tutorial; they persist for the session."""
-    if "train_epochs" not in st.session_state:
-        _load_settings(TrainConfig())
+    if "train_epochs" not in st.session_state:  # a new session: a reload while this browser's run trains, too
+        own = _own_live_job()
+        _load_settings(own.config if own else TrainConfig(), everything=own is not None)
     keep = {"persist_state": "session"}
     preset = st.selectbox("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset, **keep)
     st.caption(PRESETS[preset].description)
@@ -98,19 +106,34 @@ def chosen_config() -> TrainConfig:
 
 def _start() -> None:
     try:
-        training_manager().start(active_dataset(), chosen_config(), runs_dir=config.RUNS_DIR)
+        training_manager().start(active_dataset(), chosen_config(), runs_dir=config.RUNS_DIR, owner=session_owner())
     except TrainingBusy as err:
         st.session_state["train_busy"] = str(err)
 
 
 def _stop() -> None:
-    if job := training_manager().current:
-        job.stop()
+    # Only the session that started the run stops it with one click; others go through _confirm_stop.
+    if job := _own_live_job():
+        job.stop(by=session_owner())
+
+
+def _ask_stop(job_id: str) -> None:
+    st.session_state["train_stop_asked"] = job_id
+
+
+def _confirm_stop(job_id: str) -> None:
+    job = training_manager().current
+    if job is not None and job.id == job_id:  # the run the confirmation named, never one started since
+        job.stop(by=session_owner())
+    st.session_state.pop("train_stop_asked", None)
 
 
 def _make_active(run_id: str) -> None:
-    catalog.set_active(run_id)
-    st.toast(f"{run_id} is now the active model")
+    try:
+        set_session_model(run_id)
+        st.toast(f"This session now predicts with {run_id}")
+    except KeyError:
+        st.toast(f"{run_id} is no longer on this server")
 
 
 def progress_ui(state: TrainingState) -> None:
@@ -154,18 +177,73 @@ def summary_ui(state: TrainingState) -> None:
     cols[3].metric("Epochs", f"{result.metrics.get('epochs_completed', 0)} / {state.config.epochs}")
     active = active_model()
     if active is not None and active.key == result.run.id:
-        st.caption("This run is the active model.")
+        st.caption("This session predicts with this run's model.")
     else:
-        st.button("Make this the active model", key="train_make_active", on_click=_make_active, args=(result.run.id,))
+        st.button(
+            "Use this model in this session",
+            key="train_make_active",
+            on_click=_make_active,
+            args=(result.run.id,),
+            help="For this session only; the default for everyone is set on the Runs page",
+        )
 
 
-def buttons_ui(can_start: bool, running: bool) -> None:
+def owner_ui(state: TrainingState) -> None:
+    """Whose run this is; another session's run is read-only here."""
+    if state.running and state.owner == session_owner():
+        st.caption(f"Started by you at {clock(state.started_at)}: only this browser stops it with one click.")
+    elif state.running:
+        st.info(
+            f"Started by {started_by(state)} at {clock(state.started_at)}: the {state.config.preset} preset on "
+            f"{dataset_name(Path(state.source))}. You can watch it; stopping it needs a confirmation.",
+            icon=":material/lock:",
+        )
+    if state.stopped_by and state.stopped_by != state.owner:
+        st.caption(f"Stopped by {owner_label(state.stopped_by)}, not by the session that started it.")
+
+
+def settings_ui(state: TrainingState) -> None:
+    """The run's own settings, read from the job: a reloaded page or another session sees what really trains."""
+    settings = list(run_settings(state).items())
+    st.markdown(f"**Settings of {'this run' if state.running else 'the last run'}**, as it was started")
+    per_column = -(-len(settings) // 3)
+    for column, i in zip(st.columns(3), range(0, len(settings), per_column), strict=True):
+        column.markdown("\n".join(f"- {name}: **{value}**" for name, value in settings[i : i + per_column]))
+
+
+def confirm_stop_ui(job: TrainingJob) -> None:
+    """Stopping another session's run: say whose it is and what it is, then ask."""
+    state = job.snapshot()
+    st.warning(
+        f"This run belongs to another session, **{owner_label(state.owner)}**: the {state.config.preset} preset "
+        f"on {dataset_name(Path(state.source))}, started at {clock(state.started_at)}. Stopping it ends their "
+        "training at the next batch (the best epoch so far is kept). Stop their run?"
+    )
+    yes, no, _ = st.columns([1, 1, 4])
+    yes.button("Yes, stop their run", key="train_stop_confirm", type="primary", on_click=_confirm_stop, args=(job.id,))
+    no.button("Cancel", key="train_stop_cancel", on_click=st.session_state.pop, args=("train_stop_asked", None))
+
+
+def buttons_ui(can_start: bool, job: TrainingJob | None) -> None:
     # Outside the polling fragment: a click never races a redraw of the button it lands on.
-    left, right, _ = st.columns([1, 1, 6])
+    running = job is not None and job.running
+    theirs = running and job.owner != session_owner()
+    left, right, _ = st.columns([1, 2, 5])
     left.button("Start", key="train_start", type="primary", on_click=_start, disabled=not can_start)
-    right.button("Stop", key="train_stop", on_click=_stop, disabled=not running)
+    if theirs:
+        right.button(
+            "Stop their run…",
+            key="train_stop",
+            on_click=_ask_stop,
+            args=(job.id,),
+            help="Another session started this run: you will be asked to confirm",
+        )
+    else:
+        right.button("Stop", key="train_stop", on_click=_stop, disabled=not running)
     if busy := st.session_state.pop("train_busy", None):
         st.warning(busy)
+    if theirs and st.session_state.get("train_stop_asked") == job.id:
+        confirm_stop_ui(job)
 
 
 def live_ui(was_running: bool) -> None:
@@ -178,6 +256,8 @@ def live_ui(was_running: bool) -> None:
     if state.running != was_running:
         st.rerun()  # the run started or ended: redraw the whole page, buttons included
     progress_ui(state)
+    owner_ui(state)
+    settings_ui(state)
     if state.history:
         st.vega_lite_chart(*charts.epoch_curves(state.history_frame()), width="stretch")
     elif state.running:
@@ -195,9 +275,9 @@ if dataset is None:
     st.info("Choose a dataset on the Dataset page first.")
     st.page_link("pages/dataset.py", label="Go to the Dataset page", icon=":material/photo_library:")
 else:
-    st.caption(f"Dataset: **{dataset.name}**")
+    st.caption(f"Dataset: **{dataset_name(dataset)}**")
 controls_ui()
 job = training_manager().current
 running = job is not None and job.running
-buttons_ui(can_start=dataset is not None, running=running)
+buttons_ui(can_start=dataset is not None, job=job)
 st.fragment(live_ui, run_every="1s" if running else None)(running)

@@ -135,3 +135,23 @@ def saved_run(tiny_model, app_dirs):
     target = app_dirs.runs / tiny_model.parent.name
     shutil.copytree(tiny_model.parent, target)
     return Run(target)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_script_cache_for_every_apptest():
+    """Compile each page once per test process, as a server does, instead of on every AppTest run.
+
+    AppTest builds a fresh ScriptCache for every run(), so each run parses every page again with `ast`. CPython
+    3.11's AST constructor keeps its recursion depth in per-interpreter state, so a parse racing one in a
+    training thread (TensorFlow's autograph parses Keras code while a run starts and at its first epoch end) can
+    fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython gh-106905). A server
+    caches each page's bytecode for good, so only tests hit that window over and over.
+    """
+    from streamlit.runtime.scriptrunner.script_cache import ScriptCache
+    from streamlit.testing.v1 import app_test, local_script_runner
+
+    shared = ScriptCache()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(app_test, "ScriptCache", lambda: shared)
+        patch.setattr(local_script_runner, "ScriptCache", lambda: shared)
+        yield

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_jpeg
 
 from core import catalog, config
-from core.data import DatasetError
+from core.data import DatasetError, scan
 from core.jobs import DatasetScans, TrainingBusy, TrainingManager
 from core.runs import RunStore, promote_run
 
@@ -141,43 +141,53 @@ def test_a_scan_of_a_missing_or_broken_source_says_why(tmp_path):
     assert state.wait(30) and "not a readable zip" in state.error
 
 
-def test_models_to_pick_and_the_active_one(saved_run, app_dirs):
+def test_models_to_pick_and_the_default_for_everyone(saved_run, app_dirs):
     older = saved_run
     newer_path = app_dirs.runs / f"{older.id[:-5]}-zzzz"  # a later id sorts first, as a newer run would
     shutil.copytree(older.path, newer_path)
 
     choices = catalog.choices()
     assert [c.key for c in choices] == [newer_path.name, older.id]
-    assert catalog.active().key == newer_path.name  # nothing chosen yet: the newest run
-    chosen = catalog.set_active(older.id)
-    assert catalog.active() == chosen
+    assert catalog.server_default().key == newer_path.name  # nothing chosen yet: the newest run
+    chosen = catalog.set_server_default(older.id, by="0123456789abcdef")
+    assert catalog.server_default() == chosen == catalog.find(older.id)
+    assert catalog.server_default_record()["set_by"] == "0123456789abcdef"
     assert chosen.accuracy == older.meta["metrics"]["best_val_accuracy"]
     assert chosen.measured_on == f"validation split of small-train.zip ({older.meta['n_val']} photos)"
     with pytest.raises(KeyError):
-        catalog.set_active("no-such-run")
+        catalog.set_server_default("no-such-run")
+    with pytest.raises(KeyError):
+        catalog.set_server_default("../../etc")
+    assert catalog.find("../" + older.id) is None
 
     promote_run(older, config.DEFAULT_MODEL)
     assert catalog.choices()[0].key == catalog.DEFAULT_KEY
     assert catalog.choices()[0].name == "Shipped default"
-    assert catalog.active().key == older.id  # an explicit choice outlives a new default
+    assert catalog.server_default().key == older.id  # an explicit choice outlives a new default
     RunStore(app_dirs.runs).delete(older.id)
-    assert catalog.active().key == catalog.DEFAULT_KEY  # the chosen run is gone: back to the default
+    assert catalog.server_default().key == catalog.DEFAULT_KEY  # the chosen run is gone: back to the default
 
 
-def test_no_models_means_no_active_model(app_dirs):
-    assert catalog.choices() == [] and catalog.active() is None
+def test_no_models_means_no_default_model(app_dirs):
+    assert catalog.choices() == [] and catalog.server_default() is None
 
 
 def test_a_dropped_zip_is_kept_under_uploads_and_a_bad_one_is_refused(small_zip, app_dirs):
-    with open(small_zip, "rb") as fh:
-        kept = catalog.save_upload("My photos (2024).zip", fh)
-    assert kept == app_dirs.data / "uploads" / "My_photos_2024.zip"
-    assert kept.read_bytes() == small_zip.read_bytes()
-    assert catalog.dataset_candidates() == [kept]
+    import hashlib
 
-    with pytest.raises(DatasetError, match="not a readable zip"):
-        catalog.save_upload("../../evil.zip", io.BytesIO(b"plain text"))
-    assert sorted(p.name for p in (app_dirs.data / "uploads").iterdir()) == ["My_photos_2024.zip"]
+    with open(small_zip, "rb") as fh:
+        kept = catalog.save_upload("My photos (2024).zip", fh, owner="alice")
+    digest = hashlib.sha256(small_zip.read_bytes()).hexdigest()
+    assert kept.path == app_dirs.data / "uploads" / digest / "My_photos_2024.zip"
+    assert kept.name == "My photos (2024).zip"  # shown as dropped; stored under a safe name in its hash's folder
+    assert kept.path.read_bytes() == small_zip.read_bytes()
+    assert catalog.dataset_candidates("alice") == [kept.path]
+    assert catalog.dataset_candidates("bob") == catalog.dataset_candidates() == []  # nobody else's
+
+    with pytest.raises(DatasetError) as refused:
+        catalog.save_upload("../../evil.zip", io.BytesIO(b"plain text"), owner="alice")
+    assert str(refused.value) == "evil.zip: not a readable zip file"
+    assert sorted(p.name for p in (app_dirs.data / "uploads").iterdir()) == [digest]
 
 
 def test_default_dataset_comes_first_among_candidates(small_zip, app_dirs):
@@ -185,17 +195,19 @@ def test_default_dataset_comes_first_among_candidates(small_zip, app_dirs):
     assert catalog.dataset_candidates() == [app_dirs.data / "train.zip"]
 
 
-def test_a_typed_dataset_path_is_validated(tmp_path, small_zip):
+def test_a_typed_dataset_path_is_validated(app_dirs, small_zip, monkeypatch):
+    monkeypatch.setattr(config, "EXTRA_DATA_ROOTS", [small_zip.parent])
     assert catalog.check_dataset(str(small_zip)) == small_zip
     with pytest.raises(DatasetError, match="no such folder"):
-        catalog.check_dataset(tmp_path / "nope")
-    cats = tmp_path / "cats"
+        catalog.check_dataset(app_dirs.data / "nope")
+    cats = app_dirs.data / "cats"
     (cats / "cat").mkdir(parents=True)
     (cats / "cat" / "1.jpg").write_bytes(make_jpeg())
-    with pytest.raises(DatasetError, match="both classes"):
-        catalog.check_dataset(cats)
+    assert catalog.check_dataset(cats) == cats  # what is in it is scanned in the background, not here
+    problem = catalog.missing_classes("cats", catalog.manifest_entries(scan(cats)))
+    assert problem.startswith("cats: needs photos of both classes") and "1 usable cat and 0 usable dog" in problem
     (cats / "dog").mkdir()
     (cats / "dog" / "1.jpg").write_bytes(make_jpeg(seed=1))
-    assert catalog.check_dataset(cats) == cats
+    assert catalog.missing_classes("cats", catalog.manifest_entries(scan(cats))) is None
     with pytest.raises(DatasetError, match="not a single file"):
         catalog.check_dataset(cats / "dog" / "1.jpg")

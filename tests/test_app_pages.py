@@ -110,7 +110,8 @@ def test_dataset_summary_browse_filters_and_the_models_view(dataset):
     assert "80x80 grayscale" in at.toggle(key="dataset_model_view").label
 
 
-def test_dataset_lists_skipped_files_with_their_reasons(bad_inputs, app_dirs):
+def test_dataset_lists_skipped_files_with_their_reasons(bad_inputs, app_dirs, monkeypatch):
+    monkeypatch.setattr(config, "EXTRA_DATA_ROOTS", [bad_inputs])  # as CVD_DATA_ROOTS would
     at = open_app()
     at.radio(key="dataset_choice").set_value("folder").run()
     at.text_input(key="dataset_folder").set_value(str(bad_inputs / "class-folders.zip")).run()
@@ -123,23 +124,31 @@ def test_dataset_lists_skipped_files_with_their_reasons(bad_inputs, app_dirs):
     assert "Dataset: **class-folders.zip**" in texts(at.caption)  # the session's dataset follows the choice
 
 
-def test_a_typed_folder_is_validated(tmp_path, app_dirs):
+def test_a_typed_folder_is_validated(app_dirs, jpeg):
+    cats = app_dirs.data / "cats-only" / "cat"
+    cats.mkdir(parents=True)
+    (cats / "1.jpg").write_bytes(jpeg)
     at = open_app()
     at.radio(key="dataset_choice").set_value("folder").run()
-    at.text_input(key="dataset_folder").set_value(str(tmp_path / "nowhere")).run()
-    assert "no such folder" in texts(at.error)
-    at.text_input(key="dataset_folder").set_value(str(app_dirs.runs)).run()
-    assert "needs photos of both classes" in texts(at.error)
+    at.text_input(key="dataset_folder").set_value(str(app_dirs.data / "nowhere")).run()
+    assert texts(at.error) == "data/nowhere: no such folder or zip"
+    at.text_input(key="dataset_folder").set_value("cats-only").run()  # relative: read from the data folder
+    assert dataset_scans().get(cats.parent).wait(60)
+    at.run()
+    assert "cats-only: needs photos of both classes" in texts(at.error)
+    assert "it has 1 usable cat and 0 usable dog photos" in texts(at.error)
 
 
 def test_a_dropped_zip_is_kept_and_becomes_the_dataset(small_zip, app_dirs):
+    import hashlib
+
     at = open_app()
     at.file_uploader(key="dataset_upload").set_value(("notes.zip", b"just text", "application/zip")).run()
-    assert "not a readable zip" in texts(at.error)
+    assert texts(at.error) == "notes.zip: not a readable zip file"
 
     at.file_uploader(key="dataset_upload").set_value(("my-pets.zip", small_zip.read_bytes(), "application/zip"))
     at.run()
-    kept = app_dirs.data / "uploads" / "my-pets.zip"
+    kept = app_dirs.data / "uploads" / hashlib.sha256(small_zip.read_bytes()).hexdigest() / "my-pets.zip"
     assert kept.exists() and at.radio(key="dataset_choice").value == str(kept)
     assert dataset_scans().get(kept).wait(60)
     at.run()
@@ -246,15 +255,19 @@ def test_hostile_files_get_their_own_errors_and_the_rest_are_still_predicted(sav
     assert at.download_button(key="predict_download")
 
 
-def test_the_shipped_default_comes_first_and_a_pick_sets_the_active_model(saved_run):
+def test_the_shipped_default_comes_first_and_a_pick_sets_this_sessions_model_only(saved_run):
     promote_run(saved_run, config.DEFAULT_MODEL)
     at = open_app("pages/predict.py")
     assert at.selectbox(key="predict_model").options[0].startswith("Shipped default")
     assert at.selectbox(key="predict_model").value == catalog.DEFAULT_KEY
     assert "Shipped default" in sidebar()
     at.selectbox(key="predict_model").set_value(saved_run.id).run()
-    assert catalog.active().key == saved_run.id
-    assert f"**{saved_run.id}**" in sidebar()
+    assert catalog.server_default().key == catalog.DEFAULT_KEY  # the server's default is untouched
+    assert "**Shipped default**" in sidebar()  # and a fresh tab (a new session) still gets it
+    at.switch_page("pages/runs.py").run()  # while this session keeps its pick on every page
+    assert f"This session predicts with **{saved_run.id}**" in texts(at.caption)
+    at.switch_page("pages/predict.py").run()
+    assert at.selectbox(key="predict_model").value == saved_run.id
 
 
 def test_a_camera_photo_is_labeled(saved_run, small_zip):
@@ -308,8 +321,16 @@ def test_runs_page_evaluates_activates_and_deletes_a_run(saved_run, dataset, app
     wrong = [c for c in texts(at.caption).splitlines() if ", P(dog) = " in c]
     assert len(wrong) == min(len(at.image), 24)
 
-    at.button(key="runs_make_active").click().run()
-    assert catalog.active().key == saved_run.id and at.button(key="runs_make_active").disabled
+    at.button(key="runs_use").click().run()
+    assert at.button(key="runs_use").disabled and catalog.server_default().key == second.name  # this session only
+    at.button(key="runs_make_default").click().run()
+    assert "default model for everyone" in texts(at.warning) and catalog.server_default().key == second.name
+    at.button(key="runs_make_default_cancel").click().run()
+    assert not at.warning and catalog.server_default().key == second.name
+    at.button(key="runs_make_default").click().run()
+    at.button(key="runs_make_default_confirm").click().run()
+    assert catalog.server_default().key == saved_run.id and at.button(key="runs_make_default").disabled
+    assert "Default model for everyone: **" + saved_run.id in texts(at.caption)
 
     at.button(key="runs_delete").click().run()
     assert f"Delete **{saved_run.id}**" in texts(at.warning)

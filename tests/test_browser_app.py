@@ -138,7 +138,7 @@ def test_training_draws_live_curves_then_its_summary(page, server):
             seen.append((batches_logged(page), page.get_by_test_id("stVegaLiteChart").count()))
             distinct = len({batches for batches, _ in seen})
             if distinct == 2 and not clicked:
-                page.get_by_text("Augmentation").click()  # another widget: a full rerun mid-run
+                page.get_by_text("Augmentation", exact=True).click()  # another widget: a full rerun mid-run
                 clicked = True
             elif distinct == 3 and not reloaded:
                 artifact(page, "train-live")

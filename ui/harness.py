@@ -34,11 +34,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(env: dict[str, str], log: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
-    """Start `streamlit run streamlit_app.py --server.headless true` with extra env (CVD_DATA_DIR, ...)."""
+def start_server(
+    env: dict[str, str], log: Path, port: int | None = None, address: str | None = "127.0.0.1"
+) -> tuple[subprocess.Popen, str]:
+    """Start `streamlit run streamlit_app.py --server.headless true` with extra env (CVD_DATA_DIR, ...).
+
+    address=None leaves the listening address to the project's .streamlit/config.toml.
+    """
     port = port or free_port()
     command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true"]
-    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
+    command += ["--server.port", str(port)] + (["--server.address", address] if address else [])
     proc = subprocess.Popen(
         command, cwd=ROOT, env={**os.environ, **env}, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
@@ -61,9 +66,9 @@ def wait_healthy(proc: subprocess.Popen, url: str, log: Path, timeout: float = 1
 
 
 @contextmanager
-def running_server(env: dict[str, str], log: Path) -> Iterator[str]:
+def running_server(env: dict[str, str], log: Path, address: str | None = "127.0.0.1") -> Iterator[str]:
     """A healthy server for the duration of a with-block; yields its URL."""
-    proc, url = start_server(env, log)
+    proc, url = start_server(env, log, address=address)
     try:
         wait_healthy(proc, url, log)
         yield url

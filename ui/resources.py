@@ -1,21 +1,41 @@
-"""Streamlit caches around core, and the per-session choice of dataset, shared by every page."""
+"""Streamlit caches around core, and what belongs to one session: who it is, its dataset, model and uploads.
+
+Everything a visitor chooses lives in st.session_state (or, for uploads, on disk under the visitor's id), never in
+the process, so one visitor's choice never becomes another's. The server-wide defaults are the configured
+dataset and the model made "default for everyone" on the Runs page.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import secrets
+import threading
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import catalog
-from core.data import Source
-from core.jobs import source_version
+from core import catalog, config
+from core.catalog import ModelChoice, Upload
+from core.data import DatasetError, Source
+from core.jobs import dataset_scans, owner_label, source_version, training_manager
 
 if TYPE_CHECKING:  # core.predict pulls in TensorFlow when a Predictor is built, never at import
     from core.predict import Predictor
 
+_OWNER_KEY = "session_owner"
 _DATASET_KEY = "active_dataset"
+_DATASET_GONE_KEY = "active_dataset_gone"
+_MODEL_KEY = "session_model"
+_MODEL_GONE_KEY = "session_model_gone"
+_TOUCHED_KEY = "session_uploads_touched"
+_XSRF_COOKIE = "_streamlit_xsrf"
+TOUCH_EVERY_S = 300  # how often a session's use of an upload is written down, so the sweep keeps it
+SWEEP_EVERY_S = 600
+_log = logging.getLogger(__name__)
 
 
 def _keep_keras_state() -> None:
@@ -34,23 +54,187 @@ def keep_keras_state() -> None:
         script_runner._clean_problem_modules = _keep_keras_state
 
 
-def active_dataset() -> Path | None:
-    """This session's dataset: the one chosen on the Dataset page, else the default, else an upload."""
+# ---- Who this session is --------------------------------------------------------------------------------------
+
+
+def _xsrf_token() -> bytes | None:
+    # Streamlit's XSRF cookie is "2|mask|masked token|timestamp" (Tornado's format). The server sets it on the
+    # first page load and keeps its token for as long as the browser keeps the cookie, but masks it afresh on
+    # every load, so only the unmasked token identifies the browser.
+    raw = st.context.cookies.get(_XSRF_COOKIE)
+    try:
+        version, mask_hex, masked_hex, _ = str(raw).strip("\"'").split("|")
+        mask, masked = bytes.fromhex(mask_hex), bytes.fromhex(masked_hex)
+    except ValueError:
+        return None
+    if version != "2" or len(mask) != 4 or len(masked) < 16:
+        return None
+    return bytes(byte ^ mask[i % 4] for i, byte in enumerate(masked))
+
+
+def session_owner() -> str:
+    """An opaque id of this browser: who started a run or dropped a zip. It survives a reload of the page.
+
+    A reload is a new Streamlit session with empty state, so the id cannot live in st.session_state alone. It is
+    a hash of the token in Streamlit's own XSRF cookie, which every browser already holds for as long as it keeps
+    its cookies (the token is a credential: it is never shown, logged or stored, only this hash). A query
+    parameter would also survive a reload, but a copied link would hand the run over with it. Where there is no
+    cookie (XSRF protection turned off, AppTest) each session gets a random id, and a reload is a new owner.
+    """
+    owner = st.session_state.get(_OWNER_KEY)
+    if owner is None:
+        token = _xsrf_token()
+        owner = hashlib.sha256(b"cats-vs-dogs-studio owner\0" + token).hexdigest()[:32] if token else None
+        owner = st.session_state[_OWNER_KEY] = owner or secrets.token_hex(16)
+    return owner
+
+
+def session_label() -> str:
+    """How other sessions see this one named on a run: "session 3f9a1c"."""
+    return owner_label(session_owner())
+
+
+# ---- This session's dataset and uploads -------------------------------------------------------------------------
+
+
+def _is_upload(path: Path) -> bool:
+    return Path(config.UPLOADS_DIR) in path.parents
+
+
+def _training_sources() -> list[Path]:
+    # The zip a run is decoding must not vanish under it, whoever removes it.
+    job = training_manager().current
+    return [Path(job.source)] if job is not None and job.running else []
+
+
+def session_uploads() -> list[Upload]:
+    """The zips this browser dropped and still keeps, newest first."""
+    return catalog.uploads(session_owner())
+
+
+def save_upload(name: str, data: BinaryIO) -> Upload:
+    """Keep a dropped zip for this browser (core.catalog.save_upload); raises DatasetError with the reason."""
+    return catalog.save_upload(name, data, session_owner())
+
+
+def remove_upload(upload: Upload) -> None:
+    """Take a zip off this browser's list; the file goes when no session keeps it and no run is reading it."""
+    catalog.remove_upload(upload, session_owner(), keep=_training_sources())
+    if not upload.path.exists():  # deleted, not just off this list: its kept scan goes too
+        dataset_scans().forget(upload.path)
     chosen = st.session_state.get(_DATASET_KEY)
-    if chosen and Path(chosen).exists():
-        return Path(chosen)
-    candidates = catalog.dataset_candidates()
-    return candidates[0] if candidates else None
+    if chosen and chosen["path"] == str(upload.path):  # asked for, so no "is no longer there" notice
+        del st.session_state[_DATASET_KEY]
 
 
-def active_model() -> catalog.ModelChoice | None:
-    """The model this session predicts with and compares against; every page asks here, never catalog directly."""
-    return catalog.active()
+def _still_offered(path: Path) -> bool:
+    # An upload counts only while it is on this browser's list (it may be another's file too); its use is noted.
+    if not _is_upload(path):
+        return path.exists()
+    upload = catalog.upload_of(path, session_owner())
+    if upload is None:
+        return False
+    touched = st.session_state.setdefault(_TOUCHED_KEY, {})
+    if time.time() - touched.get(str(path), 0) > TOUCH_EVERY_S:
+        catalog.touch_upload(upload, session_owner())
+        touched[str(path)] = time.time()
+    return True
 
 
-def set_active_dataset(path: Path) -> None:
+def active_dataset() -> Path | None:
+    """This session's dataset: the one it chose on the Dataset page while that is still there, else the server's
+    configured default (never another session's upload)."""
+    chosen = st.session_state.get(_DATASET_KEY)
+    if chosen:
+        path = Path(chosen["path"])
+        if _still_offered(path):
+            return path
+        del st.session_state[_DATASET_KEY]
+        st.session_state[_DATASET_GONE_KEY] = chosen["name"]
+    return config.default_dataset()
+
+
+def set_active_dataset(path: Path, name: str | None = None) -> None:
     """Remember the dataset for this session; the Train page and the sidebar follow it."""
-    st.session_state[_DATASET_KEY] = str(path)
+    st.session_state[_DATASET_KEY] = {"path": str(path), "name": name or dataset_name(path)}
+    st.session_state.pop(_DATASET_GONE_KEY, None)
+
+
+def dataset_notice() -> str | None:
+    """Why this session's dataset changed without it asking (its upload was removed or its folder deleted)."""
+    active_dataset()  # notices a choice that has gone since the last look
+    gone = st.session_state.get(_DATASET_GONE_KEY)
+    if gone is None:
+        return None
+    fallback = config.default_dataset()
+    now = f"back to the default, {fallback.name}" if fallback else "choose another on the Dataset page"
+    return f"{gone} is no longer there (removed, deleted, or cleaned up after going unused): {now}."
+
+
+def dataset_name(path: Path) -> str:
+    """A dataset as this session knows it: an upload under the name it was dropped as, anything else by file name."""
+    if _is_upload(path):
+        upload = catalog.upload_of(path, session_owner())
+        return upload.name if upload else path.name
+    return path.name
+
+
+def sweep_uploads_now_and_then() -> None:
+    """Delete uploads that no session has used for CVD_UPLOAD_TTL_HOURS, at most every SWEEP_EVERY_S seconds.
+
+    It runs in the server process at the start of a script run: uploads only arrive through script runs, so a
+    server nobody visits has nothing new to sweep, and no timer thread outlives the server or a test.
+    """
+    global _next_sweep
+    now = time.time()
+    with _SWEEP_LOCK:
+        if now < _next_sweep:
+            return
+        _next_sweep = now + SWEEP_EVERY_S
+    removed = catalog.sweep_uploads(config.UPLOAD_TTL_HOURS, now, keep=_training_sources())
+    if removed:
+        _log.info("removed %d upload(s) unused for %g hours", len(removed), config.UPLOAD_TTL_HOURS)
+
+
+_SWEEP_LOCK = threading.Lock()
+_next_sweep = 0.0
+
+
+# ---- This session's model -------------------------------------------------------------------------------------
+
+
+def active_model() -> ModelChoice | None:
+    """The model this session predicts with: its own pick while that exists, else the server's default.
+
+    Every page asks here, never catalog directly; a pick never changes another session's model.
+    """
+    chosen = st.session_state.get(_MODEL_KEY)
+    if chosen is not None:
+        found = catalog.find(chosen)
+        if found is not None:
+            return found
+        del st.session_state[_MODEL_KEY]
+        st.session_state[_MODEL_GONE_KEY] = chosen
+    return catalog.server_default()
+
+
+def set_session_model(key: str) -> ModelChoice:
+    """Pick the model for this session only; raises KeyError for a model that is not (or no longer) offered."""
+    choice = catalog.find(key)
+    if choice is None:
+        raise KeyError(f"no model named {key!r}")
+    st.session_state[_MODEL_KEY] = choice.key
+    st.session_state.pop(_MODEL_GONE_KEY, None)
+    return choice
+
+
+def model_notice() -> str | None:
+    """Why this session's model changed without it asking (the run it picked was deleted)."""
+    active_model()  # notices a pick that has gone since the last look
+    gone = st.session_state.get(_MODEL_GONE_KEY)
+    if gone is None:
+        return None
+    return f"The model you picked, {gone}, is no longer on this server: this session uses the server's default again."
 
 
 @st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=4)
@@ -61,8 +245,21 @@ def _load_predictor(path: str, version: int) -> Predictor:
 
 
 def predictor(model_path: Path) -> Predictor:
-    """The cached, warmed-up Predictor for one of our model files; a replaced file is loaded afresh."""
-    return _load_predictor(str(model_path), model_path.stat().st_mtime_ns)
+    """The cached, warmed-up Predictor for one of our model files; a replaced file is loaded afresh.
+
+    A model file that is gone or cannot be loaded (deleted, half-written) ends the page with one clear message.
+    """
+    model_path = Path(model_path)
+    shipped = model_path == config.DEFAULT_MODEL
+    name = "The shipped default model" if shipped else f"The model of {model_path.parent.name}"
+    try:
+        return _load_predictor(str(model_path), model_path.stat().st_mtime_ns)
+    except FileNotFoundError:
+        st.error(f"{name} is no longer on this server. Pick another model on the Predict page.")
+    except Exception:  # a damaged file: say so in words; the details go to the server log, not to the visitor
+        _log.exception("could not load %s", model_path)
+        st.error(f"{name} could not be loaded: its file is damaged or incomplete. Pick another model.")
+    st.stop()
 
 
 @st.cache_resource(max_entries=4)
@@ -72,7 +269,11 @@ def _open_source(path: str, version: tuple) -> Source:
 
 def open_source(path: Path) -> Source:
     """A dataset source listed once per version, for reading thumbnails without relisting 25,000 names."""
-    return _open_source(str(path), source_version(path))
+    try:
+        return _open_source(str(path), source_version(path))
+    except (OSError, DatasetError):
+        st.warning(f"{dataset_name(path)} is no longer there: choose a dataset on the Dataset page.")
+        st.stop()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -83,8 +284,11 @@ def _fingerprint(path: str, version: tuple) -> str:
 def training_source(meta: dict) -> Path | None:
     """The dataset a run was trained on, found by content fingerprint among this session's datasets."""
     wanted = meta.get("dataset", {}).get("fingerprint")
-    candidates = dict.fromkeys([p for p in (active_dataset(),) if p] + catalog.dataset_candidates())
-    for path in candidates:
-        if wanted and _fingerprint(str(path), source_version(path)) == wanted:
-            return path
+    candidates = [p for p in (active_dataset(),) if p] + catalog.dataset_candidates(session_owner())
+    for path in dict.fromkeys(candidates):
+        try:
+            if wanted and _fingerprint(str(path), source_version(path)) == wanted:
+                return path
+        except (OSError, DatasetError):  # removed or unreadable since it was listed
+            continue
     return None

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import streamlit as st
 
 from core.data import summarize
-from core.jobs import TrainingState, dataset_scans, training_manager
-from ui.resources import active_dataset, active_model
+from core.jobs import TrainingState, dataset_scans, owner_label, training_manager
+from ui.resources import (
+    active_dataset,
+    active_model,
+    dataset_name,
+    dataset_notice,
+    model_notice,
+    session_label,
+    session_owner,
+)
 
 
 def duration(seconds: float | None) -> str:
@@ -34,25 +45,61 @@ def training_line(state: TrainingState) -> str:
     return f"Run {state.status} after {duration(state.elapsed_s)}"
 
 
+def clock(timestamp: float) -> str:
+    """A time of day as a page shows when something happened: 14:02:11."""
+    return time.strftime("%H:%M:%S", time.localtime(timestamp))
+
+
+def started_by(state: TrainingState) -> str:
+    """Whose run this is, from this session's point of view: "you" or "another session (session 3f9a1c)"."""
+    return "you" if state.owner == session_owner() else f"another session ({owner_label(state.owner)})"
+
+
+def run_settings(state: TrainingState) -> dict[str, str]:
+    """Every setting of a run as it was started (from the job, never from any page's controls), in words."""
+    cfg = state.config
+    scales = ", ".join(f"{round(s * cfg.image_size)}" for s in cfg.train_scales) if cfg.train_scales else "—"
+    return {
+        "dataset": dataset_name(Path(state.source)),
+        "preset": cfg.preset,
+        "epochs": str(cfg.epochs),
+        "batch size": str(cfg.batch_size),
+        "validation split": f"{cfg.validation_split:.0%}",
+        "learning rate": f"{cfg.learning_rate:g}",
+        "image": f"{cfg.image_size}x{cfg.image_size} {cfg.color_mode}",
+        "train sizes (px)": scales,
+        "augmentation": "on" if cfg.augment else "off",
+        "early stopping": f"on (patience {cfg.patience})" if cfg.early_stopping else "off",
+        "time budget": f"{cfg.time_budget_min:g} min" if cfg.time_budget_min else "none",
+        "seed": str(cfg.seed),
+        "photos": f"{cfg.limit:,}" if cfg.limit else "all",
+    }
+
+
 def _dataset_status() -> None:
     path = active_dataset()
+    if notice := dataset_notice():
+        st.caption(f":orange[{notice}]")
     if path is None:
         st.caption("None yet: see the Dataset page.")
         return
     scan = dataset_scans().get(path)
+    name = dataset_name(path)
     if scan.manifest is not None:
         counts = summarize(scan.manifest)
         unlabeled = f" · {counts['unlabeled']:,} unlabeled" if counts["unlabeled"] else ""
         classes = f"{counts['cats']:,} cats · {counts['dogs']:,} dogs{unlabeled}"
-        st.caption(f"**{path.name}**  \n{classes} · {counts['skipped']:,} skipped")
+        st.caption(f"**{name}**  \n{classes} · {counts['skipped']:,} skipped")
     elif scan.error:
-        st.caption(f"**{path.name}**  \n{scan.error}")
+        st.caption(f"**{name}**  \n{scan.error}")
     else:
-        st.caption(f"**{path.name}**  \nscanning {scan.done:,} / {scan.total or '?'}…")
+        st.caption(f"**{name}**  \nscanning {scan.done:,} / {scan.total or '?'}…")
 
 
 def _model_status() -> None:
     model = active_model()
+    if notice := model_notice():
+        st.caption(f":orange[{notice}]")
     if model is None:
         st.caption("None yet: train one on the Train page.")
         return
@@ -68,6 +115,7 @@ def _training_status() -> None:
         st.caption(f"In progress in another process: {elsewhere}" if elsewhere else "No run in progress.")
         return
     st.progress(state.fraction, text=training_line(state))
+    st.caption(f"Started by {started_by(state)} at {clock(state.started_at)}")
 
 
 def other_process_runs() -> str:
@@ -88,3 +136,4 @@ def render_sidebar() -> None:
     _model_status()
     st.markdown("**Training**")
     _training_status()
+    st.caption(f"This browser is **{session_label()}**", help="How other sessions see your runs named")

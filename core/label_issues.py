@@ -21,6 +21,7 @@ How it works, in four steps (each a function below):
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -79,9 +80,11 @@ class FinderConfig:
 
     def train_config(self, minutes: float, fold: int):
         """The TrainConfig of one fold's model: all its photos train (no validation split) for `minutes`."""
+        from dataclasses import replace
+
         from core.train import TrainConfig
 
-        return TrainConfig.for_preset(
+        config = TrainConfig.for_preset(
             self.preset,
             epochs=self.epochs or 10_000,  # without epochs, an upper bound: the time budget ends training
             batch_size=self.batch_size,
@@ -90,16 +93,18 @@ class FinderConfig:
             color_mode="rgb",
             early_stopping=False,
             seed=self.seed + fold,
-            time_budget_min=None if self.epochs else minutes,
             train_scales=self.train_scales,
         )
+        # With fixed epochs the cosine runs over them, not over the preset's own time budget.
+        return replace(config, time_budget_min=None if self.epochs else minutes)
 
 
 @dataclass(frozen=True)
 class FinderProgress:
     """One progress report: phase is load, train, score or rank.
 
-    done/total count photos (load, score), seconds of the fold's budget (train; batches with fixed epochs) or steps.
+    done/total count photos while loading and scoring, and seconds of the fold's share of the budget while training
+    (batches, with fixed epochs).
     """
 
     phase: str
@@ -121,7 +126,7 @@ class LabelIssues:
     photos: pd.DataFrame  # one row per photo, most suspect first (see `_rank` for the columns)
     trained_on: list[np.ndarray]  # trained_on[f]: the names model f trained on; it scored the photos of fold f
     fold_accuracy: list[float]  # each model's accuracy on the photos it scored, against their given labels
-    fold_minutes: list[float]  # each model's training budget
+    fold_minutes: list[float]  # each model's training, wall time (building, training and saving it)
     source: str
     fingerprint: str
     skipped: pd.DataFrame
@@ -282,7 +287,7 @@ class _Finder:
         result = train(subset, config, progress=self._on_train(f, budget_s), cancel=self.cancel, runs_dir=runs)
         self.check()
         if not result.run.has_model:
-            raise RuntimeError(f"fold {f + 1}'s model trained no whole epoch in {budget_s:.0f} s: give it more time")
+            raise ValueError(f"fold {f + 1}'s model trained no whole epoch in {budget_s:.0f} s: give it more time")
         model = load_model(result.run.model_path)
         shutil.rmtree(result.run.path, ignore_errors=True)
         scoring = time.time()
@@ -332,7 +337,7 @@ def _embedder(model):
     net = inference_model(model)  # batch norm folded: the same outputs, faster
     layers = [layer for layer in net.layers if not isinstance(layer, keras.layers.InputLayer)]
     pools = (keras.layers.MaxPooling2D, keras.layers.GlobalAveragePooling2D)
-    ends = [a.output for a, b in zip(layers, layers[1:], strict=False) if isinstance(b, pools)]
+    ends = [a.output for a, b in itertools.pairwise(layers) if isinstance(b, pools)]
     pooled = [keras.ops.mean(end, axis=(1, 2)) for end in ends]
     both = keras.Model(net.inputs, [net.outputs[0], *pooled])
     spec = tf.TensorSpec((None, *net.input_shape[1:]), tf.float32)

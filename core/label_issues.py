@@ -43,10 +43,11 @@ EXCLUDE = "exclude"  # the suggestion for a photo that is neither a cat nor a do
 CSV_COLUMNS = ["file", "given_label", "suggested", "score", "kind"]
 PHASES = ("load", "train", "score", "rank")
 _CHUNK = 512  # photos per inference call: big enough to keep both cores busy, small enough for memory
-# Priors for the budget split, replaced by what the first fold measures: seconds to score one photo (two looks)
-# and the fixed cost of one fold (building, saving and reloading its model) on this 2-core CPU.
-_SCORE_S_PER_PHOTO = 0.003
-_FOLD_OVERHEAD_S = 20.0
+# Priors for the budget split, replaced by what the first fold measures: seconds to score one photo (two looks and
+# its share of the nearest-neighbour search) and the fixed cost of one fold (building, saving and reloading its
+# model), on this 2-core CPU when busy. Erring high costs nothing: what the first fold leaves, the next one gets.
+_SCORE_S_PER_PHOTO = 0.005
+_FOLD_OVERHEAD_S = 30.0
 _RANK_RESERVE_S = 10.0
 _MIN_FOLD_S = 5.0
 _MIN_PER_CLASS_AND_FOLD = 5  # each fold scores at least this many photos of each class

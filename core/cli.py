@@ -220,6 +220,40 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_label_issues(args) -> int:
+    from tqdm import tqdm
+
+    from core.label_issues import FinderConfig, find_label_issues
+
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise ValueError("--time-budget must be more than 0 minutes")
+    config = replace(FinderConfig(), limit=args.limit, seed=args.seed)
+    if args.time_budget:
+        config = replace(config, time_budget_min=args.time_budget)
+    if args.folds is not None:
+        config = replace(config, folds=args.folds)
+    bar = None
+
+    def progress(event) -> None:  # one bar per phase (and fold) on stderr
+        nonlocal bar
+        desc = f"{event.phase} {event.fold}/{event.folds}" if event.fold else event.phase
+        if bar is None or bar.desc != desc:
+            if bar is not None:
+                bar.close()
+            unit = "s" if event.phase == "train" else "img"
+            bar = tqdm(total=event.total, desc=desc, unit=unit, file=sys.stderr, leave=False)
+        bar.update(event.done - bar.n)
+
+    try:
+        result = find_label_issues(args.source, config, progress=progress)
+    finally:  # an error message then starts on a clean line
+        if bar is not None:
+            bar.close()
+    result.to_csv(args.csv)
+    print(f"{result.summary()}; wrote {len(result.suspects())} suspects, most suspect first, to {args.csv}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = argparse.ArgumentParser(prog="python -m core", description="Cats vs Dogs Studio, headless.")
@@ -293,6 +327,20 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--model")
     sv.set_defaults(func=cmd_serve)
+
+    li = sub.add_parser("label-issues", help="find photos whose label is likely wrong (or neither a cat nor a dog)")
+    li.add_argument("source")
+    li.add_argument(
+        "--time-budget",
+        type=_minutes,
+        metavar="MINUTES",
+        help="the whole search, loading to ranking (default 25: all 20,000 photos of train.zip on 2 CPU cores)",
+    )
+    li.add_argument("--folds", type=int, help="models trained, each scoring the photos it left out (default 2)")
+    li.add_argument("--limit", type=int, help="a balanced slice of at most N photos")
+    li.add_argument("--seed", type=int, default=0)
+    li.add_argument("--csv", required=True, help="write file,given_label,suggested,score,kind here")
+    li.set_defaults(func=cmd_label_issues)
     return p
 
 

@@ -29,6 +29,11 @@ RUNS_DIR = Path(os.environ.get("CVD_RUNS_DIR", MODELS_DIR / "runs"))
 DEFAULT_MODEL = MODELS_DIR / "default.keras"
 DEFAULT_MODEL_META = MODELS_DIR / "default.json"
 
+# Label corrections, one JSON file per dataset fingerprint (core.corrections), and the photos users labelled
+# themselves ("my photos"), stored by content hash in the class-folder layout cat/<sha256>.jpg, dog/<sha256>.jpg.
+CORRECTIONS_DIR = DATA_DIR / "corrections"
+MY_PHOTOS_DIR = DATA_DIR / "my-photos"
+
 # The shared real data that tests and benchmarks read in place (never copied into the project).
 SHARED_DATA = Path(os.environ.get("CVD_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
 KAGGLE_TRAIN_ZIP = SHARED_DATA / "dogs-vs-cats" / "train.zip"

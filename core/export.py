@@ -22,10 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.config import CLASS_NAMES, TTA_MODES, UNSURE_MARGIN, temp_sibling
+from core.tta import flip_tta
+
+if TYPE_CHECKING:
+    import keras
 
 FORMATS = ("onnx", "saved_model", "litert")
 # The runtimes each format loads in here; the first is the default.
@@ -92,7 +97,7 @@ def export_path(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike 
     return out if out.suffix == _SUFFIX[fmt] else out / name
 
 
-def serving_model(model):
+def serving_model(model: keras.Model) -> keras.Model:
     """The batch-norm-folded inference net behind a uint8 input with the /255 scaling inside: {"prob_dog": P(dog)}."""
     import keras
 
@@ -104,7 +109,7 @@ def serving_model(model):
     return keras.Model(pixels, {"prob_dog": inference_model(model)(scaled)}, name="cats_vs_dogs")
 
 
-def _write(wrapper, fmt: str, path: Path) -> None:
+def _write(wrapper: keras.Model, fmt: str, path: Path) -> None:
     import tensorflow as tf
 
     signature = [tf.TensorSpec((None, *wrapper.input_shape[1:]), tf.uint8, name="image")]
@@ -126,7 +131,7 @@ def _name_batch_axis(path: Path) -> None:
     onnx.save(graph, str(path))
 
 
-def _self_check(wrapper, fmt: str, path: Path) -> dict:
+def _self_check(wrapper: keras.Model, fmt: str, path: Path) -> dict:
     # Parity is measured before an export is kept: seeded random photos through Keras and through the runtime.
     pixels = np.random.default_rng(0).integers(0, 256, (16, *wrapper.input_shape[1:]), dtype=np.uint8)
     expected = np.asarray(wrapper(pixels, training=False)["prob_dog"]).reshape(-1)
@@ -176,11 +181,12 @@ def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike
     try:
         _write(wrapper, fmt, tmp)
         check = _self_check(wrapper, fmt, tmp)
+        artifact_sha = artifact_sha256(tmp)  # of the bytes checked, before anyone else can replace them
         sidecar_path(target).unlink(missing_ok=True)  # an old sidecar must never describe the new bytes
         _replace(tmp, target)
     finally:
         _remove(tmp)
-    meta = export_metadata(model_path, model, fmt, target, source_sha)
+    meta = export_metadata(model_path, model, fmt, {"file": target.name, "sha256": artifact_sha}, source_sha)
     write_json(sidecar_path(target), {**meta, "parity_check": check})
     return target
 
@@ -227,7 +233,7 @@ def _preprocessing(size: int, gray: bool) -> dict:
     }
 
 
-def export_metadata(model_path: Path, model, fmt: str, artifact: Path, source_sha: str) -> dict:
+def export_metadata(model_path: Path, model: keras.Model, fmt: str, artifact: dict, source_sha: str) -> dict:
     """The sidecar: what an export takes and returns, how to preprocess, labels, TTA, accuracy, provenance."""
     from core.model import model_pipeline
     from core.runs import model_meta
@@ -238,7 +244,7 @@ def export_metadata(model_path: Path, model, fmt: str, artifact: Path, source_sh
     return {
         "schema": SCHEMA,
         "format": fmt,
-        "artifact": {"file": artifact.name, "sha256": artifact_sha256(artifact)},
+        "artifact": artifact,
         "input": {"name": "image", "shape": [None, *pipeline.input_shape], "dtype": "uint8", "layout": "NHWC"}
         | {"color": "gray" if gray else "RGB"},
         "output": {"name": "prob_dog", "shape": [None, 1], "dtype": "float32", "meaning": "P(dog), 0 to 1"},
@@ -374,8 +380,6 @@ class ExportedModel:
 
     def probabilities(self, pixels: np.ndarray, tta: str | None = None) -> np.ndarray:
         """P(dog) with the app's flip TTA (core.tta.flip_tta), in the sidecar's default mode unless tta is given."""
-        from core.tta import flip_tta
-
         rule = self.metadata["tta"]
         return flip_tta(self.predict, pixels, mode=tta or rule["default"], margin=rule["margin"])
 

@@ -357,7 +357,7 @@ from core.tta import flip_tta
 artifact, engine, test_zip, folder = sys.argv[1:]
 model = load_export(artifact, "models/default.keras", engine=engine)
 with zipfile.ZipFile(test_zip) as z:
-    names = sorted(n for n in z.namelist() if n.endswith(".jpg"))[:300]
+    names = sorted(n for n in z.namelist() if n.endswith(".jpg"))[:100]
     pixels = np.stack([decode(z.read(n), PipelineConfig(size=96, color_mode="rgb")) for n in names])
 probs = flip_tta(model.predict, pixels, mode="unsure", margin=model.metadata["tta"]["margin"])
 sys.argv = ["predict_onnx.py", folder, "--model", artifact, "--engine", engine]
@@ -381,6 +381,6 @@ def test_prediction_runs_without_tensorflow_in_the_process(exports, test_zip, ap
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["loaded"] == []  # neither TensorFlow nor Keras was imported
     assert result["rows"] == 14  # the header and 13 files
-    probs = np.array(result["probs"])
-    assert ((probs >= 0.5) == (app_says["unsure"] >= 0.5)).all()
-    assert float(np.abs(probs - app_says["unsure"]).max()) <= TOLERANCE
+    probs, expected = np.array(result["probs"]), app_says["unsure"][:100]  # the same first 100 photos
+    assert ((probs >= 0.5) == (expected >= 0.5)).all()
+    assert float(np.abs(probs - expected).max()) <= TOLERANCE

@@ -292,8 +292,13 @@ def main() -> None:
     bf16 = features["amx_bf16"] or features["avx512_bf16"]
     print(f"CPU: {os.cpu_count()} cores; " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in features.items()))
     print("OpenVINO bf16: " + ("measured (native bf16 found)" if bf16 else "skipped: no native bf16 on this CPU"))
+    with tempfile.TemporaryDirectory(prefix="cvd-engines-") as folder:
+        run_all(args, model, Path(folder), bf16)
+
+
+def run_all(args: argparse.Namespace, model: Path, tmp: Path, bf16: bool) -> None:
+    """Export into tmp, then every measurement, printing the tables."""
     load = os.getloadavg()[0]
-    tmp = Path(tempfile.mkdtemp(prefix="cvd-engines-"))
     exports = {fmt: export_model(model, fmt, tmp) for fmt in ("onnx", "saved_model", "litert")}
     today, app = Predictor(model, tta="off"), Predictor(model)  # one look, and the app's default flip TTA
     engines = make_engines(today, exports, bf16)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core.config import TTA_MODES
 from core.data import DatasetError
+from core.export import FORMATS, export_model, sidecar_path
 from core.pipeline import ImageError
 
 
@@ -254,6 +255,13 @@ def cmd_label_issues(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    path = export_model(_model_path(args.model), args.format, args.out)
+    print(f"wrote the {args.format} export and its metadata {sidecar_path(path).name}", file=sys.stderr)
+    print(path)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     p = argparse.ArgumentParser(prog="python -m core", description="Cats vs Dogs Studio, headless.")
@@ -341,6 +349,16 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--seed", type=int, default=0)
     li.add_argument("--csv", required=True, help="write file,given_label,suggested,score,kind here")
     li.set_defaults(func=cmd_label_issues)
+
+    ex = sub.add_parser("export", help="export a model for ONNX Runtime/OpenVINO/Triton, TF Serving or LiteRT")
+    ex.add_argument("--model")
+    ex.add_argument("--format", required=True, choices=FORMATS)
+    ex.add_argument(
+        "--out",
+        help="a .onnx or .tflite file, a SavedModel folder, or a folder to put one in (default: beside the model);"
+        " a metadata sidecar (the export's name + .json) is written beside it",
+    )
+    ex.set_defaults(func=cmd_export)
     return p
 
 

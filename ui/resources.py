@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import catalog
+from core import catalog, config
 from core.data import Source
 from core.jobs import source_version
 
@@ -53,16 +54,63 @@ def set_active_dataset(path: Path) -> None:
     st.session_state[_DATASET_KEY] = str(path)
 
 
-@st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _load_predictor(path: str, version: int) -> Predictor:
     from core.predict import Predictor
 
     return Predictor(path)  # builds, traces and warms up once; shared read-only by every session
 
 
+_loaded: set[tuple[str, int]] = set()  # which models are in the cache, so a hit shows no spinner
+_warm_up_lock = threading.Lock()
+_warm_up_thread: threading.Thread | None = None
+
+
 def predictor(model_path: Path) -> Predictor:
     """The cached, warmed-up Predictor for one of our model files; a replaced file is loaded afresh."""
-    return _load_predictor(str(model_path), model_path.stat().st_mtime_ns)
+    key = (str(model_path), model_path.stat().st_mtime_ns)
+    if key in _loaded:
+        return _load_predictor(*key)
+    # While the start-up warm-up is loading this model, the cache's lock makes this wait for it, not load twice.
+    with st.spinner("Loading the model (once per server)…"):
+        found = _load_predictor(*key)
+    _loaded.add(key)
+    return found
+
+
+def model_loaded(model_path: Path) -> bool:
+    """Whether this server has the model loaded and warm, so a prediction with it starts at once."""
+    return (str(model_path), model_path.stat().st_mtime_ns) in _loaded
+
+
+def _warm_up(key: tuple[str, int]) -> None:
+    _load_predictor(*key)
+    _loaded.add(key)
+
+
+def warm_up_model() -> None:
+    """Once per server, load and warm the default active model in a background thread, so the first drop is fast.
+
+    Called after the first page is drawn, so TensorFlow's import does not slow that page down.
+    """
+    global _warm_up_thread
+    with _warm_up_lock:
+        if _warm_up_thread is not None or not config.WARM_UP_MODEL:
+            return
+        model = catalog.active()  # the server's default, before any session picks another
+        if model is None or not model.path.exists():
+            return
+        key = (str(model.path), model.path.stat().st_mtime_ns)
+        _warm_up_thread = threading.Thread(target=_warm_up, args=(key,), name="model-warm-up", daemon=True)
+        _warm_up_thread.start()
+
+
+def wait_for_warm_up(timeout: float | None = None) -> bool:
+    """Block until the start-up warm-up has finished (True), or timeout; True at once if none was started."""
+    thread = _warm_up_thread
+    if thread is not None:
+        thread.join(timeout)
+    return thread is None or not thread.is_alive()
 
 
 @st.cache_resource(max_entries=4)

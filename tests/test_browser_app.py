@@ -228,12 +228,12 @@ def test_every_hostile_file_and_odd_format_dropped_together_gets_its_own_card(pa
     page.locator(".st-key-predict_files").get_by_test_id("stFileUploaderDropzoneInput").set_input_files(files)
 
     # One card per file: a label (h4) or its reason; nothing refused at the door, nothing crashed.
-    page.wait_for_function(f"document.querySelectorAll({CARDS!r}).length >= {len(files)}")
+    download = page.get_by_test_id("stDownloadButton").filter(has_text="Download results (CSV)")
+    download.wait_for()  # drawn after every card and the table
     page.wait_for_selector(IDLE)
     assert page.locator(CARDS).count() == len(files)
     assert not page.get_by_test_id("stException").count()
-    assert page.get_by_test_id("stDataFrame").count() == 1
-    assert page.get_by_test_id("stDownloadButton").filter(has_text="Download results (CSV)").count() == 1
+    assert page.get_by_test_id("stDataFrame").count() == 1 and download.count() == 1
     for picture in ("made.gif", "made.tif", "made16.png", "gray16.png", "rgba.png"):  # they decode: a label each
         assert page.get_by_text(re.compile(rf"P\(dog\) = [\d.]+ · {re.escape(picture)}")).count() == 1, picture
     errors = page.get_by_test_id("stAlertContentError").all_inner_texts()
@@ -256,7 +256,8 @@ def test_stop_before_the_first_epoch_leaves_a_run_but_no_selectable_model(page, 
     set_slider(page, "Batch size", ["Home"], "in batches of 8 ")  # 400 batches in the first epoch
     page.locator(".st-key-train_start button").click()
     # Training, not decoding (Stop then keeps nothing at all), and not a summary left by an earlier run.
-    page.get_by_text(re.compile(r"Training: epoch 1/\d+ · batch \d+/400")).wait_for()
+    main = page.get_by_test_id("stMain")
+    main.get_by_text(re.compile(r"Training: epoch 1/\d+ · batch \d+/400")).wait_for()
     page.locator(".st-key-train_stop button").click()
 
     warning = page.get_by_test_id("stAlertContentWarning").filter(has_text="before its first epoch ended")

@@ -121,32 +121,27 @@ class RunStore:
         return pd.DataFrame([summary_row(run.id, run.meta) for run in self.runs()], columns=SUMMARY_COLUMNS)
 
 
-SUMMARY_COLUMNS = [
-    *("run", "date", "preset", "epochs", "accuracy", "95% CI", "measured"),
-    *("photos", "settings", "time_s", "status"),
-]
+SUMMARY_COLUMNS = ["run", "epochs", "accuracy", "95% CI", "held out", "settings", "time_s", "status"]
 
 
 def summary_row(name: str, meta: dict) -> dict:
-    """A model's row for the Runs table: when, epochs done of those asked for, its accuracy and interval, settings."""
+    """A model's row for the Runs table: epochs done of those asked, accuracy and its interval, settings, time."""
     from core.metrics import recorded_accuracies
 
     cfg, metrics = meta.get("config", {}), meta.get("metrics", {})
     app, single = recorded_accuracies(meta)
     score = app or single
-    settings = f"{cfg.get('image_size')} px {cfg.get('color_mode')} · batch {cfg.get('batch_size')}"
-    settings += f" · lr {cfg.get('learning_rate'):g}" if cfg.get("learning_rate") else ""
-    settings += " · augmented" if cfg.get("augment") else ""
+    settings = [cfg.get("preset"), f"{meta.get('n_images') or 0:,} photos", f"{cfg.get('image_size')} px"]
+    settings += [cfg.get("color_mode"), f"batch {cfg.get('batch_size')}", f"lr {cfg.get('learning_rate') or 0:g}"]
+    settings += ["augmented"] if cfg.get("augment") else []
+    interval = score.interval_text.removeprefix("95% CI ") if score else ""
     return {
         "run": name,
-        "date": str(meta.get("finished_at", ""))[:16].replace("T", " "),
-        "preset": cfg.get("preset"),
         "epochs": f"{metrics.get('epochs_completed', 0)} / {cfg.get('epochs', '?')}",
         "accuracy": score.value if score else None,
-        "95% CI": score.interval_text.removeprefix("95% CI ") if score else "",
-        "measured": ("as the app predicts" if score is app else "one look, in training") if score else "",
-        "photos": meta.get("n_images"),
-        "settings": settings,
+        "95% CI": interval + (" (one look)" if score is not None and score is single else ""),
+        "held out": score.n if score else None,
+        "settings": " · ".join(str(part) for part in settings),
         "time_s": meta.get("wall_time_s"),
         "status": meta.get("status"),
     }

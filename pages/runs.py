@@ -63,17 +63,20 @@ def table_ui(store: RunStore) -> None:
         hide_index=True,
         width="stretch",
         column_config={
-            "run": st.column_config.TextColumn("model", width="medium"),
-            "date": st.column_config.TextColumn("finished (UTC)"),
-            "epochs": st.column_config.TextColumn("epochs", help="Completed of those asked for"),
+            "run": st.column_config.TextColumn("model", help="A run's id starts with when it was started (UTC)"),
+            "epochs": st.column_config.TextColumn("epochs", help="Completed, of those asked for", width=60),
             "accuracy": st.column_config.ProgressColumn(
-                "accuracy", format="percent", help="On the photos its training held out; see “measured”"
+                "accuracy",
+                format="percent",
+                width=110,
+                help="As the app predicts, on the photos its training held out (training's own one look if not "
+                "measured so)",
             ),
             "95% CI": st.column_config.TextColumn("95% CI", help="Wilson interval: the photos' count sets its width"),
-            "measured": st.column_config.TextColumn("measured", width="small"),
-            "photos": st.column_config.NumberColumn("photos", format="%d"),
-            "settings": st.column_config.TextColumn("settings", width="medium"),
-            "time_s": st.column_config.NumberColumn("time", format="%.0f s"),
+            "held out": st.column_config.NumberColumn("photos", help="Held-out photos it was measured on", width=60),
+            "settings": st.column_config.TextColumn("settings", width="large"),
+            "time_s": st.column_config.NumberColumn("time", format="%.0f s", width=60),
+            "status": st.column_config.TextColumn("status", width=90),
         },
     )
 
@@ -144,10 +147,11 @@ def model_options(store: RunStore) -> dict[str, ModelChoice | Run]:
 
 def batches_ui(run: Run) -> None:
     """A run that saved no model still shows the loss of every batch it trained."""
-    batches = run.batches
+    batches, meta = run.batches, run.meta
     if len(batches):
-        st.markdown(f"**Training loss of its {plural(len(batches), 'batch')}**")
-        st.vega_lite_chart(*charts.batch_loss(batches), width="stretch")
+        st.markdown(f"**Training loss of the {plural(len(batches), 'batch')} it trained**")
+        per_epoch = -(-meta.get("n_train", 0) // max(meta.get("global_batch") or 1, 1)) or None  # ceiling
+        st.vega_lite_chart(*charts.batch_loss(batches, batches_per_epoch=per_epoch), width="stretch")
     else:
         st.caption("It logged no batch.")
 
@@ -160,9 +164,10 @@ def inspect_ui(store: RunStore, picked: ModelChoice | Run) -> ModelChoice | None
     choice = catalog.describe(run.id, run.model_path, meta) if run else picked
     accuracy, tip = accuracy_text(choice.score, choice.single_look)
     epochs = f"{metrics.get('epochs_completed', 0)} of {plural(cfg.get('epochs', 0), 'epoch')}"
+    scored = f"  \nAccuracy {accuracy}" if choice.score is not None else ""
     st.caption(
         f"{cfg.get('preset')} preset · {meta.get('n_images', 0):,} photos of {meta.get('dataset', {}).get('source')} · "
-        f"{epochs} · status {meta.get('status')}  \nAccuracy {accuracy}",
+        f"{epochs} · status {meta.get('status')}{scored}",
         help=tip,
     )
     if run is None:

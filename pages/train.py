@@ -221,19 +221,24 @@ def live_ui(was_running: bool) -> None:
     elif state.running and state.epoch <= 1:
         st.caption("Loss and accuracy per epoch, on training and validation photos, appear when epoch 1 ends.")
     if state.batch_log:
-        batch_charts_ui(state.batch_frame())
+        batch_charts_ui(state.batch_frame(), state.batches)
     if not state.running:
         summary_ui(state)
 
 
-def batch_charts_ui(batches) -> None:
+def batch_charts_ui(batches, per_epoch: int) -> None:
     """Every batch's loss, smoothed as in TensorBoard (linear or log scale), and the learning rate it trained at."""
-    left, right, _ = st.columns([2, 1, 3], vertical_alignment="bottom")
+    title, left, right = st.columns([3, 2, 1], vertical_alignment="bottom")
+    title.markdown("**Training loss per batch**, as it happens")
     smoothing = left.slider("Smoothing", 0.0, 0.99, 0.6, step=0.01, key="train_smoothing", persist_state="session")
     log_scale = right.toggle("Log scale", key="train_log_scale", persist_state="session")
-    st.vega_lite_chart(*charts.batch_loss(batches, smoothing, log_scale), width="stretch")
-    if batches.learning_rate.notna().any():
-        st.vega_lite_chart(*charts.learning_rate(batches), width="stretch")
+    st.vega_lite_chart(*charts.batch_loss(batches, smoothing, log_scale, per_epoch), width="stretch")
+    rates = batches.learning_rate.dropna()
+    if rates.nunique() > 1:
+        st.markdown("**Learning rate** per batch")
+        st.vega_lite_chart(*charts.learning_rate(batches, per_epoch), width="stretch")
+    elif len(rates):
+        st.caption(f"Learning rate: {rates.iloc[0]:g} throughout (this preset keeps it constant).")
 
 
 st.title("Train")

@@ -145,19 +145,21 @@ def _batch_loss_spec(log_scale: bool) -> dict:
 
     chart = (
         alt.Chart()
-        .mark_line(strokeWidth=1.5)
+        .mark_line(strokeWidth=1.5, point=alt.OverlayMarkDef(size=12, opacity=0.5))  # a lone batch still shows
         .encode(
             x=alt.X("progress:Q", scale=alt.Scale(domainMin=0), axis=alt.Axis(**_EPOCH_AXIS)),
             y=alt.Y(
                 "loss:Q",
-                title="loss",
+                title="training loss",
                 scale=alt.Scale(type="log") if log_scale else alt.Scale(zero=False),
                 axis=alt.Axis(format=".3~f"),
             ),
-            color=alt.Color("series:N", scale=alt.Scale(**LOSS_SERIES), title=None, legend=alt.Legend(orient="top")),
+            color=alt.Color(
+                "series:N", scale=alt.Scale(**LOSS_SERIES), title=None, legend=alt.Legend(orient="top-right")
+            ),
             tooltip=["epoch:Q", "batch:Q", "series:N", alt.Tooltip("loss:Q", format=".4f")],
         )
-        .properties(height=240, title="training loss per batch")
+        .properties(height=260)
     )
     return _template(chart)
 
@@ -166,10 +168,11 @@ def _stride(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.iloc[:: max(1, len(frame) // MAX_POINTS)]
 
 
-def _progress(batches: pd.DataFrame) -> pd.Series:
-    # Batches as fractions of an epoch, so the axis reads in epochs and grows as one runs.
-    batches_per_epoch = max(int(batches.batch.max()), 1) if len(batches) else 1
-    return batches.epoch - 1 + batches.batch / batches_per_epoch
+def _progress(batches: pd.DataFrame, batches_per_epoch: int | None = None) -> pd.Series:
+    # Batches as fractions of an epoch, so the axis reads in epochs and grows as one runs. Without the epoch's
+    # length, the longest epoch logged sets it (wrong only while the first epoch is still running).
+    per_epoch = batches_per_epoch or (max(int(batches.batch.max()), 1) if len(batches) else 1)
+    return batches.epoch - 1 + batches.batch / per_epoch
 
 
 def smooth(values: pd.Series, weight: float) -> pd.Series:
@@ -177,13 +180,15 @@ def smooth(values: pd.Series, weight: float) -> pd.Series:
     return values.ewm(alpha=1 - min(max(weight, 0.0), 0.999), adjust=True).mean()
 
 
-def batch_loss(batches: pd.DataFrame, smoothing: float = 0.6, log_scale: bool = False) -> VegaChart:
+def batch_loss(
+    batches: pd.DataFrame, smoothing: float = 0.6, log_scale: bool = False, batches_per_epoch: int | None = None
+) -> VegaChart:
     """Every batch's own training loss, faint, under its smoothed curve, on an epoch axis (log scale on request)."""
     raw = batches["batch_loss"] if "batch_loss" in batches else batches["loss"]  # runs logged before batch_loss
     if log_scale:
         raw = raw.clip(lower=1e-6)  # a difference of running means can round to zero or just below
     frame = pd.DataFrame(
-        {"progress": _progress(batches), "epoch": batches.epoch, "batch": batches.batch, "raw": raw}
+        {"progress": _progress(batches, batches_per_epoch), "epoch": batches.epoch, "batch": batches.batch, "raw": raw}
     ).assign(smoothed=smooth(raw, smoothing))
     long = _stride(frame).melt(
         id_vars=["progress", "epoch", "batch"], value_vars=["raw", "smoothed"], var_name="series", value_name="loss"
@@ -204,14 +209,15 @@ def _learning_rate_spec() -> dict:
             y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format=".1~e")),
             tooltip=["epoch:Q", "batch:Q", alt.Tooltip("learning_rate:Q", format=".3~e")],
         )
-        .properties(height=140, title="learning rate")
+        .properties(height=140)
     )
     return _template(chart)
 
 
-def learning_rate(batches: pd.DataFrame) -> VegaChart:
-    """The learning rate each batch trained at: flat for the seed, a cosine for the others."""
-    frame = batches.assign(progress=_progress(batches))[["progress", "epoch", "batch", "learning_rate"]]
+def learning_rate(batches: pd.DataFrame, batches_per_epoch: int | None = None) -> VegaChart:
+    """The learning rate each batch trained at: a cosine for the improved and best presets."""
+    frame = batches.assign(progress=_progress(batches, batches_per_epoch))
+    frame = frame[["progress", "epoch", "batch", "learning_rate"]]
     return VegaChart(_stride(frame.dropna()), _learning_rate_spec())
 
 
@@ -246,7 +252,7 @@ def _confusion_spec() -> dict:
 
     base = alt.Chart().encode(x=alt.X("predicted:N", title="predicted"), y=alt.Y("true:N", title="true"))
     heat = base.mark_rect().encode(
-        color=alt.Color("images:Q", scale=alt.Scale(scheme="blues"), legend=None),
+        color=alt.Color("images:Q", scale=alt.Scale(scheme="blues", domainMin=0), legend=None),  # 0 is white
         tooltip=["true:N", "predicted:N", alt.Tooltip("images:Q", format=",")],
     )
     text = base.mark_text(fontSize=18).encode(

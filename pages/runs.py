@@ -17,7 +17,7 @@ from core.runs import Run, RunStore, model_history, model_meta, summary_row
 from ui import charts
 from ui.navigation import run_through_entrypoint
 from ui.resources import active_dataset, active_model, open_source, predictor, training_source
-from ui.status import accuracy_text, plural
+from ui.status import accuracy_text, duration, plural
 
 run_through_entrypoint()
 
@@ -58,6 +58,7 @@ def table_ui(store: RunStore) -> None:
     """The shipped model and every saved run: epochs done, accuracy with its 95% interval, settings."""
     rows = [summary_row(SHIPPED, model_meta(config.DEFAULT_MODEL))] if config.DEFAULT_MODEL.exists() else []
     table = pd.concat([pd.DataFrame(rows), store.table()], ignore_index=True) if rows else store.table()
+    table["time_s"] = [duration(t) if pd.notna(t) else "—" for t in table.time_s]
     st.dataframe(
         table,
         hide_index=True,
@@ -73,9 +74,11 @@ def table_ui(store: RunStore) -> None:
                 "measured so)",
             ),
             "95% CI": st.column_config.TextColumn("95% CI", help="Wilson interval: the photos' count sets its width"),
-            "held out": st.column_config.NumberColumn("photos", help="Held-out photos it was measured on", width=60),
-            "settings": st.column_config.TextColumn("settings", width="large"),
-            "time_s": st.column_config.NumberColumn("time", format="%.0f s", width=60),
+            "held out": st.column_config.NumberColumn(
+                "photos", format="localized", help="The held-out photos it was measured on", width=70
+            ),
+            "settings": st.column_config.TextColumn("settings", width="medium"),
+            "time_s": st.column_config.TextColumn("time", help="Wall time of the run", width=70),
             "status": st.column_config.TextColumn("status", width=90),
         },
     )
@@ -282,7 +285,7 @@ def reliability_sentence(bins: pd.DataFrame) -> str:
     low = bins.iloc[0]
     return (
         f"When {low.low:.0%}–{low.high:.0%} sure it was right {percent(low.accuracy)} of the time "
-        f"({low.correct:,} of {plural(int(low.photos), 'photo')}). On the dashed line a model is right as often "
+        f"({int(low.correct):,} of {plural(int(low.photos), 'photo')}). On the dashed line a model is right as often "
         "as it is sure."
     )
 

@@ -95,7 +95,8 @@ def test_smoothing_is_tensorboards_debiased_moving_average_and_log_scale_is_a_lo
 
 def test_image_sizes_count_the_photos_sharing_a_size_and_skip_unreadable_ones():
     data, _ = charts.image_sizes(MANIFEST)
-    assert data.to_dict("records") == [
+    assert data.x_room.tolist() == pytest.approx([224, 560]) and data.y_room.tolist() == pytest.approx([224, 420])
+    assert data[["width", "height", "images"]].to_dict("records") == [
         {"width": 200, "height": 200, "images": 2},
         {"width": 500, "height": 375, "images": 1},
     ]

@@ -77,19 +77,22 @@ def class_counts(counts: dict) -> VegaChart:
 def _image_sizes_spec() -> dict:
     import altair as alt
 
-    chart = (
+    x = alt.X("width:Q", title="width (px)", scale=alt.Scale(zero=True), axis=alt.Axis(format="d"))
+    y = alt.Y("height:Q", title="height (px)", scale=alt.Scale(zero=True), axis=alt.Axis(format="d"))
+    circles = (
         alt.Chart()
         .mark_circle(opacity=0.6, color="#4E79A7")
         .encode(
-            # Padding keeps a point off the axis ends: Kaggle's train.zip copy here is a single 200x200 point.
-            x=alt.X("width:Q", title="width (px)", scale=alt.Scale(zero=True, padding=24), axis=alt.Axis(format="d")),
-            y=alt.Y("height:Q", title="height (px)", scale=alt.Scale(zero=True, padding=24), axis=alt.Axis(format="d")),
+            x=x,
+            y=y,
             size=alt.Size("images:Q", legend=None, scale=alt.Scale(range=[30, 400])),
             tooltip=["width:Q", "height:Q", alt.Tooltip("images:Q", format=",")],
         )
-        .properties(height=260)
     )
-    return _template(chart)
+    # Invisible points a little beyond each size stretch the axes, so no circle sits clipped on their ends
+    # (Kaggle's train.zip copy here is one 200x200 point).
+    room = alt.Chart().mark_point(opacity=0).encode(x="x_room:Q", y="y_room:Q")
+    return _template(alt.layer(circles, room).properties(height=260))
 
 
 def image_sizes(manifest: pd.DataFrame) -> VegaChart:
@@ -101,7 +104,7 @@ def image_sizes(manifest: pd.DataFrame) -> VegaChart:
         .size()
         .reset_index(name="images")
     )
-    return VegaChart(sizes, _image_sizes_spec())
+    return VegaChart(sizes.assign(x_room=sizes.width * 1.12, y_room=sizes.height * 1.12), _image_sizes_spec())
 
 
 @cache
@@ -155,11 +158,14 @@ def _batch_loss_spec(log_scale: bool) -> dict:
                 axis=alt.Axis(format=".3~f"),
             ),
             color=alt.Color(
-                "series:N", scale=alt.Scale(**LOSS_SERIES), title=None, legend=alt.Legend(orient="top-right")
+                "series:N",
+                scale=alt.Scale(**LOSS_SERIES),
+                title=None,
+                legend=alt.Legend(orient="top", direction="horizontal"),
             ),
             tooltip=["epoch:Q", "batch:Q", "series:N", alt.Tooltip("loss:Q", format=".4f")],
         )
-        .properties(height=260)
+        .properties(height=340)  # Streamlit fits a stretched single view, axes and legend included, into this
     )
     return _template(chart)
 
@@ -206,10 +212,10 @@ def _learning_rate_spec() -> dict:
         .mark_line(color="#59A14F")
         .encode(
             x=alt.X("progress:Q", scale=alt.Scale(domainMin=0), axis=alt.Axis(**_EPOCH_AXIS)),
-            y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format=".1~e")),
+            y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format="~g")),
             tooltip=["epoch:Q", "batch:Q", alt.Tooltip("learning_rate:Q", format=".3~e")],
         )
-        .properties(height=140)
+        .properties(height=200)
     )
     return _template(chart)
 

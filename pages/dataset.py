@@ -148,7 +148,7 @@ def summary_ui(path: Path, manifest) -> None:
         st.vega_lite_chart(*sizes, width="stretch")
         if len(sizes.data) == 1:  # one dot says little on its own
             only = sizes.data.iloc[0]
-            st.caption(f"All {only.images:,} readable photos are {only.width}x{only.height} px.")
+            st.caption(f"All {int(only.images):,} readable photos are {int(only.width)}x{int(only.height)} px.")
     problems = manifest[(manifest.status != OK) | manifest.label.isna()]
     if len(problems):
         st.markdown(f"**Skipped or unlabeled files ({len(problems):,})**")

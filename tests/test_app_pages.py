@@ -104,6 +104,7 @@ def test_dataset_summary_browse_filters_and_the_models_view(dataset):
     assert [m.value for m in at.metric] == ["150", "150", "0", "0"]
     assert len(at.get("vega_lite_chart")) == 2  # images per class, image sizes
     assert len(at.image) == 24 and "300 matching · page 1 of 13" in texts(at.caption)
+    assert "All 300 readable photos are 200x200 px." in texts(at.caption)  # one dot in the chart, said in words
 
     at.selectbox(key="dataset_class").set_value("dog").run()
     assert "150 matching" in texts(at.caption)

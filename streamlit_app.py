@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui.resources import keep_keras_state, sweep_uploads_now_and_then
+from ui.resources import keep_keras_state, sweep_uploads_now_and_then, warm_up_model
 from ui.status import render_sidebar
 
 keep_keras_state()
@@ -20,4 +20,7 @@ page = st.navigation(
 with st.sidebar:
     st.header(":material/pets: Cats vs Dogs Studio", divider="gray")
     render_sidebar()
-page.run()
+try:
+    page.run()
+finally:  # also when the page stops early (st.stop); once per server, after its first page is drawn
+    warm_up_model()

@@ -56,10 +56,26 @@ def model_info(predictor: Predictor) -> dict:
         "preset": meta.get("config", {}).get("preset"),
         "accuracy": metrics.get("accuracy", metrics.get("best_val_accuracy")),
         "accuracy_measured_on": metrics.get("measured_on"),
+        **_accuracy_details(meta),
         "tta": predictor.tta,
         "trained_at": meta.get("finished_at"),
         "input": {"size": pipeline.size, "color_mode": pipeline.color_mode},
     }
+
+
+def _accuracy_details(meta: dict) -> dict:
+    # The reported accuracy's 95% interval, its photo count and how it was predicted; the training's own
+    # one-look figure beside it when both are known.
+    from core.metrics import recorded_accuracies
+
+    app, single = recorded_accuracies(meta)
+    score = app or single
+    if score is None:
+        return {}
+    details = {"accuracy_ci95": list(score.interval), "accuracy_n": score.n, "accuracy_predicted": score.how}
+    if app is not None and single is not None:
+        details["accuracy_one_look"] = single.value
+    return details
 
 
 def _error(status: int, message: str, **extra):

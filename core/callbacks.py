@@ -8,6 +8,7 @@ import time
 
 import keras
 import numpy as np
+import pandas as pd
 
 from core.model import save_model
 from core.runs import Run
@@ -34,6 +35,9 @@ class BestKeeper(keras.callbacks.Callback):
         self.steps = len(train_data)
         self.batch_images = np.diff(train_data.bounds)  # images in each batch, for the throughput figure
         self.rows: list[dict] = []
+        self.batch_rows: list[dict] = []  # every batch's loss and learning rate, kept in batches.csv
+        self.epoch_images = 0
+        self.epoch_loss_sum = 0.0
         self.best: dict = {}
         self.best_weights = None
         self.epoch = 0
@@ -42,23 +46,34 @@ class BestKeeper(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
+        self.epoch_images, self.epoch_loss_sum = 0, 0.0  # Keras restarts its running means every epoch
+
+    def _batch_logs(self, batch: int, logs: dict) -> dict:
+        # Keras logs the epoch's running mean, weighted by batch size; this batch's own loss is the difference
+        # of the running sums, which is what TensorBoard users expect to smooth.
+        size = int(self.batch_images[batch])
+        self.epoch_images += size
+        logs = {k: float(v) for k, v in logs.items()}
+        if "loss" in logs:
+            loss_sum = logs["loss"] * self.epoch_images
+            logs["batch_loss"] = (loss_sum - self.epoch_loss_sum) / max(size, 1)
+            self.epoch_loss_sum = loss_sum
+        logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+        return logs
 
     def on_train_batch_end(self, batch, logs=None):
         self.batches_done += 1
         self.images += int(self.batch_images[batch])
-        self.emit(
-            ProgressEvent(
-                "batch",
-                self.epoch,
-                self.epochs,
-                batch + 1,
-                self.steps,
-                {k: float(v) for k, v in (logs or {}).items()},
-                time.time() - self.started,
-            )
-        )
+        logs = self._batch_logs(batch, logs or {})
+        elapsed = time.time() - self.started
+        self.batch_rows.append({"epoch": self.epoch, "batch": batch + 1, **logs, "elapsed_s": elapsed})
+        self.emit(ProgressEvent("batch", self.epoch, self.epochs, batch + 1, self.steps, logs, elapsed))
         if self.cancel.is_set():
             self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        # Also when stopped before the first epoch ends: such a run saves no model, but keeps what it logged.
+        pd.DataFrame(self.batch_rows).to_csv(self.run.batches_path, index=False)
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {k: float(v) for k, v in (logs or {}).items()}

@@ -21,6 +21,8 @@ from typing import BinaryIO
 
 from core import config
 from core.data import OK, DatasetError, Source, label_from_name
+from core.metrics import Accuracy, recorded_accuracies
+from core.pipeline import PipelineConfig
 from core.runs import RUN_ID, Run, RunStore, model_meta, write_json
 
 DEFAULT_KEY = "default"
@@ -35,6 +37,10 @@ class ModelChoice:
     preset: str | None
     accuracy: float | None
     measured_on: str
+    # The accuracy shown for it, with its interval: as the app predicts when measured, else training's one look.
+    score: Accuracy | None = None
+    single_look: Accuracy | None = None  # training's own figure on the same photos, for a tooltip
+    pipeline: PipelineConfig | None = None  # the input it was trained on, read from its JSON (no TensorFlow)
 
     @property
     def name(self) -> str:
@@ -49,14 +55,19 @@ class ModelChoice:
 def describe(key: str, path: Path, meta: dict | None = None) -> ModelChoice:
     """A model's accuracy and where it was measured, read from the JSON saved beside it."""
     meta = model_meta(path) if meta is None else meta
-    metrics = meta.get("metrics", {})
-    accuracy = metrics.get("accuracy", metrics.get("best_val_accuracy"))
-    measured_on = metrics.get("measured_on") or meta.get("accuracy_measured_on")
-    if not measured_on:
-        source = meta.get("dataset", {}).get("source", "an unknown dataset")
-        n_val = meta.get("n_val")
-        measured_on = f"validation split of {source}" + (f" ({n_val} photos)" if n_val else "")
-    return ModelChoice(key, Path(path), meta.get("config", {}).get("preset"), accuracy, measured_on)
+    app, single = recorded_accuracies(meta)
+    score = app or single
+    if score is not None:
+        accuracy, measured_on = score.value, score.on
+    else:
+        metrics = meta.get("metrics", {})
+        accuracy = metrics.get("accuracy", metrics.get("best_val_accuracy"))
+        measured_on = metrics.get("measured_on") or f"validation split of {meta.get('dataset', {}).get('source')}"
+    cfg = meta.get("pipeline") or meta.get("config") or {}
+    size, color = cfg.get("size", cfg.get("image_size")), cfg.get("color_mode")
+    pipeline = PipelineConfig(int(size), color) if size and color in ("grayscale", "rgb") else None
+    preset = meta.get("config", {}).get("preset")
+    return ModelChoice(key, Path(path), preset, accuracy, measured_on, score, single, pipeline)
 
 
 def _from_run(run: Run) -> ModelChoice:

@@ -158,21 +158,32 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from core.metrics import AS_THE_APP_PREDICTS
     from core.predict import Predictor, evaluate
 
     predictor = Predictor(_model_path(args.model))
     ev = evaluate(predictor, args.source)
-    print(f"model {predictor.path}: accuracy {ev.accuracy:.4f} on {ev.n} images ({ev.skipped} skipped)")
-    for name, acc in ev.per_class.items():
-        print(f"  {name}: {acc:.4f}" if acc is not None else f"  {name}: no images")
+    score = ev.score(f"the {ev.n:,} labeled photos of {Path(args.source).name}")
+    print(
+        f"model {predictor.path}: accuracy {ev.accuracy:.4f} on {ev.n} images ({ev.skipped} skipped), "
+        f"{score.interval_text}; {AS_THE_APP_PREDICTS}"
+    )
+    for name, acc in ev.class_scores().items():
+        print(f"  {name}: {acc.value:.4f} of {acc.n} ({acc.interval_text})" if acc.n else f"  {name}: no images")
     print("  confusion (rows true cat/dog, columns predicted cat/dog):", ev.confusion)
+    print(f"  expected calibration error: {ev.calibration_error():.4f}")
     print(
         json.dumps(
             {
                 "accuracy": ev.accuracy,
+                "ci95": list(score.interval),
                 "n": ev.n,
+                "measured_on": score.on,
+                "predicted": score.how,
                 "per_class": ev.per_class,
+                "per_class_ci95": {name: list(acc.interval) for name, acc in ev.class_scores().items()},
                 "confusion": ev.confusion,
+                "calibration_error": ev.calibration_error(),
                 "skipped": ev.skipped,
                 "model": str(predictor.path),
             }

@@ -47,6 +47,8 @@ CLASS_NAMES = ("cat", "dog")
 TTA_MODES = ("off", "unsure", "all")
 UNSURE_MARGIN = 0.4
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+# The dashboard loads its default model in the background once the first page is drawn (CVD_WARM_UP_MODEL=0: not).
+WARM_UP_MODEL = os.environ.get("CVD_WARM_UP_MODEL", "1") != "0"
 
 # Hostile-input limits. OpenCV's own pixel cap (2^30) is far too large for a web app.
 MAX_PIXELS = int(os.environ.get("CVD_MAX_PIXELS", 40_000_000))

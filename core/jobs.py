@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state 
     from core.train import ProgressEvent, RunResult, TrainConfig
 
 RUNNING = ("loading", "training", "stopping")
+BATCH_COLUMNS = ["step", "epoch", "batch", "loss", "accuracy", "batch_loss", "learning_rate"]
 
 
 class TrainingBusy(RuntimeError):
@@ -56,7 +57,7 @@ class TrainingState:
     per_replica_batch: int = 0
     fit_started_at: float | None = None
     finished_at: float | None = None
-    batch_log: list[dict] = field(default_factory=list)  # step, epoch, batch, loss, accuracy (running means)
+    batch_log: list[dict] = field(default_factory=list)  # BATCH_COLUMNS: running means, this batch's loss, rate
     history: list[dict] = field(default_factory=list)  # one row per finished epoch, as Keras logs it
     error: str | None = None
     result: RunResult | None = None
@@ -107,7 +108,7 @@ class TrainingState:
         return pd.DataFrame(self.history)
 
     def batch_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.batch_log, columns=["step", "epoch", "batch", "loss", "accuracy"])
+        return pd.DataFrame(self.batch_log, columns=BATCH_COLUMNS)
 
 
 class TrainingJob:
@@ -180,6 +181,8 @@ class TrainingJob:
                         "batch": event.batch,
                         "loss": event.logs.get("loss"),
                         "accuracy": event.logs.get("accuracy"),
+                        "batch_loss": event.logs.get("batch_loss"),
+                        "learning_rate": event.logs.get("learning_rate"),
                     }
                 )
             elif event.kind == "epoch":

@@ -15,6 +15,7 @@ import pandas as pd
 
 from core.config import CLASS_NAMES, TTA_MODES, UNSURE_MARGIN
 from core.data import iter_inputs
+from core.metrics import AS_THE_APP_PREDICTS, Accuracy, expected_calibration_error, reliability_bins
 from core.pipeline import ImageError, decode, preprocess, to_model_input
 
 # Below this many images one direct call beats model.predict()'s per-call iterator setup.
@@ -187,11 +188,67 @@ class Evaluation:
     per_class: dict
     confusion: list  # rows: true cat, true dog; columns: predicted cat, predicted dog
     skipped: int
-    predictions: pd.DataFrame
+    predictions: pd.DataFrame  # file, label, prob_dog, error, true
+
+    @property
+    def correct(self) -> int:
+        return self.confusion[0][0] + self.confusion[1][1]
+
+    def score(self, on: str) -> Accuracy:
+        """The accuracy as the app predicts, with its interval, saying which photos it was measured on."""
+        return Accuracy(self.correct, self.n, on)
+
+    def class_scores(self) -> dict[str, Accuracy]:
+        """Per class: how many of its photos were named right, out of how many."""
+        return {
+            name: Accuracy(self.confusion[t][t], sum(self.confusion[t]), f"the {sum(self.confusion[t]):,} {name}s")
+            for t, name in enumerate(CLASS_NAMES)
+        }
+
+    @property
+    def _scored(self) -> pd.DataFrame:
+        return self.predictions[self.predictions.error.isna()]
+
+    def calibration(self, n_bins: int = 5) -> pd.DataFrame:
+        """Reliability bins: how confident the model was against how often it was right (core.metrics)."""
+        return reliability_bins(self._scored.prob_dog, self._scored.true, n_bins)
+
+    def calibration_error(self, n_bins: int = 5) -> float:
+        """The expected calibration error over the reliability bins, from 0 (calibrated) up."""
+        return expected_calibration_error(self._scored.prob_dog, self._scored.true, n_bins)
+
+    def record(self, on: str) -> dict:
+        """The fields a saved model's metrics keep about this evaluation (see core.metrics.recorded_accuracies)."""
+        return {
+            "accuracy": self.accuracy,
+            "accuracy_n": self.n,
+            "measured_on": on,
+            "predicted": AS_THE_APP_PREDICTS,
+            "confusion": self.confusion,
+            "per_class": self.per_class,
+            "calibration_error": self.calibration_error(),
+        }
 
 
-def evaluate(predictor: Predictor, source: str | os.PathLike, names: Iterable[str] | None = None) -> Evaluation:
-    """Evaluate on every labeled image of a source (or only the given names)."""
+def scored(frame: pd.DataFrame) -> Evaluation:
+    """An Evaluation from predictions (file, label, prob_dog, error) with each photo's true label (0 or 1)."""
+    ok = frame[frame.error.isna()]
+    pred, true = (ok.prob_dog.to_numpy(float) >= 0.5).astype(int), ok.true.to_numpy(int)
+    confusion = [[int(((true == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+    per_class = {
+        name: confusion[t][t] / sum(confusion[t]) if sum(confusion[t]) else None for t, name in enumerate(CLASS_NAMES)
+    }
+    accuracy = float((pred == true).mean()) if len(ok) else 0.0
+    return Evaluation(accuracy, len(ok), per_class, confusion, int(frame.error.notna().sum()), frame)
+
+
+def evaluate(
+    predictor: Predictor,
+    source: str | os.PathLike,
+    names: Iterable[str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Evaluation:
+    """Evaluate on every labeled image of a source (or only the given names); progress(done, total) as it goes."""
     from core.data import Source, label_from_name
 
     src = Source(source)
@@ -201,14 +258,33 @@ def evaluate(predictor: Predictor, source: str | os.PathLike, names: Iterable[st
         for it in src.listing
         if label_from_name(it.name) is not None and (wanted is None or it.name in wanted)
     ]
-    preds = predictor.predict_many(items)
+    report = (lambda done: progress(done, len(items))) if progress else None
+    preds = predictor.predict_many(items, progress=report)
     frame = predictions_frame(preds)
     frame["true"] = [label_from_name(p.file) for p in preds]
-    ok = frame[frame.error.isna()].copy()
-    ok["pred"] = (ok.prob_dog >= 0.5).astype(int)
-    confusion = [[int(((ok.true == t) & (ok.pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
-    per_class = {
-        CLASS_NAMES[t]: float((ok[ok.true == t].pred == t).mean()) if (ok.true == t).any() else None for t in (0, 1)
-    }
-    accuracy = float((ok.pred == ok.true).mean()) if len(ok) else 0.0
-    return Evaluation(accuracy, len(ok), per_class, confusion, int(frame.error.notna().sum()), frame)
+    return scored(frame)
+
+
+def evaluate_pixels(predictor: Predictor, pixels: np.ndarray, labels: np.ndarray, names: Iterable[str]) -> Evaluation:
+    """Evaluate on photos already decoded by the pipeline (uint8, the model's input shape), e.g. a held-out split."""
+    prob = predictor.probabilities(to_model_input(pixels)) if len(pixels) else np.zeros(0, np.float32)
+    frame = pd.DataFrame(
+        {
+            "file": list(names),
+            "label": [CLASS_NAMES[int(p >= 0.5)] for p in prob],
+            "prob_dog": prob.astype(float),
+            "error": None,
+            "true": np.asarray(labels, int),
+        }
+    )
+    return scored(frame)
+
+
+def held_out_record(
+    model_path: str | os.PathLike, pixels: np.ndarray, labels: np.ndarray, names: Iterable[str], source: str
+) -> dict:
+    """A new model measured as the app predicts on the photos its training held out, as its metrics keep it."""
+    from core.metrics import held_out
+
+    result = evaluate_pixels(Predictor(model_path), pixels, labels, names)
+    return result.record(held_out(result.n, Path(source).name))

@@ -113,6 +113,18 @@ class Run:
         except (OSError, ValueError, pd.errors.EmptyDataError):
             return pd.DataFrame()
 
+    @property
+    def batches_path(self) -> Path:
+        return self.path / "batches.csv"
+
+    @property
+    def batches(self) -> pd.DataFrame:
+        """Every batch's loss (its own and the epoch's running mean) and learning rate; kept by every run."""
+        try:
+            return pd.read_csv(self.batches_path)
+        except (OSError, ValueError, pd.errors.EmptyDataError):
+            return pd.DataFrame()
+
 
 # A run folder's name: the UTC time, the preset and a random suffix, e.g. 20261124-011206-seed-f544.
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -213,28 +225,34 @@ class RunStore:
         )
 
     def table(self) -> pd.DataFrame:
-        """One row per run: date, preset, hyperparameters, best validation accuracy, images, time."""
-        rows = []
-        for run in self.runs():
-            meta = run.meta  # one read of run.json per run
-            cfg = meta.get("config", {})
-            rows.append(
-                {
-                    "run": run.id,
-                    "date": meta.get("finished_at") or meta.get("started_at", ""),
-                    "preset": cfg.get("preset"),
-                    "epochs": cfg.get("epochs"),
-                    "batch_size": cfg.get("batch_size"),
-                    "learning_rate": cfg.get("learning_rate"),
-                    "image": f"{cfg.get('image_size')} {cfg.get('color_mode')}",
-                    "augment": cfg.get("augment"),
-                    "best_val_accuracy": meta.get("metrics", {}).get("best_val_accuracy"),
-                    "images": meta.get("n_images"),
-                    "wall_time_s": meta.get("wall_time_s"),
-                    "status": status_of(meta),
-                }
-            )
-        return pd.DataFrame(rows)
+        """One row per run (see summary_row), newest first."""
+        return pd.DataFrame([summary_row(run.id, run.meta) for run in self.runs()], columns=SUMMARY_COLUMNS)
+
+
+SUMMARY_COLUMNS = ["run", "epochs", "accuracy", "95% CI", "held out", "settings", "time_s", "status"]
+
+
+def summary_row(name: str, meta: dict) -> dict:
+    """A model's row for the Runs table: epochs done of those asked, accuracy and its interval, settings, time."""
+    from core.metrics import recorded_accuracies
+
+    cfg, metrics = meta.get("config", {}), meta.get("metrics", {})
+    app, single = recorded_accuracies(meta)
+    score = app or single
+    settings = [cfg.get("preset"), f"{meta.get('n_images') or 0:,} photos", f"{cfg.get('image_size')} px"]
+    settings += [cfg.get("color_mode"), f"batch {cfg.get('batch_size')}", f"lr {cfg.get('learning_rate') or 0:g}"]
+    settings += ["augmented"] if cfg.get("augment") else []
+    interval = score.interval_text.removeprefix("95% CI ") if score else ""
+    return {
+        "run": name,
+        "epochs": f"{metrics.get('epochs_completed', 0)} / {cfg.get('epochs', '?')}",
+        "accuracy": score.value if score else None,
+        "95% CI": interval + (" (one look)" if score is not None and score is single else ""),
+        "held out": score.n if score else None,
+        "settings": " · ".join(str(part) for part in settings),
+        "time_s": meta.get("wall_time_s"),
+        "status": status_of(meta),
+    }
 
 
 def default_model_path() -> Path | None:
@@ -243,6 +261,18 @@ def default_model_path() -> Path | None:
         return DEFAULT_MODEL
     runs = RunStore().with_models()
     return runs[0].model_path if runs else None
+
+
+def model_history(model_path: Path) -> pd.DataFrame:
+    """A model's per-epoch curves: a run's history.csv, or the -history.csv a promoted model carries."""
+    model_path = Path(model_path)
+    for candidate in (model_path.with_name(f"{model_path.stem}-history.csv"), model_path.parent / "history.csv"):
+        if candidate.is_file():
+            try:
+                return pd.read_csv(candidate)
+            except (OSError, ValueError, pd.errors.EmptyDataError):
+                break
+    return pd.DataFrame()
 
 
 def model_meta(model_path: Path) -> dict:
@@ -302,26 +332,19 @@ def promote_run(run: Run, target: Path = DEFAULT_MODEL, source: str | os.PathLik
 def record_accuracy(target: Path, source: str | os.PathLike) -> dict:
     """Measure a saved model on its own validation photos with the default Predictor and note it in target.json.
 
-    Training reports validation accuracy from single looks; the app, the CLI and the API predict with flip TTA
-    for unsure photos. This records the accuracy users get (metrics.accuracy, with metrics.measured_on), beside
-    the training figure (metrics.best_val_accuracy).
+    Training reports validation accuracy from one look per photo; the app, the CLI and the API give a photo
+    they are unsure about a second, mirrored look. This records the accuracy users get (metrics.accuracy, with
+    metrics.accuracy_n and metrics.measured_on), beside the training figure (metrics.best_val_accuracy).
     """
+    from core.metrics import held_out
     from core.predict import Predictor, evaluate
 
     target = Path(target)
     meta = model_meta(target)
     names = meta["validation_names"]
-    predictor = Predictor(target)
-    result = evaluate(predictor, source, names=names)
+    result = evaluate(Predictor(target), source, names=names)
     if result.n != len(names):
         raise ValueError(f"{source}: {len(names) - result.n} of the model's {len(names)} validation photos are missing")
-    meta["metrics"] = {
-        **meta.get("metrics", {}),
-        "accuracy": result.accuracy,
-        "measured_on": (
-            f"the {result.n:,} photos of {Path(source).name} held out from training, "
-            f"predicted as the app, the CLI and the API predict (flip TTA: {predictor.tta})"
-        ),
-    }
+    meta["metrics"] = {**meta.get("metrics", {}), **result.record(held_out(result.n, Path(source).name))}
     write_json(target.with_suffix(".json"), meta)
     return meta

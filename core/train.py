@@ -411,6 +411,11 @@ def _train_run(
         "epochs_completed": len(hist),
         "train_images_per_s": keeper.images / max(fit_time, 1e-9),
     }
+    if run.has_model and len(val_idx):  # the accuracy users will get (as the app predicts) on the held-out photos
+        from core.predict import held_out_record
+
+        val = dataset.x[val_idx], dataset.y[val_idx], dataset.names[val_idx]
+        metrics.update(held_out_record(run.model_path, *val, dataset.source))
     wall = time.time() - started
     run.update_meta(status=status, metrics=metrics, wall_time_s=wall, finished_at=_now(), versions=_versions())
     result = RunResult(run, hist, metrics, status, wall)

@@ -10,11 +10,12 @@ import streamlit as st
 from core import catalog, config
 from core.data import OK, DatasetError, summarize
 from core.jobs import dataset_scans
-from core.pipeline import ImageError, PipelineConfig, decode
+from core.pipeline import ImageError, PipelineConfig, decode, decode_preview
 from ui import charts
 from ui.navigation import run_through_entrypoint
 from ui.resources import (
     active_dataset,
+    active_model,
     dataset_name,
     dataset_notice,
     open_source,
@@ -32,15 +33,17 @@ UPLOAD, FOLDER = "upload", "folder"
 SMALL_ZIP_BYTES = 64 * 2**20
 PER_PAGE = 24
 GRID_COLUMNS = 6
+THUMB_SIDE = 320  # px, twice a grid cell's width
 
 HOW_TO_GET_DATA = f"""
 **No dataset yet.** The app trains on Kaggle's *Dogs vs. Cats* photos:
 
 1. Sign in at [kaggle.com](https://www.kaggle.com/c/dogs-vs-cats/data), accept the competition rules and download
    the data (or run `kaggle competitions download -c dogs-vs-cats`).
-2. Unzip the download: it holds `train.zip` (25,000 labeled photos) and `test1.zip` (unlabeled).
+2. Unzip the download: it holds `train.zip` (Kaggle's full training set: 25,000 labeled photos) and `test1.zip`
+   (12,500 unlabeled ones).
 3. Put `train.zip` at `{config.DATA_DIR / "train.zip"}` (or its extracted `train/` folder beside it) and reload,
-   or drop the zip below.
+   or drop the zip in the box above.
 
 A zip of class folders (`cat/`, `dog/`) works too. The Predict page works without any dataset.
 """
@@ -194,7 +197,11 @@ def summary_ui(path: Path, manifest) -> None:
         st.vega_lite_chart(*charts.class_counts(counts), width="stretch")
     with right:
         st.markdown("**Image sizes**")
-        st.vega_lite_chart(*charts.image_sizes(manifest), width="stretch")
+        sizes = charts.image_sizes(manifest)
+        st.vega_lite_chart(*sizes, width="stretch")
+        if len(sizes.data) == 1:  # one dot says little on its own
+            only = sizes.data.iloc[0]
+            st.caption(f"All {int(only.images):,} readable photos are {int(only.width)}x{int(only.height)} px.")
     problems = manifest[(manifest.status != OK) | manifest.label.isna()]
     if len(problems):
         st.markdown(f"**Skipped or unlabeled files ({len(problems):,})**")
@@ -212,16 +219,13 @@ def browse_ui(path: Path, manifest) -> None:
     left, middle, right = st.columns([1, 2, 2])
     label = left.selectbox("Class", ["all", "cat", "dog", "unlabeled"], key="dataset_class")
     search = middle.text_input("File name contains", key="dataset_search", placeholder="e.g. cat.12")
-    # The Train page's size and colour widgets persist for the session, so this follows them.
-    default = PipelineConfig()
-    pipeline = PipelineConfig(
-        st.session_state.get("train_image_size", default.size),
-        st.session_state.get("train_color_mode", default.color_mode),
-    )
+    model = active_model()  # the model this session predicts with, whatever the Train page is set to
+    pipeline = model.pipeline if model is not None and model.pipeline is not None else PipelineConfig()
+    whose = f"{model.name}'s input" if model is not None and model.pipeline is not None else "the seed's input"
     model_view = right.toggle(
         f"As the model sees it ({pipeline.size}x{pipeline.size} {pipeline.color_mode})",
         key="dataset_model_view",
-        help="The preprocessed input beside each photo; change size and colour on the Train page",
+        help=f"Beside each photo, {whose}: the photo preprocessed exactly as the active model gets it",
     )
     shown = manifest[manifest.status == OK]
     if label == "unlabeled":
@@ -242,20 +246,21 @@ def browse_ui(path: Path, manifest) -> None:
     columns = st.columns(GRID_COLUMNS)
     for i, row in enumerate(shown.iloc[(page - 1) * PER_PAGE : page * PER_PAGE].itertuples()):
         with columns[i % GRID_COLUMNS]:
-            data = source.read(row.name)
             caption = f"{Path(row.name).name} · {row.width}x{row.height}"
-            if model_view:
-                try:
-                    seen = decode(data, pipeline)
-                except ImageError as err:
-                    st.caption(f"{row.name}: {err}")
-                    continue
+            try:  # what the pipeline decodes, never the raw bytes: a browser cannot show a 16-bit PNG or a TIFF
+                data = source.read(row.name)
+                shown = decode_preview(data, THUMB_SIDE)
+                seen = decode(data, pipeline) if model_view else None
+            except ImageError as err:
+                st.caption(f"{row.name}: {err}")
+                continue
+            if seen is not None:
                 pair = st.columns(2)
-                pair[0].image(data, width="stretch")
+                pair[0].image(shown, width="stretch")
                 pair[1].image(seen, width="stretch", clamp=True)
                 st.caption(caption)
             else:
-                st.image(data, caption=caption, width="stretch")
+                st.image(shown, caption=caption, width="stretch")
 
 
 st.title("Dataset")

@@ -5,19 +5,22 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
-from core import catalog
+from core import catalog, config
 from core.catalog import ModelChoice
 from core.data import DatasetError, Source
-from core.pipeline import ImageError
+from core.pipeline import ImageError, decode_preview
 from core.predict import Prediction, predictions_frame, submission_frame
 from ui.navigation import run_through_entrypoint
 from ui.resources import active_model, model_notice, predictor, set_session_model
+from ui.status import accuracy_text, plural
 
 run_through_entrypoint()
 
-IMAGE_TYPES = ["jpg", "jpeg", "png", "webp", "bmp"]
+IMAGE_TYPES = [ext.removeprefix(".") for ext in config.IMAGE_EXTENSIONS]  # every format the pipeline decodes
+PREVIEW_SIDE = 480  # px: the cards show at most ~320 px; a 40 MP photo never travels to the browser whole
 GALLERY_MAX = 48  # the table holds every result; the gallery shows the first ones
 COLUMNS = 4
 COLORS = {"cat": "orange", "dog": "blue"}
@@ -57,7 +60,8 @@ def model_ui() -> ModelChoice | None:
         ),
     )
     choice = available[st.session_state["predict_model"]]
-    st.caption(f"Accuracy measured on {choice.measured_on}.")
+    accuracy, tip = accuracy_text(choice.score, choice.single_look)
+    st.caption(f"Accuracy {accuracy}.", help=tip)
     return choice
 
 
@@ -76,13 +80,33 @@ def _cached(kind: str, model: ModelChoice, files: list, compute) -> list:
     return [cache[f.file_id] for f in files]
 
 
+ZIP_HERE = "a zip: drop it in “A whole zip of photos” below to label its photos, or on the Dataset page to train"
+
+
 def predict_files(model: ModelChoice, files: list) -> list[Prediction]:
     """One prediction per file, in order; a hostile file gets its own error and the others still run."""
 
     def labels(todo: list) -> list[Prediction]:
-        return predictor(model.path).predict_many([(f.name, f.getvalue(), None) for f in todo])
+        refusals = {f.file_id: ZIP_HERE for f in todo if f.name.lower().endswith(".zip")}
+        items = [(f.name, f.getvalue, refusals.get(f.file_id)) for f in todo]
+        return predictor(model.path).predict_many(items)
 
     return _cached("labels", model, files, labels)
+
+
+def preview_files(model: ModelChoice, files: list) -> list:
+    """What each photo decodes to, small and 8-bit RGB, for its card (None where it cannot be decoded)."""
+
+    def previews(todo: list) -> list:
+        found = []
+        for f in todo:
+            try:
+                found.append(None if f.name.lower().endswith(".zip") else decode_preview(f.getvalue(), PREVIEW_SIDE))
+            except ImageError:
+                found.append(None)
+        return found
+
+    return _cached("preview", model, files, previews)
 
 
 def explain_files(model: ModelChoice, files: list) -> list:
@@ -101,19 +125,41 @@ def explain_files(model: ModelChoice, files: list) -> list:
     return _cached("gradcam", model, files, overlays)
 
 
-def gallery_ui(files: list, predictions: list[Prediction], overlays: list | None) -> None:
+def card_ui(file, prediction: Prediction, picture) -> None:
+    """One file's card: the photo as decoded, its label and P(dog); or the reason it has none."""
+    if prediction.error:
+        st.error(f"**{file.name}**: {prediction.error}", icon=":material/block:")
+        return
+    if picture is not None:
+        st.image(picture, width="stretch")
+    st.markdown(f"#### :{COLORS[prediction.label]}[:material/pets: {prediction.label}]")
+    st.progress(prediction.prob_dog, text=f"P(dog) = {prediction.prob_dog:.3f} · {file.name}")
+
+
+def gallery_ui(files: list, predictions: list[Prediction], pictures: list) -> None:
     columns = st.columns(COLUMNS)
-    for i, (file, prediction) in enumerate(zip(files[:GALLERY_MAX], predictions, strict=False)):
+    for i, (file, prediction, picture) in enumerate(zip(files[:GALLERY_MAX], predictions, pictures, strict=False)):
         with columns[i % COLUMNS], st.container(border=True):
-            if prediction.error:
-                st.error(f"**{file.name}**: {prediction.error}", icon=":material/block:")
-                continue
-            shown = overlays[i] if overlays and overlays[i] is not None else file.getvalue()
-            st.image(shown, width="stretch")
-            st.markdown(f"#### :{COLORS[prediction.label]}[:material/pets: {prediction.label}]")
-            st.progress(prediction.prob_dog, text=f"P(dog) = {prediction.prob_dog:.3f} · {file.name}")
+            try:
+                card_ui(file, prediction, picture)
+            except Exception:  # one card that cannot be drawn must not take the others, the table or the CSV down
+                st.warning(f"**{file.name}**: this card could not be drawn; its result is in the table below.")
     if len(files) > GALLERY_MAX:
         st.caption(f"Showing the first {GALLERY_MAX} of {len(files)} photos; the table below has them all.")
+
+
+def results_table(predictions: list[Prediction]):
+    """The results as shown: an empty error cell for a photo that was labeled, not 'None'."""
+    table = predictions_frame(predictions)
+    return table.assign(error=table.error.fillna(""))
+
+
+def table_ui(table) -> None:
+    """The results, with empty cells (not 'None') where a file has no label."""
+    prob = [f"{p:.3f}" if pd.notna(p) else "" for p in table.prob_dog]
+    shown = table.assign(label=table.label.fillna(""), prob_dog=prob)
+    column = st.column_config.TextColumn("P(dog)", help="The model's probability that the photo shows a dog")
+    st.dataframe(shown, hide_index=True, width="stretch", column_config={"prob_dog": column})
 
 
 def legend_ui() -> None:
@@ -130,8 +176,10 @@ def csv_download(label: str, frame, file_name: str, key: str) -> None:
 
 
 def submission_ui(model: ModelChoice) -> None:
-    """A zip of unlabeled photos, named like Kaggle's test1/123.jpg, becomes a submission CSV."""
-    archive = st.file_uploader("A zip of unlabeled photos, like Kaggle's test1.zip", type=["zip"], key="predict_zip")
+    """Every photo of a dropped zip labeled: a results CSV, and Kaggle's submission when named like test1/123.jpg."""
+    archive = st.file_uploader(
+        "A zip of photos, e.g. Kaggle's test1.zip", type=["zip"], key="predict_zip", max_upload_size=1024
+    )
     if archive is None:
         return
     predictions = _cached("submission", model, [archive], lambda todo: [predict_archive(model, todo[0])])[0]
@@ -139,26 +187,38 @@ def submission_ui(model: ModelChoice) -> None:
         st.error(predictions)
         return
     frame = submission_frame(predictions)
-    errors = predictions_frame([p for p in predictions if p.error])
-    st.success(
-        f"{len(frame):,} rows in submission.csv: {len(predictions) - len(errors):,} photos labeled; "
-        f"{len(errors):,} could not be read and get the fallback label (Kaggle needs every id)."
-    )
-    csv_download("Download submission.csv", frame, "submission.csv", "predict_submission_download")
-    if len(errors):
-        st.dataframe(errors[["file", "error"]], hide_index=True, width="stretch")
+    failed = [p for p in predictions if p.error]
+    labeled = plural(len(predictions) - len(failed), "photo")
+    if len(frame):
+        st.success(
+            f"{plural(len(frame), 'row')} in submission.csv: {labeled} labeled; {len(failed):,} could not be read "
+            "and get the fallback label (Kaggle needs every id)."
+        )
+        csv_download("Download submission.csv", frame, "submission.csv", "predict_submission_download")
+    else:
+        st.info(
+            f"{labeled} labeled in {archive.name}, but none is named like Kaggle's test photos (test1/123.jpg), "
+            "so there is no submission to make. Every result is in the table and its CSV."
+        )
+    table = results_table(predictions)
+    csv_download("Download results (CSV)", table, "predictions.csv", "predict_zip_download")
+    if not len(frame):
+        table_ui(table)
+    elif failed:
+        table_ui(table[table.error != ""])
 
 
 def predict_archive(model: ModelChoice, archive) -> list[Prediction] | str:
     """Every photo in an uploaded zip, or the reason the zip cannot be read."""
     bar = st.progress(0.0, text="Reading the zip…")
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.zip"
+        path = Path(tmp) / f"{Path(archive.name).stem or 'upload'}.zip"  # messages name the user's file
         path.write_bytes(archive.getvalue())
         try:
             source = Source(path)
         except DatasetError as err:
-            return f"{archive.name}: {err}"
+            bar.empty()
+            return str(err)
         items = [(item.name, lambda n=item.name: source.read(n), item.refusal) for item in source.listing]
         predictions = predictor(model.path).predict_many(
             items, progress=lambda done: bar.progress(done / len(items), text=f"Predicted {done:,} / {len(items):,}")
@@ -172,7 +232,12 @@ model = model_ui()
 if model is None:
     st.stop()
 files = st.file_uploader(
-    "Drop photos here", type=IMAGE_TYPES, accept_multiple_files=True, key="predict_files", max_upload_size=64
+    "Drop photos here",
+    type=[*IMAGE_TYPES, "zip"],  # a zip is taken, to say where zips go, rather than refused with a bare red chip
+    accept_multiple_files=True,
+    key="predict_files",
+    max_upload_size=64,
+    help="Photos, up to 64 MB each. A zip of photos goes in “A whole zip of photos” below.",
 )
 left, right = st.columns(2)
 show_cam = left.toggle("Show where the model looked", key="predict_gradcam")
@@ -181,18 +246,20 @@ if right.toggle("Use the camera", key="predict_use_camera"):
     files = [*(files or []), *([photo] if photo else [])]
 if files:
     predictions = predict_files(model, files)
-    overlays = None
+    pictures = preview_files(model, files[:GALLERY_MAX])
     if show_cam:
         try:
             overlays = explain_files(model, files[:GALLERY_MAX])
+            pictures = [o if o is not None else p for o, p in zip(overlays, pictures, strict=True)]
             legend_ui()
-        except Exception as err:  # an optional view must not take the predictions down with it
-            st.warning(f"Could not show where the model looked: {type(err).__name__}: {err}")
-    gallery_ui(files, predictions, overlays)
-    table = predictions_frame(predictions)
-    st.dataframe(table, hide_index=True, width="stretch")
+        except Exception:  # an optional view must not take the predictions down with it
+            st.warning("Could not show where the model looked for these photos; their labels are below.")
+    gallery_ui(files, predictions, pictures)
+    table = results_table(predictions)
+    table_ui(table)
     csv_download("Download results (CSV)", table, "predictions.csv", "predict_download")
 else:
-    st.caption("JPEG, PNG, WebP or BMP; many at once. Nothing is stored.")
-with st.expander("Kaggle submission from a zip"):
+    formats = ", ".join(ext.upper() for ext in IMAGE_TYPES if ext not in ("jpeg", "tiff"))
+    st.caption(f"{formats}; many at once. Nothing is stored.")
+with st.expander("A whole zip of photos (results CSV, Kaggle submission)"):
     submission_ui(model)

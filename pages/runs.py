@@ -1,20 +1,31 @@
-"""Runs page: compare saved runs, evaluate one on its validation split, download, activate or delete it."""
+"""Runs page: compare saved runs with the shipped model, and evaluate any model on any labeled dataset."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
-from core import catalog
+from core import catalog, config
+from core.catalog import ModelChoice
 from core.config import CLASS_NAMES
 from core.jobs import owner_label, source_version
+from core.metrics import held_out, percent
 from core.predict import Evaluation, evaluate
-from core.runs import Run, RunStore
+from core.runs import Run, RunStore, model_history, model_meta, summary_row
 from ui import charts
 from ui.navigation import run_through_entrypoint
-from ui.resources import active_model, open_source, predictor, session_owner, set_session_model, training_source
-from ui.status import clock
+from ui.resources import (
+    active_dataset,
+    active_model,
+    open_source,
+    predictor,
+    session_owner,
+    set_session_model,
+    training_source,
+)
+from ui.status import accuracy_text, clock, duration, plural
 
 run_through_entrypoint()
 
@@ -26,6 +37,8 @@ NO_MODEL = {
 }
 GALLERY_MAX = 24
 COLUMNS = 6
+SHIPPED = "Shipped default"
+HELD_OUT = "held-out"  # the dataset option: the photos a model's training held out
 METRICS = {
     "val_accuracy": "validation accuracy",
     "val_loss": "validation loss",
@@ -34,15 +47,14 @@ METRICS = {
 }
 
 
-@st.cache_data(show_spinner="Evaluating on the validation split…", max_entries=16)
-def _evaluation(model: str, model_version: int, source: str, version: tuple, names: tuple[str, ...]) -> Evaluation:
+@st.cache_data(show_spinner=False, max_entries=16)
+def _evaluation(model: str, model_version: int, source: str, version: tuple, names: tuple[str, ...] | None):
     return evaluate(predictor(Path(model)), source, names)
 
 
-def evaluation_of(run: Run, source: Path) -> Evaluation:
-    """The run's model on its own validation photos, computed once per run and dataset version."""
-    names = tuple(run.meta.get("validation_names", []))
-    return _evaluation(str(run.model_path), _version(run.model_path), str(source), source_version(source), names)
+def evaluation_of(model: ModelChoice, source: Path, names: tuple[str, ...] | None) -> Evaluation:
+    """A model on a dataset (all its labeled photos, or only the named ones), once per model and dataset version."""
+    return _evaluation(str(model.path), _version(model.path), str(source), source_version(source), names)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -56,30 +68,58 @@ def _version(path: Path) -> int:
     return path.stat().st_mtime_ns
 
 
-def table_ui(store: RunStore) -> list[str]:
-    """Every saved run with its settings and results; returns their ids, newest first."""
-    table = store.table()
+def table_ui(store: RunStore) -> None:
+    """The shipped model and every saved run: epochs done, accuracy with its 95% interval, settings."""
+    rows = [summary_row(SHIPPED, model_meta(config.DEFAULT_MODEL))] if config.DEFAULT_MODEL.exists() else []
+    table = pd.concat([pd.DataFrame(rows), store.table()], ignore_index=True) if rows else store.table()
+    table["time_s"] = [duration(t) if pd.notna(t) else "—" for t in table.time_s]
     st.dataframe(
         table,
         hide_index=True,
         width="stretch",
         column_config={
-            "best_val_accuracy": st.column_config.ProgressColumn("best val. accuracy", format="percent"),
-            "learning_rate": st.column_config.NumberColumn("learning rate", format="%.0e"),
-            "wall_time_s": st.column_config.NumberColumn("time (s)", format="%.0f"),
+            "run": st.column_config.TextColumn("model", help="A run's id starts with when it was started (UTC)"),
+            "epochs": st.column_config.TextColumn("epochs", help="Completed, of those asked for", width=60),
+            "accuracy": st.column_config.ProgressColumn(
+                "accuracy",
+                format="percent",
+                width=110,
+                help="As the app predicts, on the photos its training held out (training's own one look if not "
+                "measured so)",
+            ),
+            "95% CI": st.column_config.TextColumn("95% CI", help="Wilson interval: the photos' count sets its width"),
+            "held out": st.column_config.NumberColumn(
+                "photos", format="localized", help="The held-out photos it was measured on", width=70
+            ),
+            "settings": st.column_config.TextColumn("settings", width="medium"),
+            "time_s": st.column_config.TextColumn("time", help="Wall time of the run", width=70),
+            "status": st.column_config.TextColumn("status", width=90),
         },
     )
-    return table.run.tolist()
 
 
-def overlay_ui(store: RunStore, ids: list[str]) -> None:
-    """One metric per epoch for the chosen runs, in one chart."""
+def _histories(store: RunStore) -> dict[str, pd.DataFrame]:
+    found = {SHIPPED: model_history(config.DEFAULT_MODEL)} if config.DEFAULT_MODEL.exists() else {}
+    return found | {run.id: run.history for run in store.runs()}
+
+
+def overlay_ui(store: RunStore) -> None:
+    """One metric per epoch for the chosen runs, in one chart; runs without a completed epoch are said so."""
+    histories = _histories(store)
+    drawable = [name for name, history in histories.items() if len(history) and name != SHIPPED]
     left, right = st.columns([3, 1])
-    chosen = left.multiselect("Overlay the curves of", ids, default=ids[:3], key="runs_compare")
+    default = drawable[:3] or [name for name in histories if len(histories[name])][:1]
+    chosen = left.multiselect("Overlay the curves of", list(histories), default=default, key="runs_compare")
     metric = right.selectbox("Metric", list(METRICS), format_func=METRICS.get, key="runs_metric")
-    if chosen:
-        histories = {run.id: run.history for run in store.runs() if run.id in chosen}  # deleted meanwhile: left out
-        st.vega_lite_chart(*charts.runs_overlay(histories, metric, METRICS[metric]), width="stretch")
+    empty = [name for name in chosen if not len(histories[name])]
+    drawn = {name: histories[name] for name in chosen if name not in empty}
+    if drawn:
+        st.vega_lite_chart(*charts.runs_overlay(drawn, metric, METRICS[metric]), width="stretch")
+    if empty:
+        st.caption(
+            f"Nothing to draw for {', '.join(empty)}: stopped before its first epoch ended. "
+            "Inspect it below for the losses of the batches it trained."
+        )
 
 
 def _confirm_delete(run_id: str) -> None:
@@ -183,29 +223,158 @@ def actions_ui(store: RunStore, run: Run) -> None:
         no.button("Cancel", key="runs_delete_cancel", on_click=st.session_state.pop, args=("runs_deleting", None))
 
 
-def evaluation_ui(run: Run) -> None:
-    """Confusion matrix, per-class accuracy and mistakes, on the photos the run held out for validation."""
-    source = training_source(run.meta)
-    if source is None:
-        name = run.meta.get("dataset", {}).get("source", "its dataset")
-        st.info(f"This run was trained on {name}, which is not open here: choose it on the Dataset page to evaluate.")
+def model_options(store: RunStore) -> dict[str, ModelChoice | Run]:
+    """Everything to inspect: the shipped model, then every run, with or without a saved model."""
+    found: dict[str, ModelChoice | Run] = {c.key: c for c in catalog.choices() if c.key == catalog.DEFAULT_KEY}
+    return found | {run.id: run for run in store.runs()}
+
+
+def batches_ui(run: Run) -> None:
+    """A run that saved no model still shows the loss of every batch it trained."""
+    batches, meta = run.batches, run.meta
+    if len(batches):
+        st.markdown(f"**Training loss of the {plural(len(batches), 'batch')} it trained**")
+        per_epoch = -(-meta.get("n_train", 0) // max(meta.get("global_batch") or 1, 1)) or None  # ceiling
+        st.vega_lite_chart(*charts.batch_loss(batches, batches_per_epoch=per_epoch), width="stretch")
+    else:
+        st.caption("It logged no batch.")
+
+
+def inspect_ui(store: RunStore, picked: ModelChoice | Run) -> ModelChoice | None:
+    """What the picked model is and how it scored; returns it for evaluation (None: a run that saved no model)."""
+    run = picked if isinstance(picked, Run) else None
+    meta = run.meta if run else model_meta(picked.path)
+    if run is not None and not meta:
+        st.warning(f"{run.id}: its run.json cannot be read (half-written, or damaged): nothing to show.")
+        return None
+    cfg, metrics = meta.get("config", {}), meta.get("metrics", {})
+    choice = catalog.describe(run.id, run.model_path, meta) if run else picked
+    accuracy, tip = accuracy_text(choice.score, choice.single_look)
+    epochs = f"{metrics.get('epochs_completed', 0)} of {plural(cfg.get('epochs', 0), 'epoch')}"
+    scored = f"  \nAccuracy {accuracy}" if choice.score is not None else ""
+    st.caption(
+        f"{cfg.get('preset')} preset · {meta.get('n_images', 0):,} photos of {meta.get('dataset', {}).get('source')} · "
+        f"{epochs} · status {run.status if run else meta.get('status')}{scored}",
+        help=tip,
+    )
+    if run is None:
+        st.download_button(
+            "Download model (.keras)",
+            picked.path.read_bytes,  # read only when clicked
+            file_name=picked.path.name,
+            mime="application/octet-stream",
+            key="runs_download",
+            on_click="ignore",
+        )
+        return picked
+    if not run.has_model:
+        st.warning(NO_MODEL.get(run.status, NO_MODEL["stopped"]))
+        batches_ui(run)
+        return None
+    actions_ui(store, run)
+    return choice
+
+
+def dataset_options(model: ModelChoice) -> tuple[dict[str, str], Path | None]:
+    """Where a model can be evaluated: the photos its training held out, and every labeled dataset of this session."""
+    meta = model_meta(model.path)
+    trained_on, names = training_source(meta), meta.get("validation_names")
+    options = {}
+    if trained_on and names:
+        options[HELD_OUT] = f"the {len(names):,} photos of {trained_on.name} it never trained on"
+    for path in dict.fromkeys([p for p in (active_dataset(),) if p] + catalog.dataset_candidates(session_owner())):
+        note = ", some of which it trained on" if path == trained_on else ""
+        options[str(path)] = f"every labeled photo of {path.name}{note}"
+    return options, trained_on
+
+
+def evaluate_ui(model: ModelChoice) -> None:
+    """Pick a dataset, evaluate the model on it: accuracy with intervals, confusion, calibration and mistakes."""
+    st.markdown(f"**Evaluate {model.name} on a dataset**")
+    options, trained_on = dataset_options(model)
+    if trained_on is None:
+        name = model_meta(model.path).get("dataset", {}).get("source", "its dataset")
+        st.caption(
+            f"It was trained on {name}, which is not open here: choose it on the Dataset page to evaluate it on "
+            "the photos its training held out."
+        )
+    if not options:
+        st.info("No dataset is open here: choose one on the Dataset page to evaluate this model on it.")
         return
-    result = evaluation_of(run, source)
-    left, right = st.columns([1, 2])
+    if st.session_state.get("runs_eval_dataset") not in options:  # another model, or a dataset gone
+        st.session_state["runs_eval_dataset"] = next(iter(options))
+    left, right = st.columns([4, 1], vertical_alignment="bottom")
+    choice = left.selectbox("On", list(options), format_func=options.get, key="runs_eval_dataset")
+    if not right.toggle("Evaluate", key="runs_evaluate", persist_state="session"):
+        return
+    if choice == HELD_OUT:
+        source, names = trained_on, tuple(model_meta(model.path)["validation_names"])
+    else:
+        source, names = Path(choice), None
+    with st.spinner(f"Evaluating {model.name} on {options[choice]}…"):
+        result = evaluation_of(model, source, names)
+    if result.n == 0:
+        st.info(f"{source.name} has no labeled photos it could read: name them like cat.1.jpg, or use cat/ and dog/.")
+        return
+    on = held_out(result.n, source.name) if choice == HELD_OUT else f"the {result.n:,} labeled photos of {source.name}"
+    results_ui(model, source, result, on)
+
+
+def results_ui(model: ModelChoice, source: Path, result: Evaluation, on: str) -> None:
+    """Accuracy, per-class accuracy and calibration with their intervals, the confusion matrix and the mistakes."""
+    score, per_class = result.score(on), result.class_scores()
+    accuracy, tip = accuracy_text(score)
+    cols = st.columns(4)
+    cols[0].metric("Accuracy", percent(score.value), help=tip)
+    for col, (name, part) in zip(cols[1:3], per_class.items(), strict=True):
+        shown = percent(part.value) if part.n else "—"
+        col.metric(f"{name.capitalize()}s right", shown, help=f"{part.correct:,} of {part.n:,}; {part.interval_text}")
+    cols[3].metric(
+        "Calibration error",
+        percent(result.calibration_error()),
+        help="Expected calibration error (ECE): how far its confidence is from how often it is right, averaged "
+        "over the bins of the reliability diagram, weighted by their photos. 0% is perfectly calibrated.",
+    )
+    classes = " · ".join(f"{name}s {part.headline}" for name, part in per_class.items() if part.n)
+    st.caption(f"Accuracy {accuracy}; {plural(result.skipped, 'photo')} could not be read.  \n{classes}")
+    left, right = st.columns(2)
     with left:
         st.markdown("**Confusion matrix**")
         st.vega_lite_chart(*charts.confusion(result.confusion), width="content")
+        st.caption(confusion_sentence(result.confusion))
     with right:
-        cols = st.columns(3)
-        cols[0].metric("Accuracy", f"{result.accuracy:.1%}", help=f"{result.n:,} validation photos of {source.name}")
-        for col, name in zip(cols[1:], CLASS_NAMES, strict=True):
-            value = result.per_class.get(name)
-            col.metric(f"{name.capitalize()}s right", f"{value:.1%}" if value is not None else "—")
-        st.caption(f"{result.n:,} validation photos of {source.name}; {result.skipped} could not be read.")
-    misclassified_ui(run, source, result)
+        st.markdown("**Reliability**: how sure it was, against how often it was right")
+        bins = result.calibration()
+        st.vega_lite_chart(*charts.reliability(bins), width="content")
+        st.caption(reliability_sentence(bins))
+    misclassified_ui(model, source, result)
 
 
-def misclassified_ui(run: Run, source: Path, result: Evaluation) -> None:
+def confusion_sentence(confusion: list[list[int]]) -> str:
+    """Which mistake it makes more often, in words."""
+    (cats_right, cats_as_dogs), (dogs_as_cats, dogs_right) = confusion
+    cat_error = cats_as_dogs / max(cats_right + cats_as_dogs, 1)
+    dog_error = dogs_as_cats / max(dogs_as_cats + dogs_right, 1)
+    said = f"{plural(cats_as_dogs, 'cat')} called a dog, {plural(dogs_as_cats, 'dog')} called a cat"
+    if cat_error and dog_error and max(cat_error, dog_error) >= 1.2 * min(cat_error, dog_error):
+        more, less = ("cats", "dogs") if cat_error > dog_error else ("dogs", "cats")
+        said += f": {more} are mistaken {max(cat_error, dog_error) / min(cat_error, dog_error):.1f}x as often as {less}"
+    return said + "."
+
+
+def reliability_sentence(bins: pd.DataFrame) -> str:
+    """The least sure bin in words, where calibration matters most."""
+    if bins.empty:
+        return ""
+    low = bins.iloc[0]
+    return (
+        f"When {low.low:.0%}–{low.high:.0%} sure it was right {percent(low.accuracy)} of the time "
+        f"({int(low.correct):,} of {plural(int(low.photos), 'photo')}). On the dashed line a model is right as often "
+        "as it is sure."
+    )
+
+
+def misclassified_ui(model: ModelChoice, source: Path, result: Evaluation) -> None:
     """The most confident mistakes first, optionally with where the model looked."""
     frame = result.predictions.dropna(subset=["prob_dog"])
     wrong = frame[(frame.prob_dog >= 0.5).astype(int) != frame.true]
@@ -219,13 +388,13 @@ def misclassified_ui(run: Run, source: Path, result: Evaluation) -> None:
     if st.toggle("Show where the model looked", key="runs_gradcam"):
         from core.gradcam import LEGEND, legend
 
-        model_key = (str(run.model_path), _version(run.model_path), str(source), source_version(source))
+        model_key = (str(model.path), _version(model.path), str(source), source_version(source))
         try:
             photos = [_overlay(*model_key, name) for name in shown.file]
             st.image(legend(512, 14), width=512)
             st.caption(f"Grad-CAM, last convolutional layer: {LEGEND}.")
-        except Exception as err:  # an optional view must not take the gallery down with it
-            st.warning(f"Could not show where the model looked: {type(err).__name__}: {err}")
+        except Exception:  # an optional view must not take the gallery down with it
+            st.warning("Could not show where the model looked for these photos.")
     columns = st.columns(COLUMNS)
     for i, (row, photo) in enumerate(zip(shown.itertuples(), photos, strict=True)):
         with columns[i % COLUMNS]:
@@ -252,33 +421,19 @@ def forget_gone_runs(ids: list[str]) -> None:
 st.title("Runs")
 store = RunStore()
 odd_folders_ui()
-ids = table_ui(store) if store.runs() else []
-if not ids:
+options = model_options(store)
+if not options:
     st.info("No saved runs yet: train one on the Train page.")
     st.stop()
-forget_gone_runs(ids)
-overlay_ui(store, ids)
+forget_gone_runs([*options, SHIPPED])
+table_ui(store)
+overlay_ui(store)
 st.divider()
 server_default_ui()
-run_id = st.selectbox("Inspect a run", ids, key="runs_selected")
-try:
-    run = store.get(run_id)
-except KeyError:
-    st.warning(f"{run_id} is no longer on this server: it was deleted since this page was drawn.")
-    st.stop()
-meta = run.meta
-if not meta:
-    st.warning(f"{run_id}: its run.json cannot be read (half-written, or damaged): nothing to show.")
-    st.stop()
-best = meta.get("metrics", {}).get("best_val_accuracy")
-st.caption(
-    f"{meta.get('config', {}).get('preset')} preset · {meta.get('n_images', 0):,} photos of "
-    f"{meta.get('dataset', {}).get('source')} · best validation accuracy "
-    f"{f'{best:.1%}' if best is not None else '—'} · status {run.status}"
+key = st.selectbox(
+    "Inspect", list(options), format_func=lambda k: SHIPPED if k == catalog.DEFAULT_KEY else k, key="runs_selected"
 )
-if not run.has_model:
-    st.warning(NO_MODEL.get(run.status, NO_MODEL["stopped"]))
-    st.stop()
-actions_ui(store, run)
-if st.toggle("Evaluate on its validation split", key="runs_evaluate", persist_state="session"):
-    evaluation_ui(run)
+model = inspect_ui(store, options[key])
+if model is not None:
+    st.divider()
+    evaluate_ui(model)

@@ -8,13 +8,17 @@ from pathlib import Path
 import streamlit as st
 
 from core import config
-from core.jobs import TrainingBusy, TrainingJob, TrainingState, owner_label, training_manager
+from core.data import summarize
+from core.estimate import estimate_training
+from core.jobs import TrainingBusy, TrainingJob, TrainingState, dataset_scans, owner_label, training_manager
+from core.metrics import percent, recorded_accuracies
 from core.presets import PRESETS
+from core.runs import RunStore
 from core.train import TrainConfig
 from ui import charts
 from ui.navigation import run_through_entrypoint
 from ui.resources import active_dataset, active_model, dataset_name, session_owner, set_session_model
-from ui.status import clock, duration, run_settings, started_by, training_line
+from ui.status import accuracy_text, clock, duration, plural, run_settings, started_by, training_line
 
 run_through_entrypoint()
 
@@ -87,11 +91,34 @@ def controls_ui() -> None:
     )
     cfg = chosen_config()
     photos = f"{cfg.limit:,} photos" if cfg.limit else "all photos"
-    length = f"{cfg.epochs} epochs" + (f" or {cfg.time_budget_min:g} minutes" if cfg.time_budget_min else "")
+    length = plural(cfg.epochs, "epoch") + (f" or {cfg.time_budget_min:g} minutes" if cfg.time_budget_min else "")
     st.caption(
         f"Start trains the {cfg.preset} preset for {length} in batches of {cfg.batch_size} on {photos}, "
         f"{cfg.image_size}x{cfg.image_size} {cfg.color_mode}, holding out {cfg.validation_split:.0%} for validation.",
         help="What Start will run, as the server sees the controls",
+    )
+
+
+def estimate_ui(cfg: TrainConfig, dataset: Path | None) -> None:
+    """Before Start: how long the run will take, at the pace this machine kept in a run like it."""
+    scan = dataset_scans().get(dataset) if dataset is not None else None
+    if scan is None or scan.manifest is None:
+        return
+    counts = summarize(scan.manifest)
+    estimate = estimate_training(cfg, counts["cats"] + counts["dogs"], RunStore().runs())
+    budget = f"{cfg.time_budget_min:g} minutes" if cfg.time_budget_min else None
+    if estimate is None:
+        limit = f" (at most {budget}, its time budget)" if budget else ""
+        st.caption(f"No run like this has been timed on this machine yet{limit}: the ETA appears once it trains.")
+        return
+    pace = f"{estimate.images_per_s:,.0f} images/s, the pace of run {estimate.based_on} here"
+    if estimate.budget_bound:
+        work = f"its time budget ends it first ({plural(cfg.epochs, 'epoch')} would take longer at {pace})"
+    else:
+        work = f"{plural(cfg.epochs, 'epoch')} of {estimate.train_photos:,} photos at {pace}"
+    st.caption(
+        f"Estimated training time: **about {duration(estimate.seconds)}**: {work}; "
+        "plus decoding the photos, the first time they are used."
     )
 
 
@@ -148,7 +175,7 @@ def progress_ui(state: TrainingState) -> None:
 
 
 def summary_ui(state: TrainingState) -> None:
-    """How the run ended: best validation accuracy, wall time, throughput, where it was saved."""
+    """How the run ended: accuracy on its held-out photos, time, throughput, confusion matrix, where it was saved."""
     if state.status == "failed":
         st.error(f"The run failed: {state.error}")
         return
@@ -164,17 +191,28 @@ def summary_ui(state: TrainingState) -> None:
     }[result.status]
     if not result.run.has_model:
         st.warning(
-            f"Run stopped before its first epoch ended: no model was saved. Its settings are kept in "
-            f"`{result.run.path}` and listed on the Runs page, but it is not offered as a model."
+            f"Run stopped before its first epoch ended: no model was saved, so it is not offered as a model. "
+            f"Its {plural(len(state.batch_log), 'batch')} of losses (above) are kept in "
+            f"`{result.run.batches_path}` and shown on the Runs page."
         )
         return
     st.success(f"Run {ended}: saved to `{result.run.path}`. It is listed on the Runs page.")
-    best = result.metrics.get("best_val_accuracy")
+    app, single = recorded_accuracies(result.run.meta)
+    accuracy, tip = accuracy_text(app or single, single)
     cols = st.columns(4)
-    cols[0].metric("Best validation accuracy", f"{best:.1%}" if best is not None else "—")
-    cols[1].metric("Wall time", duration(result.wall_time_s))
-    cols[2].metric("Images per second", f"{result.metrics.get('train_images_per_s', 0):,.0f}")
+    cols[0].metric("Accuracy on held-out photos", percent((app or single).value) if app or single else "—", help=tip)
+    cols[1].metric(
+        "Time",
+        duration(state.elapsed_s),
+        help=f"From Start to the end; {duration(result.wall_time_s)} of it decoding, training and measuring, "
+        "the rest starting TensorFlow.",
+    )
+    cols[2].metric("Images per second", f"{result.metrics.get('train_images_per_s', 0):,.0f}", help="While fitting")
     cols[3].metric("Epochs", f"{result.metrics.get('epochs_completed', 0)} / {state.config.epochs}")
+    st.caption(f"Accuracy {accuracy}.")
+    if confusion := result.metrics.get("confusion"):
+        st.markdown("**Confusion matrix** on its held-out photos")
+        st.vega_lite_chart(*charts.confusion(confusion), width="content")
     active = active_model()
     if active is not None and active.key == result.run.id:
         st.caption("This session predicts with this run's model.")
@@ -260,13 +298,27 @@ def live_ui(was_running: bool) -> None:
     settings_ui(state)
     if state.history:
         st.vega_lite_chart(*charts.epoch_curves(state.history_frame()), width="stretch")
-    elif state.running:
-        st.caption("Loss and accuracy per epoch appear when the first epoch ends.")
+    elif state.running and state.epoch <= 1:
+        st.caption("Loss and accuracy per epoch, on training and validation photos, appear when epoch 1 ends.")
     if state.batch_log:
-        st.markdown("**Training loss per batch**, as it happens")
-        st.vega_lite_chart(*charts.batch_loss(state.batch_frame()), width="stretch")
+        batch_charts_ui(state.batch_frame(), state.batches)
     if not state.running:
         summary_ui(state)
+
+
+def batch_charts_ui(batches, per_epoch: int) -> None:
+    """Every batch's loss, smoothed as in TensorBoard (linear or log scale), and the learning rate it trained at."""
+    title, left, right = st.columns([3, 2, 1], vertical_alignment="bottom")
+    title.markdown("**Training loss per batch**, as it happens")
+    smoothing = left.slider("Smoothing", 0.0, 0.99, 0.6, step=0.01, key="train_smoothing", persist_state="session")
+    log_scale = right.toggle("Log scale", key="train_log_scale", persist_state="session")
+    st.vega_lite_chart(*charts.batch_loss(batches, smoothing, log_scale, per_epoch), width="stretch")
+    rates = batches.learning_rate.dropna()
+    if rates.nunique() > 1:
+        st.markdown("**Learning rate** per batch")
+        st.vega_lite_chart(*charts.learning_rate(batches, per_epoch), width="stretch")
+    elif len(rates):
+        st.caption(f"Learning rate: {rates.iloc[0]:g} throughout (this preset keeps it constant).")
 
 
 st.title("Train")
@@ -277,6 +329,7 @@ if dataset is None:
 else:
     st.caption(f"Dataset: **{dataset_name(dataset)}**")
 controls_ui()
+estimate_ui(chosen_config(), dataset)
 job = training_manager().current
 running = job is not None and job.running
 buttons_ui(can_start=dataset is not None, job=job)

@@ -67,6 +67,8 @@ def isolated_app_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(config, "CACHE_DIR", base / "cache")
     monkeypatch.setattr(config, "UPLOADS_DIR", base / "uploads")
     monkeypatch.setenv("CVD_RUNS_DIR", str(base / "runs"))
+    # In-process AppTests load models only when a test predicts; tests/test_app_pages.py tests the warm-up.
+    monkeypatch.setattr(config, "WARM_UP_MODEL", False)
     yield
 
 

@@ -67,6 +67,9 @@ def test_health_names_the_model_and_its_version(client, tiny_model):
     assert model["file"] == "model.keras" and model["bytes"] == tiny_model.stat().st_size
     assert model["preset"] == "seed"
     assert 0.0 <= model["accuracy"] <= 1.0
+    low, high = model["accuracy_ci95"]  # with its 95% interval over the photos it was measured on
+    assert low <= model["accuracy"] <= high and model["accuracy_n"] == 60
+    assert model["accuracy_measured_on"] == "the 60 photos of small-train.zip held out from training"
     assert model["tta"] == "unsure"
     assert model["input"] == {"size": 80, "color_mode": "grayscale"}
 

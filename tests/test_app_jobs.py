@@ -152,8 +152,10 @@ def test_models_to_pick_and_the_default_for_everyone(saved_run, app_dirs):
     chosen = catalog.set_server_default(older.id, by="0123456789abcdef")
     assert catalog.server_default() == chosen == catalog.find(older.id)
     assert catalog.server_default_record()["set_by"] == "0123456789abcdef"
-    assert chosen.accuracy == older.meta["metrics"]["best_val_accuracy"]
-    assert chosen.measured_on == f"validation split of small-train.zip ({older.meta['n_val']} photos)"
+    # The accuracy it shows is the app's on its held-out photos; training's one look is kept beside it.
+    assert chosen.accuracy == older.meta["metrics"]["accuracy"] and chosen.score.n == older.meta["n_val"]
+    assert chosen.measured_on == f"the {older.meta['n_val']} photos of small-train.zip held out from training"
+    assert chosen.single_look.value == pytest.approx(older.meta["metrics"]["best_val_accuracy"], abs=1e-6)
     with pytest.raises(KeyError):
         catalog.set_server_default("no-such-run")
     with pytest.raises(KeyError):

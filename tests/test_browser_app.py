@@ -151,7 +151,8 @@ def test_training_draws_live_curves_then_its_summary(page, server):
     assert [b for b, _ in seen] == sorted(b for b, _ in seen)  # after the click and the reload too
     assert summary.inner_text().startswith("Run finished: saved to")
     assert batches_logged(page) == 100  # 10 epochs of 10 batches (80 training photos, batch 8)
-    assert page.get_by_test_id("stVegaLiteChart").count() == 2  # epoch curves and per-batch loss
+    # epoch curves, per-batch loss (the seed's learning rate is constant) and the confusion matrix
+    assert page.get_by_test_id("stVegaLiteChart").count() == 3
     assert page.get_by_test_id("stMetric").filter(has_text="Epochs").inner_text().endswith("10 / 10")
     artifact(page, "train")
 
@@ -197,3 +198,85 @@ def test_every_page_renders_and_the_sidebar_follows_navigation(page, server):
         assert "150 cats · 150 dogs" in sidebar.inner_text() and "Active model" in sidebar.inner_text()
         artifact(page, f"page-{name.lower()}")
     assert page.get_by_test_id("stDataFrame").count() >= 1  # the runs table, with the runs trained above
+
+
+def made_pictures(folder: Path) -> list[Path]:
+    """A GIF, a TIFF, a 16-bit PNG and a 1x1 PNG, made here: formats a browser cannot all show as they are."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    folder.mkdir(exist_ok=True)
+    colour = rng.integers(0, 255, (60, 80, 3), np.uint8)
+    Image.fromarray(colour).convert("P").save(folder / "made.gif")
+    Image.fromarray(colour).save(folder / "made.tif")
+    cv2.imwrite(str(folder / "made16.png"), rng.integers(0, 65535, (60, 80), np.uint16))
+    cv2.imwrite(str(folder / "made-1x1.png"), colour[:1, :1])
+    return [folder / name for name in ("made.gif", "made.tif", "made16.png", "made-1x1.png")]
+
+
+CARDS = (
+    "[data-testid='stMain'] h4, [data-testid='stMain'] [data-testid='stAlertContentError'], "
+    "[data-testid='stMain'] [data-testid='stAlertContentWarning']"
+)
+
+
+def test_every_hostile_file_and_odd_format_dropped_together_gets_its_own_card(page, server, bad_inputs):
+    files = sorted(bad_inputs.iterdir()) + made_pictures(server.data.parent / "made")
+    open_page(page, server, "predict")
+    page.locator(".st-key-predict_files").get_by_test_id("stFileUploaderDropzoneInput").set_input_files(files)
+
+    # One card per file: a label (h4) or its reason; nothing refused at the door, nothing crashed.
+    download = page.get_by_test_id("stDownloadButton").filter(has_text="Download results (CSV)")
+    download.wait_for()  # drawn after every card and the table
+    page.wait_for_selector(IDLE)
+    assert page.locator(CARDS).count() == len(files)
+    assert not page.get_by_test_id("stException").count()
+    assert page.get_by_test_id("stDataFrame").count() == 1 and download.count() == 1
+    for picture in ("made.gif", "made.tif", "made16.png", "gray16.png", "rgba.png"):  # they decode: a label each
+        assert page.get_by_text(re.compile(rf"P\(dog\) = [\d.]+ · {re.escape(picture)}")).count() == 1, picture
+    errors = page.get_by_test_id("stAlertContentError").all_inner_texts()
+    for name, reason in [("zero-byte.jpg", "empty"), ("bomb-20000x20000.png", "too many pixels")]:
+        assert any(name in text and reason in text for text in errors), name
+    assert sum("A whole zip of photos" in text for text in errors) == 3  # the three zips say where zips go
+    artifact(page, "predict-every-file")
+
+
+def test_stop_before_the_first_epoch_leaves_a_run_but_no_selectable_model(page, server, train_zip):
+    open_page(page, server)  # this tab trains on Kaggle's 20,000 photos, so its first epoch is long
+    page.get_by_text("A folder on this machine").click()
+    box = page.get_by_role("textbox", name="Folder or zip path")
+    box.fill(str(train_zip))
+    box.press("Enter")
+    page.get_by_test_id("stMetric").filter(has_text="10,000").first.wait_for()  # scanned: 10,000 cats
+    page.get_by_test_id("stSidebarNav").get_by_text("Train", exact=True).click()
+    page.get_by_role("heading", name="Train", exact=True).wait_for()
+    use_photos(page, 4000)
+    set_slider(page, "Batch size", ["Home"], "in batches of 8 ")  # 400 batches in the first epoch
+    page.locator(".st-key-train_start button").click()
+    # Training, not decoding (Stop then keeps nothing at all), and not a summary left by an earlier run.
+    main = page.get_by_test_id("stMain")
+    main.get_by_text(re.compile(r"Training: epoch 1/\d+ · batch \d+/400")).wait_for()
+    page.locator(".st-key-train_stop button").click()
+
+    warning = page.get_by_test_id("stAlertContentWarning").filter(has_text="before its first epoch ended")
+    warning.wait_for()
+    assert "no model was saved" in warning.inner_text()
+    run_id = re.search(r"runs/([^/]+)/batches\.csv", warning.inner_text())[1]
+    assert page.get_by_test_id("stVegaLiteChart").count() >= 1  # the losses of the batches it trained
+
+    page.get_by_test_id("stSidebarNav").get_by_text("Predict", exact=True).click()
+    page.get_by_role("heading", name="Predict", exact=True).wait_for()
+    page.wait_for_selector(IDLE)
+    page.locator(".st-key-predict_model").click()
+    options = page.get_by_role("option")
+    options.first.wait_for()
+    assert not any(run_id in text for text in options.all_inner_texts())
+    page.keyboard.press("Escape")
+
+    page.get_by_test_id("stSidebarNav").get_by_text("Runs", exact=True).click()
+    page.get_by_role("heading", name="Runs", exact=True).wait_for()
+    page.wait_for_selector(IDLE)
+    assert not page.get_by_test_id("stException").count()
+    artifact(page, "runs-with-a-stopped-run")

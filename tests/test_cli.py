@@ -123,7 +123,7 @@ def test_train_on_kaggles_train_zip_prints_progress_and_the_run_folder(trained, 
     assert trained.returncode == 0, trained.stderr
     run_dir = model_path.parent
     assert run_dir.parent == cli_home / "runs"
-    assert sorted(p.name for p in run_dir.iterdir()) == ["history.csv", "model.keras", "run.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["batches.csv", "history.csv", "model.keras", "run.json"]
     meta = json.loads((run_dir / "run.json").read_text())
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (300, 240, 60)
     assert meta["config"]["epochs"] == 1 and meta["config"]["preset"] == "seed"
@@ -145,6 +145,11 @@ def test_evaluate_prints_accuracy_per_class_confusion_and_a_final_json_line(cli_
     assert set(result["per_class"]) == {"cat", "dog"}
     assert result["model"] == str(model_path)
     assert f"accuracy {result['accuracy']:.4f} on 300 images (1 skipped)" in proc.stdout
+    low, high = result["ci95"]  # the 95% Wilson interval around it, and what it was measured on
+    assert low < result["accuracy"] < high and high - low > 0.05  # 300 photos pin an accuracy to about ±5 points
+    assert f"95% CI {low * 100:.1f}–{high * 100:.1f}%" in proc.stdout
+    assert result["measured_on"] == f"the 300 labeled photos of {Path(eval_zip).name}"
+    assert 0 <= result["calibration_error"] <= 1 and set(result["per_class_ci95"]) == {"cat", "dog"}
 
 
 def test_model_defaults_to_the_newest_run_until_a_model_ships(cli_home, model_path, bad_inputs):
@@ -161,8 +166,8 @@ def test_train_out_saves_the_model_with_its_accuracy_as_the_app_predicts(cli_hom
     assert meta["model_file"] == "mine.keras" and len(meta["validation_names"]) == meta["n_val"] == 60
     metrics = meta["metrics"]
     assert 0 <= metrics["accuracy"] <= 1 and metrics["accuracy"] * 60 == pytest.approx(round(metrics["accuracy"] * 60))
-    assert metrics["measured_on"].startswith("the 60 photos of train.zip held out from training")
-    assert "flip TTA: unsure" in metrics["measured_on"]
+    assert metrics["measured_on"] == "the 60 photos of train.zip held out from training"
+    assert metrics["accuracy_n"] == 60 and metrics["predicted"].startswith("as the app predicts")
 
 
 def test_predict_labels_files_folders_and_zips_with_an_error_row_per_unusable_file(

@@ -51,3 +51,37 @@ def test_a_folder_without_run_json_is_not_a_run_and_delete_removes_a_real_one(tm
     assert [r.id for r in store.runs()] == [real.name]
     store.delete(real.name)
     assert not real.exists() and store.runs() == []
+
+
+def _timed_run(root, name: str, pace: float, batch_size: int = 32, augment: bool = False) -> None:
+    from dataclasses import asdict
+
+    from core.train import TrainConfig
+
+    path = root / name
+    path.mkdir(parents=True)
+    cfg = asdict(TrainConfig(batch_size=batch_size, augment=augment))
+    meta = {"id": name, "config": cfg, "metrics": {"train_images_per_s": pace, "epochs_completed": 2}}
+    (path / "run.json").write_text(json.dumps(meta))
+
+
+def test_a_run_is_estimated_at_the_pace_of_the_newest_run_like_it_on_this_machine(tmp_path):
+    from dataclasses import replace
+
+    from core.estimate import estimate_training
+    from core.train import TrainConfig
+
+    _timed_run(tmp_path, "20260101-000000-seed-aaaa", pace=100)
+    _timed_run(tmp_path, "20260102-000000-seed-bbbb", pace=200)  # newer, same settings: its pace counts
+    _timed_run(tmp_path, "20260103-000000-seed-cccc", pace=50, augment=True)  # newest, but augmented: not alike
+    runs = RunStore(tmp_path).runs()
+    # 10 epochs of 1,000 photos less the 20% held out, at 200 images/s.
+    estimate = estimate_training(TrainConfig(epochs=10), 1000, runs)
+    assert (estimate.seconds, estimate.train_photos, estimate.based_on) == (40.0, 800, "20260102-000000-seed-bbbb")
+    assert not estimate.budget_bound
+    budgeted = estimate_training(replace(TrainConfig(epochs=10), time_budget_min=0.5), 1000, runs)
+    assert budgeted.seconds == 30 and budgeted.budget_bound  # the time budget ends it first
+    assert estimate_training(TrainConfig(epochs=10, limit=500), 1000, runs).train_photos == 400
+    other_batch = estimate_training(TrainConfig(batch_size=8), 1000, runs)  # no run at batch 8: the nearest kind
+    assert other_batch.based_on == "20260102-000000-seed-bbbb"
+    assert estimate_training(TrainConfig.for_preset("best"), 1000, runs) is None  # never timed here

@@ -93,5 +93,6 @@ def test_predictor_refuses_an_unknown_tta_mode():
 def test_shipped_metadata_records_the_accuracy_users_get_and_where_it_was_measured(shipped_meta):
     metrics = shipped_meta["metrics"]
     assert metrics["accuracy"] >= metrics["best_val_accuracy"] - 0.005
-    assert f"the {shipped_meta['n_val']:,} photos of train.zip held out from training" in metrics["measured_on"]
-    assert "flip TTA: unsure" in metrics["measured_on"]
+    assert metrics["measured_on"] == f"the {shipped_meta['n_val']:,} photos of train.zip held out from training"
+    assert metrics["accuracy_n"] == shipped_meta["n_val"] == sum(map(sum, metrics["confusion"]))
+    assert metrics["predicted"].startswith("as the app predicts") and "TTA" not in metrics["predicted"]

@@ -16,7 +16,7 @@ import pytest
 from core import config
 from core.data import load_dataset
 from core.model import load_model, model_pipeline
-from core.pipeline import PipelineConfig
+from core.pipeline import PipelineConfig, to_model_input
 from core.train import ProgressEvent, TrainConfig, split_indices, train
 
 SLICE = 120  # images: 96 to train (3 batches of 32) and 24 to validate, so each epoch takes well under a second
@@ -118,7 +118,9 @@ def test_progress_reaches_a_plain_callable_as_load_start_batch_epoch_end(finishe
 def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_zip):
     result, _ = finished_run
     assert result.status == "finished"
-    assert sorted(p.name for p in result.run.path.iterdir()) == ["history.csv", "model.keras", "run.json"]
+    assert sorted(p.name for p in result.run.path.iterdir()) == [
+        *("batches.csv", "history.csv", "model.keras", "run.json")
+    ]
 
     history = pd.read_csv(result.run.path / "history.csv")
     assert history.epoch.tolist() == [1, 2]
@@ -139,6 +141,33 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
     assert meta["wall_time_s"] > 0
     assert set(meta["versions"]) >= {"python", "tensorflow", "keras", "opencv", "numpy"}
     assert tuple(int(v) for v in meta["versions"]["keras"].split(".")[:3]) >= (3, 15, 1)
+
+
+def test_a_run_records_the_accuracy_the_app_gets_on_its_held_out_photos(finished_run, small_slice):
+    from core.predict import Predictor
+
+    result, _ = finished_run
+    metrics = result.run.meta["metrics"]
+    _, val_idx = split_indices(small_slice.y, 0.2, 42)
+    # Measured again here, as the app predicts (its second, mirrored look at unsure photos included).
+    prob = Predictor(result.run.model_path).probabilities(to_model_input(small_slice.x[val_idx]))
+    right = (prob >= 0.5).astype(int) == small_slice.y[val_idx]
+    assert metrics["accuracy"] == pytest.approx(right.mean()) and metrics["accuracy_n"] == 24
+    assert metrics["measured_on"] == "the 24 photos of small-train.zip held out from training"
+    assert sum(map(sum, metrics["confusion"])) == 24 and 0 <= metrics["calibration_error"] <= 1
+
+
+def test_every_batch_keeps_its_own_loss_and_learning_rate(finished_run):
+    result, events = finished_run
+    batches = result.run.batches
+    assert len(batches) == 2 * 3 and batches.epoch.tolist() == [1, 1, 1, 2, 2, 2]  # 96 photos in batches of 32
+    assert (batches.learning_rate > 0).all() and batches.learning_rate.iloc[-1] <= batches.learning_rate.iloc[0]
+    # Keras logs the epoch's running mean; the mean of the batches' own losses is that epoch's last running mean.
+    for _, epoch in batches.groupby("epoch"):
+        assert epoch.batch_loss.mean() == pytest.approx(epoch.loss.iloc[-1], rel=1e-4)
+        assert epoch.batch_loss.iloc[0] == pytest.approx(epoch.loss.iloc[0])
+    logged = [e.logs["batch_loss"] for e in events if e.kind == "batch"]
+    assert logged == pytest.approx(batches.batch_loss.tolist())  # what the live chart drew is what was saved
 
 
 def test_the_saved_model_is_the_best_epoch_by_validation_loss_and_carries_its_pipeline(finished_run, small_slice):
@@ -292,6 +321,7 @@ def test_stop_during_the_first_epoch_keeps_the_run_but_saves_no_model(small_slic
     assert result.status == "stopped"
     assert len(result.history) == 0 and result.metrics["epochs_completed"] == 0
     assert not result.run.model_path.exists() and not result.run.has_model
+    assert len(result.run.batches) >= 1 and {"batch_loss", "learning_rate"} <= set(result.run.batches.columns)
     store = RunStore(tmp_path)
     assert [r.id for r in store.runs()] == [result.run.id]  # listed, with its settings
     assert store.with_models() == []  # but never offered as a model

@@ -77,18 +77,22 @@ def class_counts(counts: dict) -> VegaChart:
 def _image_sizes_spec() -> dict:
     import altair as alt
 
-    chart = (
+    x = alt.X("width:Q", title="width (px)", scale=alt.Scale(zero=True), axis=alt.Axis(format="d"))
+    y = alt.Y("height:Q", title="height (px)", scale=alt.Scale(zero=True), axis=alt.Axis(format="d"))
+    circles = (
         alt.Chart()
         .mark_circle(opacity=0.6, color="#4E79A7")
         .encode(
-            x=alt.X("width:Q", title="width (px)", axis=alt.Axis(format="d")),
-            y=alt.Y("height:Q", title="height (px)", axis=alt.Axis(format="d")),
-            size=alt.Size("images:Q", legend=None, scale=alt.Scale(range=[20, 600])),
+            x=x,
+            y=y,
+            size=alt.Size("images:Q", legend=None, scale=alt.Scale(range=[30, 400])),
             tooltip=["width:Q", "height:Q", alt.Tooltip("images:Q", format=",")],
         )
-        .properties(height=260)
     )
-    return _template(chart)
+    # Invisible points a little beyond each size stretch the axes, so no circle sits clipped on their ends
+    # (Kaggle's train.zip copy here is one 200x200 point).
+    room = alt.Chart().mark_point(opacity=0).encode(x="x_room:Q", y="y_room:Q")
+    return _template(alt.layer(circles, room).properties(height=260))
 
 
 def image_sizes(manifest: pd.DataFrame) -> VegaChart:
@@ -100,7 +104,7 @@ def image_sizes(manifest: pd.DataFrame) -> VegaChart:
         .size()
         .reset_index(name="images")
     )
-    return VegaChart(sizes, _image_sizes_spec())
+    return VegaChart(sizes.assign(x_room=sizes.width * 1.12, y_room=sizes.height * 1.12), _image_sizes_spec())
 
 
 @cache
@@ -134,39 +138,93 @@ def epoch_curves(history: pd.DataFrame) -> VegaChart:
     return VegaChart(long.drop(columns="key"), _epoch_curves_spec())
 
 
+LOSS_SERIES = {"domain": ["this batch", "smoothed"], "range": ["#A0CBE8", "#1F5A96"]}
+_EPOCH_AXIS = {"title": "epoch", "format": "~g", "tickMinStep": 0.1}  # ~g: 0.05, 0.1, 0.15, never "0.1 0.1 0.1"
+
+
 @cache
-def _batch_loss_spec() -> dict:
+def _batch_loss_spec(log_scale: bool) -> dict:
     import altair as alt
 
     chart = (
         alt.Chart()
-        .mark_line(point=alt.OverlayMarkDef(size=18, opacity=0.5))
+        .mark_line(strokeWidth=1.5, point=alt.OverlayMarkDef(size=12, opacity=0.5))  # a lone batch still shows
         .encode(
-            x=alt.X("progress:Q", title="epoch", scale=alt.Scale(domainMin=0), axis=alt.Axis(format=".1f")),
+            x=alt.X("progress:Q", scale=alt.Scale(domainMin=0), axis=alt.Axis(**_EPOCH_AXIS)),
             y=alt.Y(
                 "loss:Q",
-                title="training loss (running mean)",
-                scale=alt.Scale(zero=False),
+                title="training loss",
+                scale=alt.Scale(type="log") if log_scale else alt.Scale(zero=False),
                 axis=alt.Axis(format=".3~f"),
             ),
-            tooltip=[
-                "epoch:Q",
-                "batch:Q",
-                alt.Tooltip("loss:Q", format=".4f"),
-                alt.Tooltip("accuracy:Q", format=".3f"),
-            ],
+            color=alt.Color(
+                "series:N",
+                scale=alt.Scale(**LOSS_SERIES),
+                title=None,
+                legend=alt.Legend(orient="top", direction="horizontal"),
+            ),
+            tooltip=["epoch:Q", "batch:Q", "series:N", alt.Tooltip("loss:Q", format=".4f")],
         )
-        .properties(height=220)
+        .properties(height=340)  # Streamlit fits a stretched single view, axes and legend included, into this
     )
     return _template(chart)
 
 
-def batch_loss(batches: pd.DataFrame) -> VegaChart:
-    """The running training loss after every batch, on an epoch axis so it grows as the epoch runs."""
-    frame = batches.iloc[:: max(1, len(batches) // MAX_POINTS)].copy()
-    batches_per_epoch = max(int(batches.batch.max()), 1) if len(batches) else 1
-    frame["progress"] = frame.epoch - 1 + frame.batch / batches_per_epoch
-    return VegaChart(frame, _batch_loss_spec())
+def _stride(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.iloc[:: max(1, len(frame) // MAX_POINTS)]
+
+
+def _progress(batches: pd.DataFrame, batches_per_epoch: int | None = None) -> pd.Series:
+    # Batches as fractions of an epoch, so the axis reads in epochs and grows as one runs. Without the epoch's
+    # length, the longest epoch logged sets it (wrong only while the first epoch is still running).
+    per_epoch = batches_per_epoch or (max(int(batches.batch.max()), 1) if len(batches) else 1)
+    return batches.epoch - 1 + batches.batch / per_epoch
+
+
+def smooth(values: pd.Series, weight: float) -> pd.Series:
+    """TensorBoard's smoothing: a debiased exponential moving average; weight 0 keeps the values, 0.99 flattens."""
+    return values.ewm(alpha=1 - min(max(weight, 0.0), 0.999), adjust=True).mean()
+
+
+def batch_loss(
+    batches: pd.DataFrame, smoothing: float = 0.6, log_scale: bool = False, batches_per_epoch: int | None = None
+) -> VegaChart:
+    """Every batch's own training loss, faint, under its smoothed curve, on an epoch axis (log scale on request)."""
+    raw = batches["batch_loss"] if "batch_loss" in batches else batches["loss"]  # runs logged before batch_loss
+    if log_scale:
+        raw = raw.clip(lower=1e-6)  # a difference of running means can round to zero or just below
+    frame = pd.DataFrame(
+        {"progress": _progress(batches, batches_per_epoch), "epoch": batches.epoch, "batch": batches.batch, "raw": raw}
+    ).assign(smoothed=smooth(raw, smoothing))
+    long = _stride(frame).melt(
+        id_vars=["progress", "epoch", "batch"], value_vars=["raw", "smoothed"], var_name="series", value_name="loss"
+    )
+    long["series"] = long.series.map({"raw": "this batch", "smoothed": "smoothed"})
+    return VegaChart(long, _batch_loss_spec(log_scale))
+
+
+@cache
+def _learning_rate_spec() -> dict:
+    import altair as alt
+
+    chart = (
+        alt.Chart()
+        .mark_line(color="#59A14F")
+        .encode(
+            x=alt.X("progress:Q", scale=alt.Scale(domainMin=0), axis=alt.Axis(**_EPOCH_AXIS)),
+            y=alt.Y("learning_rate:Q", title="learning rate", axis=alt.Axis(format="~g")),
+            tooltip=["epoch:Q", "batch:Q", alt.Tooltip("learning_rate:Q", format=".3~e")],
+        )
+        .properties(height=200)
+    )
+    return _template(chart)
+
+
+def learning_rate(batches: pd.DataFrame, batches_per_epoch: int | None = None) -> VegaChart:
+    """The learning rate each batch trained at: a cosine for the improved and best presets."""
+    frame = batches.assign(progress=_progress(batches, batches_per_epoch))
+    frame = frame[["progress", "epoch", "batch", "learning_rate"]]
+    return VegaChart(_stride(frame.dropna()), _learning_rate_spec())
 
 
 @cache
@@ -179,7 +237,7 @@ def _runs_overlay_spec(metric: str, title: str) -> dict:
         .encode(
             x=alt.X("epoch:Q", axis=alt.Axis(tickMinStep=1, format="d")),
             y=alt.Y("value:Q", title=title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".3~f")),
-            color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1)),
+            color=alt.Color("run:N", legend=alt.Legend(orient="bottom", columns=1, labelLimit=0)),  # whole ids
             tooltip=["run:N", "epoch:Q", alt.Tooltip("value:Q", title=metric, format=".4f")],
         )
         .properties(height=320)
@@ -200,7 +258,7 @@ def _confusion_spec() -> dict:
 
     base = alt.Chart().encode(x=alt.X("predicted:N", title="predicted"), y=alt.Y("true:N", title="true"))
     heat = base.mark_rect().encode(
-        color=alt.Color("images:Q", scale=alt.Scale(scheme="blues"), legend=None),
+        color=alt.Color("images:Q", scale=alt.Scale(scheme="blues", domainMin=0), legend=None),  # 0 is white
         tooltip=["true:N", "predicted:N", alt.Tooltip("images:Q", format=",")],
     )
     text = base.mark_text(fontSize=18).encode(
@@ -219,3 +277,47 @@ def confusion(matrix: list[list[int]]) -> VegaChart:
         for p in (0, 1)
     ]
     return VegaChart(pd.DataFrame(rows), _confusion_spec())
+
+
+@cache
+def _reliability_spec() -> dict:
+    import altair as alt
+
+    x = alt.Scale(domain=[0.5, 1])
+    y = alt.Scale(domain=[0, 1])
+    tooltip = [
+        alt.Tooltip("low:Q", title="from", format=".1f"),
+        alt.Tooltip("high:Q", title="to", format=".1f"),
+        alt.Tooltip("photos:Q", format=","),
+        alt.Tooltip("confidence:Q", title="mean confidence", format=".1%"),
+        alt.Tooltip("accuracy:Q", title="right", format=".1%"),
+    ]
+    bars = (
+        alt.Chart()
+        .mark_bar(opacity=0.35, color="#4E79A7", binSpacing=1)
+        .encode(
+            x=alt.X("low:Q", scale=x, title="confidence in its answer", axis=alt.Axis(format=".0%")),
+            x2="high:Q",
+            y=alt.Y("accuracy:Q", scale=y, title="share right", axis=alt.Axis(format=".0%")),
+            tooltip=tooltip,
+        )
+    )
+    points = bars.mark_circle(color="#1F5A96", opacity=1).encode(
+        x=alt.X("confidence:Q", scale=x),
+        y=alt.Y("accuracy:Q", scale=y),
+        size=alt.Size("photos:Q", legend=None, scale=alt.Scale(range=[30, 300])),
+    )
+    diagonal = (
+        alt.Chart()
+        .mark_rule(strokeDash=[4, 4], color="#888")
+        .encode(x=alt.datum(0.5), y=alt.datum(0.5), x2=alt.datum(1), y2=alt.datum(1))
+    )
+    return _template(alt.layer(bars, diagonal, points).properties(width=300, height=240))
+
+
+def reliability(bins: pd.DataFrame) -> VegaChart:
+    """A reliability diagram: per confidence bin, the share right (bar, dot at the bin's mean confidence).
+
+    On the dashed diagonal the model is as often right as it is sure; below it, over-confident.
+    """
+    return VegaChart(bins, _reliability_spec())

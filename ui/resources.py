@@ -237,11 +237,16 @@ def model_notice() -> str | None:
     return f"The model you picked, {gone}, is no longer on this server: this session uses the server's default again."
 
 
-@st.cache_resource(show_spinner="Loading the model (once per server)…", max_entries=4)
+@st.cache_resource(show_spinner=False, max_entries=4)
 def _load_predictor(path: str, version: int) -> Predictor:
     from core.predict import Predictor
 
     return Predictor(path)  # builds, traces and warms up once; shared read-only by every session
+
+
+_loaded: set[tuple[str, int]] = set()  # which models are in the cache, so a hit shows no spinner
+_warm_up_lock = threading.Lock()
+_warm_up_thread: threading.Thread | None = None
 
 
 def predictor(model_path: Path) -> Predictor:
@@ -253,13 +258,62 @@ def predictor(model_path: Path) -> Predictor:
     shipped = model_path == config.DEFAULT_MODEL
     name = "The shipped default model" if shipped else f"The model of {model_path.parent.name}"
     try:
-        return _load_predictor(str(model_path), model_path.stat().st_mtime_ns)
+        key = (str(model_path), model_path.stat().st_mtime_ns)
+        if key in _loaded:
+            return _load_predictor(*key)
+        # While the start-up warm-up is loading this model, the cache's lock makes this wait for it, not load twice.
+        with st.spinner("Loading the model (once per server)…"):
+            found = _load_predictor(*key)
+        _loaded.add(key)
+        return found
     except FileNotFoundError:
         st.error(f"{name} is no longer on this server. Pick another model on the Predict page.")
     except Exception:  # a damaged file: say so in words; the details go to the server log, not to the visitor
         _log.exception("could not load %s", model_path)
         st.error(f"{name} could not be loaded: its file is damaged or incomplete. Pick another model.")
     st.stop()
+
+
+def model_loaded(model_path: Path) -> bool:
+    """Whether this server has the model loaded and warm, so a prediction with it starts at once."""
+    try:
+        return (str(model_path), model_path.stat().st_mtime_ns) in _loaded
+    except OSError:
+        return False
+
+
+def _warm_up(key: tuple[str, int]) -> None:
+    try:
+        _load_predictor(*key)
+    except Exception:  # a damaged default: the first page that needs it says so; the warm-up only logs it
+        _log.exception("could not warm up %s", key[0])
+        return
+    _loaded.add(key)
+
+
+def warm_up_model() -> None:
+    """Once per server, load and warm the server's default model in a background thread, so the first drop is fast.
+
+    Called after the first page is drawn, so TensorFlow's import does not slow that page down.
+    """
+    global _warm_up_thread
+    with _warm_up_lock:
+        if _warm_up_thread is not None or not config.WARM_UP_MODEL:
+            return
+        model = catalog.server_default()  # before any session picks another
+        if model is None or not model.path.exists():
+            return
+        key = (str(model.path), model.path.stat().st_mtime_ns)
+        _warm_up_thread = threading.Thread(target=_warm_up, args=(key,), name="model-warm-up", daemon=True)
+        _warm_up_thread.start()
+
+
+def wait_for_warm_up(timeout: float | None = None) -> bool:
+    """Block until the start-up warm-up has finished (True), or timeout; True at once if none was started."""
+    thread = _warm_up_thread
+    if thread is not None:
+        thread.join(timeout)
+    return thread is None or not thread.is_alive()
 
 
 @st.cache_resource(max_entries=4)

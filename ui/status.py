@@ -9,6 +9,7 @@ import streamlit as st
 
 from core.data import summarize
 from core.jobs import TrainingState, dataset_scans, owner_label, training_manager
+from core.metrics import Accuracy, percent
 from ui.resources import (
     active_dataset,
     active_model,
@@ -76,6 +77,21 @@ def run_settings(state: TrainingState) -> dict[str, str]:
     }
 
 
+def plural(count: int, noun: str) -> str:
+    """1 epoch, 2 epochs, 1,000 photos."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def accuracy_text(score: Accuracy | None, single_look: Accuracy | None = None) -> tuple[str, str | None]:
+    """An accuracy with its 95% interval and photos, and a tooltip: how it was predicted, the other figure."""
+    if score is None:
+        return "accuracy not measured", None
+    tip = f"Predicted {score.how}. The 95% interval (Wilson) is where the accuracy on new photos like these lies."
+    if single_look is not None and single_look is not score:
+        tip += f" With one look per photo, as training measured it: {percent(single_look.value)}."
+    return f"{score.headline} right on {score.on}", tip
+
+
 def _dataset_status() -> None:
     path = active_dataset()
     if notice := dataset_notice():
@@ -93,7 +109,7 @@ def _dataset_status() -> None:
     elif scan.error:
         st.caption(f"**{name}**  \n{scan.error}")
     else:
-        st.caption(f"**{name}**  \nscanning {scan.done:,} / {scan.total or '?'}…")
+        st.caption(f"**{name}**  \nscanning {scan.done:,} / {f'{scan.total:,}' if scan.total else '?'}…")
 
 
 def _model_status() -> None:
@@ -103,8 +119,8 @@ def _model_status() -> None:
     if model is None:
         st.caption("None yet: train one on the Train page.")
         return
-    accuracy = f"{model.accuracy:.1%} accuracy" if model.accuracy is not None else "accuracy not measured"
-    st.caption(f"**{model.name}** · {model.preset or 'unknown'} preset  \n{accuracy} on {model.measured_on}")
+    accuracy, tip = accuracy_text(model.score, model.single_look)
+    st.caption(f"**{model.name}** · {model.preset or 'unknown'} preset  \n{accuracy}", help=tip)
 
 
 def _training_status() -> None:

@@ -20,8 +20,11 @@ LONG = 180_000  # ms: a 2-core CPU shared with training
 
 
 @pytest.fixture(scope="module")
-def server(small_zip, tiny_model, tmp_path_factory):
-    """A server whose default dataset is small_zip and whose one saved run is the tiny model."""
+def server(small_zip, train_zip, tiny_model, tmp_path_factory):
+    """A server whose default dataset is small_zip and whose one saved run is the tiny model.
+
+    Kaggle's train.zip can be typed as a folder path too: its folder is an allowed data root (CVD_DATA_ROOTS).
+    """
     base = tmp_path_factory.mktemp("browser-app")
     dirs = SimpleNamespace(data=base / "data", runs=base / "runs", models=base / "models")
     for folder in vars(dirs).values():
@@ -29,6 +32,7 @@ def server(small_zip, tiny_model, tmp_path_factory):
     (dirs.data / "train.zip").symlink_to(small_zip)
     shutil.copytree(tiny_model.parent, dirs.runs / tiny_model.parent.name)
     env = {"CVD_DATA_DIR": str(dirs.data), "CVD_RUNS_DIR": str(dirs.runs), "CVD_MODELS_DIR": str(dirs.models)}
+    env["CVD_DATA_ROOTS"] = str(train_zip.parent)
     with running_server(env, base / "server.log") as url:
         yield SimpleNamespace(url=url, **vars(dirs))
 

@@ -58,7 +58,7 @@ class BestKeeper(keras.callbacks.Callback):
             loss_sum = logs["loss"] * self.epoch_images
             logs["batch_loss"] = (loss_sum - self.epoch_loss_sum) / max(size, 1)
             self.epoch_loss_sum = loss_sum
-        logs["learning_rate"] = float(self.model.optimizer.learning_rate)
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # also mirrored
         return logs
 
     def on_train_batch_end(self, batch, logs=None):

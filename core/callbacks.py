@@ -12,7 +12,8 @@ import pandas as pd
 
 from core.model import save_model
 from core.runs import Run
-from core.train import ProgressEvent, ProgressFn, TrainConfig
+from core.settings import TrainConfig
+from core.train import ProgressEvent, ProgressFn
 
 
 class BestKeeper(keras.callbacks.Callback):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +14,7 @@ from core.config import TTA_MODES
 from core.data import DatasetError
 from core.export import FORMATS, export_model, sidecar_path
 from core.pipeline import ImageError
+from core.settings import PRESETS, minutes, settings
 
 
 def _model_path(arg: str | None) -> Path:
@@ -44,21 +45,42 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _minutes(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (0 or more)")
-    return value
+def _typed(parse: Callable[[str], object]) -> Callable[[str], object]:
+    # argparse shows an ArgumentTypeError's own words; a plain ValueError would read "invalid value".
+    def typed(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    typed.__name__ = parse.__name__
+    return typed
 
 
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        scales = ()
-    if not scales or not all(0 < s <= 1 for s in scales):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of fractions of the image size, like 0.67,0.83,1")
-    return scales
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of core.settings.TrainConfig (the network's and optimiser's too), with its help text.
+
+    Every flag defaults to None, "not given": the preset's own value stays.
+    """
+    for setting in settings():
+        kwargs: dict = {"dest": setting.name, "default": None, "help": setting.help}
+        if setting.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _typed(setting.parse) if setting.parse else setting.type
+            metavar = setting.metavar or setting.flag.upper().replace("-", "_")
+            kwargs |= {"choices": setting.choices} if setting.choices else {"metavar": metavar}
+        parser.add_argument(f"--{setting.flag}", **kwargs)
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The settings a command line gave, by name (0 for "none" already None), for TrainConfig.for_preset."""
+    given = {s.name: getattr(args, s.name) for s in settings() if getattr(args, s.name) is not None}
+    return {name: None if value == 0 and _zero_is_none(name) else value for name, value in given.items()}
+
+
+def _zero_is_none(name: str) -> bool:
+    return next(s.zero_is_none for s in settings() if s.name == name)
 
 
 class TrainingRefused(RuntimeError):
@@ -88,24 +110,10 @@ def _one_training_per_folder(allow_concurrent: bool) -> Iterator[None]:
 def cmd_train(args) -> int:
     from tqdm import tqdm
 
-    from core.train import TrainConfig, train
+    from core.settings import TrainConfig
+    from core.train import train
 
-    config = TrainConfig.for_preset(
-        args.preset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        limit=args.limit,
-        image_size=args.image_size,
-        color_mode=args.color_mode,
-        augment=args.augment,
-        early_stopping=args.early_stopping,
-        train_scales=args.train_scales,
-    )
-    if args.time_budget is not None:  # 0 turns a preset's budget off
-        config = replace(config, time_budget_min=args.time_budget or None)
+    config = TrainConfig.for_preset(args.preset, **given_settings(args))
     bars: dict = {}
 
     def progress(event) -> None:
@@ -284,31 +292,8 @@ def parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a folder or zip of labeled photos")
     t.add_argument("source")
-    t.add_argument("--preset", default="seed", help="seed, improved or best (default: seed)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--validation-split", type=float)
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--color-mode", choices=["grayscale", "rgb"])
-    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--limit", type=int, help="train on a balanced slice of at most N images")
-    t.add_argument(
-        "--time-budget",
-        type=_minutes,
-        metavar="MINUTES",
-        help="train for this long: the learning rate anneals over the time and --epochs becomes an upper bound"
-        " (the best preset defaults to 50; 0 turns it off)",
-    )
-    t.add_argument(
-        "--train-scales",
-        type=_scales,
-        metavar="S1,S2,...",
-        help="progressive resizing: train in equal shares at these fractions of --image-size, smallest first"
-        " (the best preset: 0.67,0.83,1; 1 trains at full size throughout)",
-    )
+    t.add_argument("--preset", default="seed", choices=PRESETS, help="the settings to start from (default: seed)")
+    add_setting_flags(t)
     t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
     t.add_argument(
         "--allow-concurrent",
@@ -351,7 +336,7 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("source")
     li.add_argument(
         "--time-budget",
-        type=_minutes,
+        type=_typed(minutes),
         metavar="MINUTES",
         help="the whole search, loading to ranking (default 25: all 20,000 photos of train.zip on 2 CPU cores)",
     )

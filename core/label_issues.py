@@ -37,6 +37,7 @@ import pandas as pd
 from core.config import CLASS_NAMES, temp_sibling
 from core.data import LoadedDataset, Source, load_dataset
 from core.pipeline import ImageError, PipelineConfig, decode_preview, to_model_input
+from core.settings import TrainConfig
 
 KINDS = ("other-class", "neither")
 EXCLUDE = "exclude"  # the suggestion for a photo that is neither a cat nor a dog
@@ -79,13 +80,9 @@ class FinderConfig:
     def pipeline(self) -> PipelineConfig:
         return PipelineConfig(self.image_size, "rgb")
 
-    def train_config(self, minutes: float, fold: int):
+    def train_config(self, minutes: float, fold: int) -> TrainConfig:
         """The TrainConfig of one fold's model: all its photos train (no validation split) for `minutes`."""
-        from dataclasses import replace
-
-        from core.train import TrainConfig
-
-        config = TrainConfig.for_preset(
+        return TrainConfig.for_preset(
             self.preset,
             epochs=self.epochs or 10_000,  # without epochs, an upper bound: the time budget ends training
             batch_size=self.batch_size,
@@ -95,9 +92,9 @@ class FinderConfig:
             early_stopping=False,
             seed=self.seed + fold,
             train_scales=self.train_scales,
+            # With fixed epochs the cosine runs over them, not over the preset's own time budget.
+            time_budget_min=None if self.epochs else minutes,
         )
-        # With fixed epochs the cosine runs over them, not over the preset's own time budget.
-        return replace(config, time_budget_min=None if self.epochs else minutes)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,66 +16,9 @@ import numpy as np
 import pandas as pd
 
 from core.data import LoadedDataset, load_dataset
-from core.pipeline import PipelineConfig, to_model_input
+from core.pipeline import to_model_input
 from core.runs import Run, RunStore
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every knob of a run. The defaults reproduce the seed tutorial."""
-
-    preset: str = "seed"
-    epochs: int = 10
-    batch_size: int = 32
-    validation_split: float = 0.2
-    learning_rate: float = 1e-3
-    image_size: int = 80
-    color_mode: str = "grayscale"
-    augment: bool = False
-    early_stopping: bool = False
-    patience: int = 4
-    seed: int = 42
-    limit: int | None = None  # train on a balanced slice of at most this many images
-    # Minutes of training: the learning rate follows a cosine over this wall time, not over steps, and training
-    # ends when it runs out (epochs is then an upper bound). None: the cosine runs over the epochs.
-    time_budget_min: float | None = None
-    # Progressive resizing: train in equal shares (of the time budget, else of the epochs) at these fractions of
-    # image_size, e.g. (2/3, 5/6, 1) for 64, 80 and 96. Small early epochs cost a fraction of full-size ones, so
-    # the same time trains more epochs. Validation and the saved model use image_size. (): image_size throughout.
-    train_scales: tuple[float, ...] = ()
-
-    @classmethod
-    def for_preset(cls, preset: str, **overrides) -> TrainConfig:
-        """The preset's own settings, with any non-None overrides applied."""
-        from core.presets import PRESETS
-
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        p = PRESETS[preset]
-        base = cls(
-            preset=preset,
-            epochs=p.epochs,
-            batch_size=p.batch_size,
-            validation_split=p.validation_split,
-            learning_rate=p.learning_rate,
-            image_size=p.pipeline.size,
-            color_mode=p.pipeline.color_mode,
-            augment=p.augment,
-            early_stopping=p.early_stopping,
-            time_budget_min=p.time_budget_min,
-            train_scales=p.train_scales,
-        )
-        known = {f.name for f in fields(cls)}
-        return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None and k in known}})
-
-    @property
-    def pipeline(self) -> PipelineConfig:
-        return PipelineConfig(self.image_size, self.color_mode)
-
-    @property
-    def stages(self) -> tuple[int, ...]:
-        """The input size of each training stage (one stage, at image_size, without progressive resizing)."""
-        return tuple(max(8, round(self.image_size * s)) for s in self.train_scales) or (self.image_size,)
+from core.settings import TrainConfig
 
 
 @dataclass
@@ -296,12 +239,10 @@ def _train_run(
 
     from core.callbacks import BestKeeper, StageEnd, TimeBudget
     from core.model import build_model, compile_model, fixed_size, save_model
-    from core.presets import PRESETS
 
     started = time.time()
     emit = progress or (lambda event: None)
     cancel = cancel or threading.Event()
-    preset = PRESETS[config.preset]
     pipeline = config.pipeline
     if isinstance(source, LoadedDataset):
         dataset = source
@@ -340,12 +281,12 @@ def _train_run(
     steps = len(train_data)
     any_size = stages != (pipeline.size,)
     with strategy.scope():
-        model = build_model(preset, pipeline, any_size=any_size)
+        model = build_model(config, any_size=any_size)
         budgeted = config.time_budget_min is not None
-        compile_model(model, preset, config.learning_rate, total_steps=None if budgeted else steps * config.epochs)
+        compile_model(model, config, total_steps=None if budgeted else steps * config.epochs)
 
     def export(m):
-        return fixed_size(m, preset, pipeline)
+        return fixed_size(m, config)
 
     keeper = BestKeeper(run, emit, cancel, config, train_data, started, export)
     budget = TimeBudget(config.time_budget_min * 60, config.learning_rate) if budgeted else None

@@ -88,7 +88,8 @@ def small_zip(train_zip, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(small_zip, tmp_path_factory) -> Path:
     """A seed-preset model trained for 1 epoch on small_zip: real, if not yet accurate."""
-    from core.train import TrainConfig, train
+    from core.settings import TrainConfig
+    from core.train import train
 
     runs = tmp_path_factory.mktemp("tiny-runs")
     result = train(small_zip, TrainConfig(epochs=1), runs_dir=runs)

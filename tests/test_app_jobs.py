@@ -17,7 +17,7 @@ from core.runs import RunStore, promote_run
 
 
 def _config(**overrides):
-    from core.train import TrainConfig
+    from core.settings import TrainConfig
 
     return TrainConfig(**{"epochs": 1, "limit": 100, "batch_size": 16, **overrides})
 

@@ -164,7 +164,7 @@ def test_a_dropped_zip_is_kept_and_becomes_the_dataset(small_zip, app_dirs):
 
 
 def test_choosing_a_preset_loads_its_settings(dataset):
-    from core.train import TrainConfig
+    from core.settings import TrainConfig
 
     at = open_app("pages/train.py")
     assert at.slider(key="train_epochs").value == 10  # the seed tutorial's defaults
@@ -176,12 +176,13 @@ def test_choosing_a_preset_loads_its_settings(dataset):
     assert at.select_slider(key="train_image_size").value == improved.image_size
     assert at.radio(key="train_color_mode").value == improved.color_mode
     assert at.toggle(key="train_augment").value is True
-    assert at.number_input(key="train_time_budget").value == 0
+    assert at.number_input(key="train_time_budget_min").value == 0
     at.selectbox(key="train_preset").set_value("best").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.number_input(key="train_time_budget").value == TrainConfig.for_preset("best").time_budget_min
+    assert at.number_input(key="train_time_budget_min").value == TrainConfig.for_preset("best").time_budget_min
+    assert at.session_state["train_net.widths"] == TrainConfig.for_preset("best").net.widths  # the whole tree
     assert "for 50 epochs or 50 minutes" in texts(at.caption)
-    at.number_input(key="train_time_budget").set_value(0).run()  # 0 turns the budget off
+    at.number_input(key="train_time_budget_min").set_value(0).run()  # 0 turns the budget off
     assert "for 50 epochs in batches" in texts(at.caption)
     at.slider(key="train_epochs").set_value(1).run()
     assert "for 1 epoch in batches" in texts(at.caption)
@@ -365,7 +366,7 @@ def test_a_run_trained_elsewhere_says_where_to_find_its_dataset(saved_run, app_d
 
 
 def test_the_sidebar_shows_a_run_in_progress(dataset):
-    from core.train import TrainConfig
+    from core.settings import TrainConfig
 
     job = training_manager().start(dataset, TrainConfig(epochs=50, limit=100, batch_size=8), runs_dir=config.RUNS_DIR)
     deadline = time.time() + 120
@@ -380,7 +381,7 @@ def test_the_sidebar_shows_a_run_in_progress(dataset):
 @pytest.mark.parametrize(("page", "element"), [("pages/dataset.py", "metric"), ("pages/train.py", "slider")])
 def test_the_dataset_and_train_pages_render_without_loading_tensorflow(dataset, saved_run, page, element):
     # In a fresh interpreter: this test process has long imported TensorFlow for training. The Train page
-    # lists the presets from core.presets, which does not import Keras; TensorFlow loads when a run starts.
+    # lists the presets from core.settings, which does not import Keras; TensorFlow loads when a run starts.
     script = (
         "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
@@ -424,7 +425,8 @@ def stopped_run(small_zip, app_dirs):
     """A real run stopped during its first batch: it saved its batches and settings, and no model."""
     import threading
 
-    from core.train import TrainConfig, train
+    from core.settings import TrainConfig
+    from core.train import train
 
     cancel = threading.Event()
     result = train(

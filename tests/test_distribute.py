@@ -27,7 +27,8 @@ MIRRORED_RUN = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from core.data import load_dataset
-    from core.train import TrainConfig, train
+    from core.settings import TrainConfig
+    from core.train import train
 
     source, runs_dir = sys.argv[1], sys.argv[2]
     config = TrainConfig(epochs=1, batch_size=36, validation_split=0.3, limit=123, image_size=48)

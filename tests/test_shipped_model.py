@@ -11,10 +11,11 @@ import pytest
 
 from core import config
 from core.data import Source
-from core.model import PRESETS, load_model, model_pipeline
+from core.model import load_model, model_pipeline
 from core.pipeline import PipelineConfig, preprocess
 from core.predict import Predictor, evaluate
-from core.train import TrainConfig, train
+from core.settings import TrainConfig
+from core.train import train
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,9 @@ def test_best_preset_trains_one_epoch_and_round_trips_with_identical_predictions
     assert np.isfinite(result.history.loss.iloc[0])
 
     saved = load_model(result.run.model_path)
-    assert model_pipeline(saved) == PRESETS["best"].pipeline
-    x = np.random.default_rng(0).random((8, *PRESETS["best"].pipeline.input_shape), np.float32)
+    best = TrainConfig.for_preset("best").pipeline
+    assert model_pipeline(saved) == best
+    x = np.random.default_rng(0).random((8, *best.input_shape), np.float32)
     first = np.asarray(saved(x, training=False))
     again = np.asarray(load_model(result.run.model_path)(x, training=False))
     np.testing.assert_array_equal(first, again)

@@ -15,9 +15,11 @@ import pytest
 
 from core import config
 from core.data import load_dataset
+from core.errors import SettingsError
 from core.model import load_model, model_pipeline
 from core.pipeline import PipelineConfig, to_model_input
-from core.train import ProgressEvent, TrainConfig, split_indices, train
+from core.settings import NetConfig, TrainConfig
+from core.train import ProgressEvent, split_indices, train
 
 SLICE = 120  # images: 96 to train (3 batches of 32) and 24 to validate, so each epoch takes well under a second
 
@@ -67,10 +69,37 @@ def test_for_preset_takes_the_presets_settings_and_applies_overrides():
         True,
         True,
     )
-    tuned = TrainConfig.for_preset("seed", epochs=3, learning_rate=None, limit=500, not_a_field=1)
-    assert (tuned.epochs, tuned.learning_rate, tuned.limit) == (3, 1e-3, 500)
+    assert improved.net == NetConfig("vgg_bn", (16, 32, 64, 128)) and improved.optimizer.name == "adamw"
+    tuned = TrainConfig.for_preset("best", epochs=3, limit=500, time_budget_min=None, **{"net.stem": 0})
+    assert (tuned.epochs, tuned.limit, tuned.time_budget_min, tuned.net.stem) == (3, 500, None, 0)
+    assert tuned.net.widths == (32, 64, 128, 256) and tuned.optimizer.weight_decay == 0.05  # the rest: the preset's
     with pytest.raises(ValueError, match="unknown preset"):
         TrainConfig.for_preset("enormous")
+
+
+@pytest.mark.parametrize("name", ["not_a_field", "net.depth", "optimizer.momentum", "widths"])
+def test_an_unknown_override_is_an_error_not_silently_dropped(name):
+    with pytest.raises(SettingsError, match=f"unknown setting '{name}'"):
+        TrainConfig.for_preset("seed", **{name: 1})
+    with pytest.raises(SettingsError, match="optimizer is a whole OptimizerConfig"):
+        TrainConfig.for_preset("seed", optimizer="adamw")
+
+
+def test_a_setting_outside_its_choices_is_refused():
+    with pytest.raises(SettingsError, match="color_mode 'sepia' is not one of grayscale, rgb"):
+        TrainConfig(color_mode="sepia")
+    with pytest.raises(SettingsError, match="kind 'resnet'"):
+        TrainConfig.for_preset("best", **{"net.kind": "resnet"})
+
+
+def test_a_run_json_saved_before_the_tree_held_the_net_loads_with_its_presets():
+    # The shipped model's default.json predates the embedded settings: it was trained with the best preset's net.
+    old = json.loads(config.DEFAULT_MODEL_META.read_text())["config"]
+    assert "net" not in old and "optimizer" not in old
+    assert TrainConfig.from_record(old) == TrainConfig.for_preset("best")
+    assert TrainConfig.from_record({"preset": "seed", "epochs": 3}) == TrainConfig(epochs=3)
+    record = json.loads(json.dumps(dataclasses.asdict(TrainConfig.for_preset("best", **{"net.stem": 8}))))
+    assert TrainConfig.from_record(record).net.stem == 8  # a whole tree comes back as it was saved
 
 
 def test_split_is_stratified_disjoint_and_the_same_for_the_same_seed():
@@ -129,6 +158,8 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
     meta = json.loads((result.run.path / "run.json").read_text())
     assert meta["status"] == "finished"
     assert meta["config"] == json.loads(json.dumps(dataclasses.asdict(TrainConfig(epochs=2, limit=SLICE))))
+    assert meta["config"]["net"] == {"kind": "seed", "widths": [64, 64], "stem": 0}  # the whole settings tree
+    assert meta["config"]["optimizer"] == {"name": "adam", "weight_decay": 0.0, "label_smoothing": 0.0}
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)
     assert meta["class_names"] == ["cat", "dog"]

@@ -17,8 +17,9 @@ from core.data import DatasetError, scan
 from core.runs import RunStore, TrainingInProgress
 
 if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state without it
+    from core.progress import ProgressEvent
     from core.settings import TrainConfig
-    from core.train import ProgressEvent, RunResult
+    from core.train import RunResult
 
 RUNNING = ("loading", "training", "stopping")
 BATCH_COLUMNS = ["step", "epoch", "batch", "loss", "accuracy", "batch_loss", "learning_rate"]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from core.config import ROOT
-from core.train import batch_sizes
+from core.distribute import batch_sizes
 
 # Logical devices can only be configured before TensorFlow initialises, so the run happens in a fresh
 # interpreter; this test process (and every other test) keeps its single CPU device.

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+from core.errors import DatasetError
+
 
 def distribution_strategy():
     """MultiWorkerMirrored with TF_CONFIG, Mirrored over several GPUs, else the default strategy."""
@@ -27,7 +29,7 @@ def batch_sizes(n: int, batch_size: int, replicas: int = 1) -> list[int]:
     #   split evenly (keras 3.15 TF trainer, _maybe_symbolic_build).
     # So every batch but the last is a multiple of R, and the last holds at least R images.
     if n < replicas or (n < 2 * replicas and n % replicas):
-        raise ValueError(f"{n} images cannot be split evenly across {replicas} replicas; use more images")
+        raise DatasetError(f"{n} images cannot be split evenly across {replicas} replicas; use more images")
     whole = n - n % replicas
     sizes = [batch_size] * (whole // batch_size) + ([whole % batch_size] if whole % batch_size else [])
     if n % replicas:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from core.data import DatasetError, scan
+from core.errors import UserError
 from core.runs import RunStore, TrainingInProgress
 
 if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state without it
@@ -25,7 +26,7 @@ RUNNING = ("loading", "training", "stopping")
 BATCH_COLUMNS = ["step", "epoch", "batch", "loss", "accuracy", "batch_loss", "learning_rate"]
 
 
-class TrainingBusy(RuntimeError):
+class TrainingBusy(UserError, RuntimeError):
     """A run was requested while another one is still training in this process."""
 
 

@@ -36,6 +36,7 @@ import pandas as pd
 
 from core.config import CLASS_NAMES, temp_sibling
 from core.data import LoadedDataset, Source, load_dataset
+from core.errors import DatasetError, SettingsError
 from core.pipeline import ImageError, PipelineConfig, decode_preview, to_model_input
 from core.settings import TrainConfig
 
@@ -231,10 +232,10 @@ def _fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.nd
     from sklearn.model_selection import StratifiedKFold
 
     if folds < 2:
-        raise ValueError(f"the finder needs at least 2 folds, not {folds}")
+        raise SettingsError(f"the finder needs at least 2 folds, not {folds}")
     counts = np.bincount(labels.astype(int), minlength=2)
     if counts.min() < _MIN_PER_CLASS_AND_FOLD * folds:
-        raise ValueError(
+        raise DatasetError(
             f"finding label issues with {folds} folds needs at least {_MIN_PER_CLASS_AND_FOLD * folds} photos of "
             f"each class; this dataset has {counts[0]} cats and {counts[1]} dogs"
         )
@@ -285,7 +286,7 @@ class _Finder:
         result = train(subset, config, progress=self._on_train(f, budget_s), cancel=self.cancel, runs_dir=runs)
         self.check()
         if not result.run.has_model:
-            raise ValueError(f"fold {f + 1}'s model trained no whole epoch in {budget_s:.0f} s: give it more time")
+            raise SettingsError(f"fold {f + 1}'s model trained no whole epoch in {budget_s:.0f} s: give it more time")
         model = load_model(result.run.model_path)
         shutil.rmtree(result.run.path, ignore_errors=True)
         scoring = time.time()

@@ -177,7 +177,10 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     path = Path(path)
     if path.is_file() and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
         raise ModelError(f"{path}: not a Keras model (a .keras file is a zip archive)")
-    return keras.models.load_model(path, compile=False, safe_mode=True)
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, KeyError, OSError) as err:  # Keras's refusals: safe_mode, an archive it cannot read
+        raise ModelError(f"{path}: not a model this project can load: {err}") from err
 
 
 def model_pipeline(model: keras.Model) -> PipelineConfig:

@@ -13,7 +13,7 @@ from conftest import make_jpeg
 from core import catalog, config
 from core.data import DatasetError, scan
 from core.jobs import DatasetScans, TrainingBusy, TrainingManager
-from core.runs import RunStore, promote_run
+from core.runs import RunStore, default_model_path, promote_run
 
 
 def _config(**overrides):
@@ -162,7 +162,9 @@ def test_models_to_pick_and_the_default_for_everyone(saved_run, app_dirs):
         catalog.set_server_default("../../etc")
     assert catalog.find("../" + older.id) is None
 
-    promote_run(older, config.DEFAULT_MODEL)
+    # The default target is read when called: the redirected models folder, never the real shipped model.
+    assert promote_run(older) == app_dirs.models / "default.keras"
+    assert default_model_path() == app_dirs.models / "default.keras"  # the CLI's and API's default sees it too
     assert catalog.choices()[0].key == catalog.DEFAULT_KEY
     assert catalog.choices()[0].name == "Shipped default"
     assert catalog.server_default().key == older.id  # an explicit choice outlives a new default

@@ -351,3 +351,20 @@ def test_the_train_flags_are_every_setting_with_its_help(cli_home):
     shown = " ".join(proc.stdout.split())  # argparse wraps the help text
     for setting in settings():
         assert f"--{setting.flag}" in shown and " ".join(setting.help.split()[:4]) in shown, setting.name
+
+
+def test_a_bug_keeps_its_traceback_and_only_a_users_error_is_one_line(tmp_path, monkeypatch, capsys):
+    import core.data
+    from core.cli import main
+
+    missing = str(tmp_path / "nowhere.zip")
+    assert main(["scan", missing]) == 2  # the user's mistake: one line
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such file or folder"
+
+    def broken_scan(*args, **kwargs):  # a coding error inside a command, of a type users' errors once had
+        raise KeyError("a key the code forgot")
+
+    monkeypatch.setattr(core.data, "scan", broken_scan)
+    with pytest.raises(KeyError, match="a key the code forgot"):
+        main(["scan", str(tmp_path)])
+    assert "error:" not in capsys.readouterr().err

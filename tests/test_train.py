@@ -7,7 +7,6 @@ import itertools
 import json
 import shutil
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -230,12 +229,14 @@ def test_a_time_budget_anneals_the_rate_over_wall_time_and_ends_training(small_z
     cfg = TrainConfig.for_preset(
         "improved", epochs=200, image_size=32, batch_size=16, limit=SLICE, early_stopping=False, time_budget_min=0.1
     )
-    started = time.time()
     result = train(small_zip, cfg, runs_dir=tmp_path)
     assert result.status == "time-budget"
     assert 1 <= result.metrics["epochs_completed"] < 200
-    assert time.time() - started < 60
-    rates = result.history["learning_rate"].to_numpy()
+    epoch_rates = result.history["learning_rate"].to_numpy()
+    assert (np.diff(epoch_rates) <= 0).all()
+    # Every batch trains at the rate of its moment: however few epochs this machine fits into the budget, the
+    # batches run down the cosine.
+    rates = pd.read_csv(result.run.batches_path)["learning_rate"].to_numpy()
     assert (np.diff(rates) <= 0).all() and rates[-1] < rates[0]
     assert rates[-1] < cfg.learning_rate * 0.2  # near the end of the cosine
     assert result.run.meta["status"] == "time-budget"

@@ -47,26 +47,25 @@ def minutes(text: str) -> float:
     return value
 
 
+def _numbers(text: str, parse: Callable[[str], float], ok: Callable[[float], bool], what: str) -> tuple:
+    # Comma-separated numbers as typed, each passing ok; ValueError names what was expected.
+    try:
+        found = tuple(parse(part) for part in text.split(","))
+    except ValueError:
+        found = ()
+    if not found or not all(ok(value) for value in found):  # also refuses nan
+        raise ValueError(f"{text!r} is not a list of {what}")
+    return found
+
+
 def fractions(text: str) -> tuple[float, ...]:
     """Comma-separated fractions of the image size, each in (0, 1], as typed: 0.67,0.83,1."""
-    try:
-        scales = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        scales = ()
-    if not scales or not all(0 < s <= 1 for s in scales):  # also refuses nan
-        raise ValueError(f"{text!r} is not a list of fractions of the image size, like 0.67,0.83,1")
-    return scales
+    return _numbers(text, float, lambda s: 0 < s <= 1, "fractions of the image size, like 0.67,0.83,1")
 
 
 def widths(text: str) -> tuple[int, ...]:
     """Comma-separated filter counts, each at least 1, as typed: 32,64,128."""
-    try:
-        found = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        found = ()
-    if not found or min(found) < 1:
-        raise ValueError(f"{text!r} is not a list of filter counts, like 32,64,128,256")
-    return found
+    return _numbers(text, int, lambda w: w >= 1, "filter counts, like 32,64,128,256")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ def test_a_run_reports_load_batch_and_epoch_progress_then_its_saved_result(small
     assert final.result.metrics["epochs_completed"] == 2
 
 
+@pytest.mark.slow
 def test_a_time_budgeted_run_reports_progress_and_eta_against_its_budget(small_zip, app_dirs):
     budget_s = 6.0
     job = TrainingManager().start(small_zip, _config(epochs=500, time_budget_min=budget_s / 60), runs_dir=app_dirs.runs)
@@ -74,6 +75,7 @@ def test_a_time_budgeted_run_reports_progress_and_eta_against_its_budget(small_z
     assert max(s.fraction for s in running) > 0.5
 
 
+@pytest.mark.slow
 def test_one_run_at_a_time_and_stop_keeps_the_best_epoch_so_far(small_zip, app_dirs):
     manager = TrainingManager()
     job = manager.start(small_zip, _config(epochs=50, batch_size=8), runs_dir=app_dirs.runs)

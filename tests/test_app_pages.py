@@ -188,6 +188,7 @@ def test_choosing_a_preset_loads_its_settings(dataset):
     assert "for 1 epoch in batches" in texts(at.caption)
 
 
+@pytest.mark.slow
 def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(dataset, app_dirs):
     at = open_app("pages/train.py")
     at.slider(key="train_epochs").set_value(1)
@@ -220,6 +221,7 @@ def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(datas
     assert at.slider(key="train_epochs").value == 1  # settings survive a page switch
 
 
+@pytest.mark.slow
 def test_a_second_start_from_another_tab_gets_a_clear_message_and_stop_ends_the_run(dataset):
     at, other_tab = open_app("pages/train.py"), open_app("pages/train.py")
     at.slider(key="train_epochs").set_value(50)
@@ -369,6 +371,7 @@ def test_a_run_trained_elsewhere_says_where_to_find_its_dataset(saved_run, app_d
     assert "No dataset is open here" in texts(at.info)
 
 
+@pytest.mark.slow
 def test_the_sidebar_shows_a_run_in_progress(dataset):
     from core.settings import TrainConfig
 
@@ -382,6 +385,7 @@ def test_the_sidebar_shows_a_run_in_progress(dataset):
     assert job.wait(120)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("page", "element"), [("pages/dataset.py", "metric"), ("pages/train.py", "slider")])
 def test_the_dataset_and_train_pages_render_without_loading_tensorflow(dataset, saved_run, page, element):
     # In a fresh interpreter: this test process has long imported TensorFlow for training. The Train page
@@ -448,6 +452,7 @@ def keys(widgets) -> list:
     return [w.key for w in widgets]
 
 
+@pytest.mark.slow
 def test_runs_page_evaluates_the_shipped_model_on_a_small_labeled_zip(shipped, dataset):
     from core.metrics import expected_calibration_error, wilson_interval
     from core.predict import Predictor, evaluate
@@ -534,6 +539,7 @@ def test_a_zip_that_cannot_be_read_or_has_no_kaggle_ids_says_so_and_offers_no_su
     assert at.dataframe[0].value.file.tolist() == ["train/cat.1001.jpg", "train/dog.1001.jpg"]
 
 
+@pytest.mark.slow
 def test_a_run_stopped_before_its_first_epoch_keeps_its_batches_and_is_never_offered(stopped_run, saved_run, dataset):
     at = open_app("pages/runs.py")
     table = at.dataframe[0].value.set_index("run")

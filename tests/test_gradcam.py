@@ -84,6 +84,7 @@ def corner_model(preset: str) -> keras.Model:
     return build_vgg_bn(PipelineConfig(SIZE), widths=(8, 16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["seed", "improved"])
 def test_the_heatmap_concentrates_on_the_only_signal(preset):
     keras.utils.set_random_seed(0)

@@ -217,6 +217,7 @@ def test_training_needs_both_classes(small_slice, tmp_path):
         train(cats, TrainConfig(epochs=1), runs_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_the_improved_preset_trains_at_a_small_size(small_slice, small_zip, tmp_path):
     cfg = TrainConfig.for_preset("improved", epochs=1, image_size=32, limit=64, batch_size=16)
     result = train(small_zip, cfg, runs_dir=tmp_path)
@@ -225,6 +226,7 @@ def test_the_improved_preset_trains_at_a_small_size(small_slice, small_zip, tmp_
     assert result.run.meta["config"]["preset"] == "improved"
 
 
+@pytest.mark.slow
 def test_a_time_budget_anneals_the_rate_over_wall_time_and_ends_training(small_zip, tmp_path):
     cfg = TrainConfig.for_preset(
         "improved", epochs=200, image_size=32, batch_size=16, limit=SLICE, early_stopping=False, time_budget_min=0.1
@@ -243,6 +245,7 @@ def test_a_time_budget_anneals_the_rate_over_wall_time_and_ends_training(small_z
     assert load_model(result.run.model_path) is not None
 
 
+@pytest.mark.slow
 def test_progressive_resizing_trains_in_stages_and_saves_a_model_at_the_full_size(small_zip, tmp_path):
     cfg = TrainConfig.for_preset(
         "improved", epochs=3, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 0.75, 1)
@@ -257,6 +260,7 @@ def test_progressive_resizing_trains_in_stages_and_saves_a_model_at_the_full_siz
     assert result.run.meta["config"]["train_scales"] == [0.5, 0.75, 1]
 
 
+@pytest.mark.slow
 def test_progressive_resizing_shares_a_time_budget_between_stages(small_zip, tmp_path):
     cfg = TrainConfig.for_preset(
         "improved",
@@ -303,6 +307,7 @@ def test_the_best_preset_trains_to_a_budget_under_the_hour():
 # --- cancellation -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stop_from_another_thread_keeps_the_best_model_so_far(small_slice, tmp_path):
     cancel = threading.Event()
     first_epoch_done = threading.Event()

@@ -102,7 +102,8 @@ def runs_with_a_model(runs_dir: Path, spare: Path) -> Path:
     config.RUNS_DIR = runs_dir
     if catalog.choices():
         return runs_dir
-    from core.train import TrainConfig, train
+    from core.settings import TrainConfig
+    from core.train import train
 
     print(f"no model yet: training a tiny seed model on 200 photos into {spare}", file=sys.stderr)
     train(config.KAGGLE_TRAIN_ZIP, TrainConfig(epochs=1, limit=200), runs_dir=spare)

@@ -7,27 +7,26 @@ Each candidate is a preset variant defined below; results append to docs/experim
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from core import config
-from core.pipeline import PipelineConfig
-from core.presets import PRESETS
-from core.train import TrainConfig, train
+from core.settings import TrainConfig
+from core.train import train
 
-BASE = PRESETS["best"]
+# Each candidate is the best preset's settings tree with a few of them changed; PRESETS itself is never touched.
+BASE = TrainConfig.for_preset("best")
 CANDIDATES = {
-    "best": BASE,
-    "vgg96": dataclasses.replace(BASE, widths=(16, 32, 64, 128), stem=0, train_scales=()),
-    "stem96": dataclasses.replace(BASE, widths=(32, 64, 128, 256), stem=32),
-    "stem16": dataclasses.replace(BASE, widths=(32, 64, 128, 256), stem=16, train_scales=()),
-    "stem24-3": dataclasses.replace(BASE, widths=(32, 64, 128), stem=24, train_scales=()),
-    "stem16-112": dataclasses.replace(BASE, pipeline=PipelineConfig(112, "rgb"), train_scales=()),
-    "stem128": dataclasses.replace(BASE, pipeline=PipelineConfig(128, "rgb"), widths=(32, 64, 128, 256), stem=32),
-    "vgg80gray": dataclasses.replace(BASE, pipeline=PipelineConfig(80, "grayscale")),
+    "best": {},
+    "vgg96": {"net.widths": (16, 32, 64, 128), "net.stem": 0, "train_scales": ()},
+    "stem96": {"net.widths": (32, 64, 128, 256), "net.stem": 32},
+    "stem16": {"net.widths": (32, 64, 128, 256), "net.stem": 16, "train_scales": ()},
+    "stem24-3": {"net.widths": (32, 64, 128), "net.stem": 24, "train_scales": ()},
+    "stem16-112": {"image_size": 112, "train_scales": ()},
+    "stem128": {"image_size": 128, "net.widths": (32, 64, 128, 256), "net.stem": 32},
+    "vgg80gray": {"image_size": 80, "color_mode": "grayscale"},
 }
 
 
@@ -40,9 +39,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for name in args.candidates:
-        preset = dataclasses.replace(CANDIDATES[name], name=f"exp-{name}")
-        PRESETS[preset.name] = preset
-        cfg = TrainConfig.for_preset(preset.name, epochs=args.epochs, limit=args.limit, validation_split=0.2)
+        # Named exp-<candidate> (its run folder and model too), with the best preset's network and optimiser.
+        changes = {**CANDIDATES[name], "preset": f"exp-{name}", "epochs": args.epochs, "limit": args.limit}
+        cfg = BASE.changed({**changes, "validation_split": 0.2})
         started = time.time()
         result = train(args.source, cfg, runs_dir=config.RUNS_DIR / "experiments")
         row = {

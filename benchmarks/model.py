@@ -29,7 +29,8 @@ from core import config  # noqa: E402
 from core.data import iter_inputs  # noqa: E402
 from core.predict import Predictor, evaluate  # noqa: E402
 from core.runs import RunStore  # noqa: E402
-from core.train import TrainConfig, train  # noqa: E402
+from core.settings import TrainConfig  # noqa: E402
+from core.train import train  # noqa: E402
 
 
 def _time_to_reach(history: pd.DataFrame, target: float) -> float | None:

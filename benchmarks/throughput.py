@@ -22,10 +22,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from experiments import CANDIDATES  # noqa: E402
+from experiments import BASE, CANDIDATES  # noqa: E402
 
 from core.model import build_model, compile_model  # noqa: E402
-from core.pipeline import PipelineConfig  # noqa: E402
 
 
 def main() -> None:
@@ -41,13 +40,13 @@ def main() -> None:
     rng = np.random.default_rng(0)
     nets = {}
     for name in names:
-        preset = CANDIDATES[name]
-        sizes = sorted({max(8, round(preset.pipeline.size * s)) for s in preset.train_scales} | {preset.pipeline.size})
-        for size in sizes:
+        candidate = BASE.changed(CANDIDATES[name])
+        for size in sorted(set(candidate.stages) | {candidate.image_size}):
+            at_size = candidate.changed({"image_size": size})
+            pipeline = at_size.pipeline
             for policy in policies:
                 keras.config.set_dtype_policy(policy)  # layers take the policy in force when they are built
-                pipeline = PipelineConfig(size, preset.pipeline.color_mode)
-                model = compile_model(build_model(preset, pipeline), preset, preset.learning_rate, 1000)
+                model = compile_model(build_model(at_size), at_size, 1000)
                 keras.config.set_dtype_policy("float32")
                 n = args.batch_size * args.batches
                 x = rng.random((n, *pipeline.input_shape), dtype=np.float32)

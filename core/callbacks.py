@@ -1,101 +1,143 @@
-"""The Keras side of training, imported only once a run starts so that `core.train` stays cheap to import."""
+"""The Keras side of training, imported only once a run starts so that `core.train` stays cheap to import.
+
+Each callback does one job. `training_callbacks` puts them in the one order that works: the learning-rate
+schedule first (the logs then carry its rate), the logs next, the best checkpoint after the epoch log it
+reads, progress after both, and the checks that end training last.
+"""
 
 from __future__ import annotations
 
 import math
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import pandas as pd
 
+from core.feeder import Feeder
 from core.model import save_model
+from core.progress import ProgressEvent, ProgressFn
 from core.runs import Run
-from core.train import ProgressEvent, ProgressFn, TrainConfig
+from core.settings import TrainConfig
 
 
-class BestKeeper(keras.callbacks.Callback):
-    # Reports progress, honours Stop every batch, and keeps (and checkpoints) the best epoch by val_loss.
-    def __init__(
-        self,
-        run: Run,
-        emit: ProgressFn,
-        cancel: threading.Event,
-        config: TrainConfig,
-        train_data,
-        started: float,
-        export=lambda model: model,
-    ):
+class BatchLog(keras.callbacks.Callback):
+    """Every batch's loss and learning rate, kept in batches.csv, and the images trained on (for the pace)."""
+
+    def __init__(self, run: Run, batch_images: np.ndarray, started: float):
         super().__init__()
-        self.run, self.emit, self.cancel, self.started = run, emit, cancel, started
-        self.export = export  # the model to save, given the one in training
-        self.image_size = config.image_size  # the size the current epochs train at, recorded per epoch
-        self.epochs = config.epochs
-        self.steps = len(train_data)
-        self.batch_images = np.diff(train_data.bounds)  # images in each batch, for the throughput figure
+        self.run, self.batch_images, self.started = run, batch_images, started
         self.rows: list[dict] = []
-        self.batch_rows: list[dict] = []  # every batch's loss and learning rate, kept in batches.csv
-        self.epoch_images = 0
-        self.epoch_loss_sum = 0.0
-        self.best: dict = {}
-        self.best_weights = None
-        self.epoch = 0
-        self.batches_done = 0
+        self.last_logs: dict = {}  # the latest batch's, as its progress event reports them
         self.images = 0
+        self.epoch = 0
+        self.epoch_images, self.epoch_loss_sum = 0, 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
         self.epoch_images, self.epoch_loss_sum = 0, 0.0  # Keras restarts its running means every epoch
 
-    def _batch_logs(self, batch: int, logs: dict) -> dict:
-        # Keras logs the epoch's running mean, weighted by batch size; this batch's own loss is the difference
-        # of the running sums, which is what TensorBoard users expect to smooth.
+    def on_train_batch_end(self, batch, logs=None):
         size = int(self.batch_images[batch])
+        self.images += size
         self.epoch_images += size
-        logs = {k: float(v) for k, v in logs.items()}
+        logs = {k: float(v) for k, v in (logs or {}).items()}
         if "loss" in logs:
+            # Keras logs the epoch's running mean, weighted by batch size; this batch's own loss is the difference
+            # of the running sums, which is what TensorBoard users expect to smooth.
             loss_sum = logs["loss"] * self.epoch_images
             logs["batch_loss"] = (loss_sum - self.epoch_loss_sum) / max(size, 1)
             self.epoch_loss_sum = loss_sum
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))  # also mirrored
-        return logs
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.batches_done += 1
-        self.images += int(self.batch_images[batch])
-        logs = self._batch_logs(batch, logs or {})
-        elapsed = time.time() - self.started
-        self.batch_rows.append({"epoch": self.epoch, "batch": batch + 1, **logs, "elapsed_s": elapsed})
-        self.emit(ProgressEvent("batch", self.epoch, self.epochs, batch + 1, self.steps, logs, elapsed))
-        if self.cancel.is_set():
-            self.model.stop_training = True
+        self.last_logs = logs
+        self.rows.append({"epoch": self.epoch, "batch": batch + 1, **logs, "elapsed_s": time.time() - self.started})
 
     def on_train_end(self, logs=None):
         # Also when stopped before the first epoch ends: such a run saves no model, but keeps what it logged.
-        pd.DataFrame(self.batch_rows).to_csv(self.run.batches_path, index=False)
+        pd.DataFrame(self.rows).to_csv(self.run.batches_path, index=False)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One history row per whole epoch, saved to history.csv as it ends, so the curves survive a crash."""
+
+    def __init__(self, run: Run, cancel: threading.Event, steps: int, image_size: int, started: float):
+        super().__init__()
+        self.run, self.cancel, self.steps, self.started = run, cancel, steps, started
+        self.image_size = image_size  # the size the current epochs train at: set per stage
+        self.rows: list[dict] = []
+        self.batches_done = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches_done += 1
 
     def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
         if self.cancel.is_set() and self.batches_done % self.steps:
             return  # an interrupted epoch is not a real one
-        row = {"epoch": epoch + 1, **logs, "train_size": self.image_size, "elapsed_s": time.time() - self.started}
-        self.rows.append(row)
-        score = logs.get("val_loss", logs.get("loss", math.inf))
-        if score < self.best.get("val_loss", self.best.get("loss", math.inf)) or not self.best:
-            self.best = row
-            self.best_weights = self.model.get_weights()
-            self._checkpoint()
-        self.run.save_history(self.rows)  # the curves so far survive a crash too
-        self.emit(
-            ProgressEvent("epoch", epoch + 1, self.epochs, self.steps, self.steps, logs, time.time() - self.started)
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        self.rows.append(
+            {"epoch": epoch + 1, **logs, "train_size": self.image_size, "elapsed_s": time.time() - self.started}
         )
+        self.run.save_history(self.rows)
 
-    def _checkpoint(self) -> None:
-        # The best epoch so far, saved with what run.json says of it: a crash later still leaves a usable model.
-        save_model(self.export(self.model), self.run.model_path)
-        best = {"best_val_accuracy": self.best.get("val_accuracy"), "best_val_loss": self.best.get("val_loss")}
-        self.run.update_meta(metrics={**best, "best_epoch": self.best["epoch"]})
+    def logged(self, epoch: int) -> dict | None:
+        """The row of this (0-based) epoch if it was logged as a whole epoch."""
+        return self.rows[-1] if self.rows and self.rows[-1]["epoch"] == epoch + 1 else None
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Keeps the best epoch by val_loss (loss without validation) and saves it, so a crash leaves a usable model."""
+
+    def __init__(self, run: Run, epochs: EpochLog, export: Callable[[keras.Model], keras.Model]):
+        super().__init__()
+        self.run, self.epochs, self.export = run, epochs, export  # export: the model to save, given the trained one
+        self.best: dict = {}
+        self.weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = self.epochs.logged(epoch)
+        if row is None:
+            return
+        score = row.get("val_loss", row.get("loss", math.inf))
+        if score < self.best.get("val_loss", self.best.get("loss", math.inf)) or not self.best:
+            self.best, self.weights = row, self.model.get_weights()
+            save_model(self.export(self.model), self.run.model_path)
+            best = {"best_val_accuracy": row.get("val_accuracy"), "best_val_loss": row.get("val_loss")}
+            self.run.update_meta(metrics={**best, "best_epoch": row["epoch"]})
+
+
+class Progress(keras.callbacks.Callback):
+    """Reports each batch and each whole epoch to a plain callable, as ProgressEvents."""
+
+    def __init__(self, emit: ProgressFn, batches: BatchLog, epochs: EpochLog, total_epochs: int, started: float):
+        super().__init__()
+        self.emit, self.batches, self.epochs, self.started = emit, batches, epochs, started
+        self.total_epochs = total_epochs
+
+    def on_train_batch_end(self, batch, logs=None):
+        row, steps = self.batches.rows[-1], self.epochs.steps
+        logs = self.batches.last_logs
+        self.emit(ProgressEvent("batch", row["epoch"], self.total_epochs, batch + 1, steps, logs, row["elapsed_s"]))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.epochs.logged(epoch) is not None:
+            logs = {k: float(v) for k, v in (logs or {}).items()}
+            steps, elapsed = self.epochs.steps, time.time() - self.started
+            self.emit(ProgressEvent("epoch", epoch + 1, self.total_epochs, steps, steps, logs, elapsed))
+
+
+class StopOnCancel(keras.callbacks.Callback):
+    """Honours Stop within a batch: training ends at the end of the batch in which cancel was set."""
+
+    def __init__(self, cancel: threading.Event):
+        super().__init__()
+        self.cancel = cancel
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.cancel.is_set():
+            self.model.stop_training = True
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -143,3 +185,50 @@ class StageEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.budget.fraction() >= self.until_fraction:
             self.model.stop_training = True
+
+
+@dataclass
+class TrainingCallbacks:
+    """A run's callbacks by job; `in_order` is the order Keras must call them in."""
+
+    batches: BatchLog
+    epochs: EpochLog
+    best: BestCheckpoint
+    progress: Progress
+    stop: StopOnCancel
+    budget: TimeBudget | None
+    early: keras.callbacks.EarlyStopping | None
+
+    def in_order(self, stage_end: StageEnd | None = None) -> list[keras.callbacks.Callback]:
+        """The schedule, the logs, the checkpoint, progress, then what ends training (a stage's end last)."""
+        ordered = [self.budget, self.batches, self.epochs, self.best, self.progress, self.stop, self.early, stage_end]
+        return [callback for callback in ordered if callback is not None]
+
+
+def training_callbacks(
+    run: Run,
+    config: TrainConfig,
+    train_data: Feeder,
+    validates: bool,
+    emit: ProgressFn,
+    cancel: threading.Event,
+    started: float,
+    export: Callable[[keras.Model], keras.Model],
+) -> TrainingCallbacks:
+    """The callbacks of one run: every job a fit() needs beyond the gradient steps."""
+    batches = BatchLog(run, train_data.batch_images, started)
+    epochs = EpochLog(run, cancel, len(train_data), config.stages[0], started)
+    budgeted = config.time_budget_min is not None
+    return TrainingCallbacks(
+        batches=batches,
+        epochs=epochs,
+        best=BestCheckpoint(run, epochs, export),
+        progress=Progress(emit, batches, epochs, config.epochs, started),
+        stop=StopOnCancel(cancel),
+        budget=TimeBudget(config.time_budget_min * 60, config.learning_rate) if budgeted else None,
+        early=(
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
+            if config.early_stopping and validates
+            else None
+        ),
+    )

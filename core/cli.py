@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from core.config import TTA_MODES
-from core.data import DatasetError
+from core.errors import ModelError, SettingsError, TrainingInProgress, UserError
 from core.export import FORMATS, export_model, sidecar_path
-from core.pipeline import ImageError
+from core.settings import PRESETS, minutes, settings
 
 
 def _model_path(arg: str | None) -> Path:
@@ -21,9 +22,9 @@ def _model_path(arg: str | None) -> Path:
 
     path = Path(arg) if arg else default_model_path()
     if path is None:
-        raise FileNotFoundError("no model yet: train one with `python -m core train SOURCE` or pass --model")
+        raise ModelError("no model yet: train one with `python -m core train SOURCE` or pass --model")
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file")
+        raise ModelError(f"{path}: no such model file")
     return path
 
 
@@ -44,31 +45,48 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _minutes(text: str) -> float:
-    value = float(text)
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of minutes (0 or more)")
-    return value
+def _typed(parse: Callable[[str], object]) -> Callable[[str], object]:
+    # argparse shows an ArgumentTypeError's own words; a plain ValueError would read "invalid value".
+    def typed(text: str) -> object:
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    typed.__name__ = parse.__name__
+    return typed
 
 
-def _scales(text: str) -> tuple[float, ...]:
-    try:
-        scales = tuple(float(part) for part in text.split(","))
-    except ValueError:
-        scales = ()
-    if not scales or not all(0 < s <= 1 for s in scales):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of fractions of the image size, like 0.67,0.83,1")
-    return scales
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of core.settings.TrainConfig (the network's and optimiser's too), with its help text.
+
+    Every flag defaults to None, "not given": the preset's own value stays.
+    """
+    for setting in settings():
+        kwargs: dict = {"dest": setting.name, "default": None, "help": setting.help}
+        if setting.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _typed(setting.parse) if setting.parse else setting.type
+            metavar = setting.metavar or setting.flag.upper().replace("-", "_")
+            kwargs |= {"choices": setting.choices} if setting.choices else {"metavar": metavar}
+        parser.add_argument(f"--{setting.flag}", **kwargs)
 
 
-class TrainingRefused(RuntimeError):
-    """Another training holds the runs folder (one line for stderr)."""
+def given_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The settings a command line gave, by name (0 for "none" already None), for TrainConfig.for_preset."""
+    given = {s.name: getattr(args, s.name) for s in settings() if getattr(args, s.name) is not None}
+    return {name: None if value == 0 and _zero_is_none(name) else value for name, value in given.items()}
+
+
+def _zero_is_none(name: str) -> bool:
+    return next(s.zero_is_none for s in settings() if s.name == name)
 
 
 @contextmanager
 def _one_training_per_folder(allow_concurrent: bool) -> Iterator[None]:
     # One training at a time per runs folder, across processes: refused with the run in progress named.
-    from core.runs import RunStore, TrainingInProgress
+    from core.runs import RunStore
 
     if allow_concurrent:
         yield
@@ -76,7 +94,7 @@ def _one_training_per_folder(allow_concurrent: bool) -> Iterator[None]:
     try:
         lock = RunStore().claim_training()
     except TrainingInProgress as err:
-        raise TrainingRefused(
+        raise TrainingInProgress(
             f"{err}; one training at a time per runs folder: wait, or pass --allow-concurrent"
         ) from None
     try:
@@ -85,65 +103,66 @@ def _one_training_per_folder(allow_concurrent: bool) -> Iterator[None]:
         lock.release()
 
 
+class _TrainingBars:
+    """A training's progress on stderr: a bar while decoding, one line at the start, a bar per epoch."""
+
+    def __init__(self, preset: str):
+        self.preset = preset
+        self.bars: dict = {}
+
+    def __call__(self, event) -> None:
+        getattr(self, f"on_{event.kind}", lambda event: None)(event)
+
+    def _bar(self, key, **kwargs):
+        from tqdm import tqdm
+
+        if key not in self.bars:  # not setdefault(): that would open a new bar on every event
+            self.bars[key] = tqdm(**kwargs)
+        return self.bars[key]
+
+    def on_load(self, event) -> None:
+        bar = self._bar("load", total=event.batches, desc="decoding", unit="img", leave=False)
+        bar.update(event.batch - bar.n)
+
+    def on_start(self, event) -> None:
+        bar = self.bars.pop("load", None)
+        if bar is not None:
+            bar.close()
+        logs = event.logs
+        print(
+            f"training {self.preset}: {logs['n_train']} train / {logs['n_val']} validation images, "
+            f"{logs['replicas']} replica(s), global batch {logs['global_batch']} "
+            f"({logs['per_replica_batch']} per replica)",
+            file=sys.stderr,
+        )
+
+    def on_batch(self, event) -> None:
+        bar = self._bar(event.epoch, total=event.batches, desc=f"epoch {event.epoch}/{event.epochs}", unit="batch")
+        bar.update(event.batch - bar.n)
+        bar.set_postfix(loss=f"{event.logs.get('loss', 0):.4f}", acc=f"{event.logs.get('accuracy', 0):.3f}")
+
+    def on_epoch(self, event) -> None:
+        bar = self.bars.pop(event.epoch, None)
+        if bar is not None:
+            bar.set_postfix({k: f"{v:.4f}" for k, v in event.logs.items() if "loss" in k or "acc" in k})
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
 def cmd_train(args) -> int:
-    from tqdm import tqdm
+    from core.settings import TrainConfig
+    from core.train import train
 
-    from core.train import TrainConfig, train
-
-    config = TrainConfig.for_preset(
-        args.preset,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        limit=args.limit,
-        image_size=args.image_size,
-        color_mode=args.color_mode,
-        augment=args.augment,
-        early_stopping=args.early_stopping,
-        train_scales=args.train_scales,
-    )
-    if args.time_budget is not None:  # 0 turns a preset's budget off
-        config = replace(config, time_budget_min=args.time_budget or None)
-    bars: dict = {}
-
-    def progress(event) -> None:
-        if event.kind == "load":
-            bar = bars.get("load")
-            if bar is None:  # not setdefault(): that would open a new bar on every event
-                bar = bars["load"] = tqdm(total=event.batches, desc="decoding", unit="img", leave=False)
-            bar.update(event.batch - bar.n)
-        elif event.kind == "start":
-            bar = bars.pop("load", None)
-            if bar is not None:
-                bar.close()
-            print(
-                f"training {config.preset}: {event.logs['n_train']} train / {event.logs['n_val']} validation "
-                f"images, {event.logs['replicas']} replica(s), global batch {event.logs['global_batch']} "
-                f"({event.logs['per_replica_batch']} per replica)",
-                file=sys.stderr,
-            )
-        elif event.kind == "batch":
-            bar = bars.get(event.epoch)
-            if bar is None:
-                bar = bars[event.epoch] = tqdm(
-                    total=event.batches, desc=f"epoch {event.epoch}/{event.epochs}", unit="batch"
-                )
-            bar.update(event.batch - bar.n)
-            bar.set_postfix(loss=f"{event.logs.get('loss', 0):.4f}", acc=f"{event.logs.get('accuracy', 0):.3f}")
-        elif event.kind == "epoch":
-            bar = bars.pop(event.epoch, None)
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in event.logs.items() if "loss" in k or "acc" in k})
-                bar.close()
-
+    config = TrainConfig.for_preset(args.preset, **given_settings(args))
+    progress = _TrainingBars(config.preset)
     with _one_training_per_folder(args.allow_concurrent):
         try:
             result = train(args.source, config, progress=progress)
         finally:
-            for bar in bars.values():  # closed before any error line, which must stay the last line
-                bar.close()
+            progress.close()  # before any error line, which must stay the last line
     print(
         f"run {result.status}: best val_accuracy {result.metrics['best_val_accuracy']} in {result.wall_time_s:.0f} s",
         file=sys.stderr,
@@ -228,7 +247,13 @@ def cmd_submission(args) -> int:
 def cmd_serve(args) -> int:
     from core.api import serve
 
-    serve(_model_path(args.model), host=args.host, port=args.port)
+    model = _model_path(args.model)
+    try:
+        serve(model, host=args.host, port=args.port)
+    except OSError as err:
+        if err.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {err.strerror}") from None
     return 0
 
 
@@ -238,7 +263,7 @@ def cmd_label_issues(args) -> int:
     from core.label_issues import FinderConfig, find_label_issues
 
     if args.time_budget is not None and args.time_budget <= 0:
-        raise ValueError("--time-budget must be more than 0 minutes")
+        raise SettingsError("--time-budget must be more than 0 minutes")
     config = replace(FinderConfig(), limit=args.limit, seed=args.seed)
     if args.time_budget:
         config = replace(config, time_budget_min=args.time_budget)
@@ -281,41 +306,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scan", help="count cats, dogs, unlabeled and skipped files in a folder or zip")
     s.add_argument("source")
     s.set_defaults(func=cmd_scan)
-
-    t = sub.add_parser("train", help="train a model on a folder or zip of labeled photos")
-    t.add_argument("source")
-    t.add_argument("--preset", default="seed", help="seed, improved or best (default: seed)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
-    t.add_argument("--validation-split", type=float)
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--color-mode", choices=["grayscale", "rgb"])
-    t.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--limit", type=int, help="train on a balanced slice of at most N images")
-    t.add_argument(
-        "--time-budget",
-        type=_minutes,
-        metavar="MINUTES",
-        help="train for this long: the learning rate anneals over the time and --epochs becomes an upper bound"
-        " (the best preset defaults to 50; 0 turns it off)",
-    )
-    t.add_argument(
-        "--train-scales",
-        type=_scales,
-        metavar="S1,S2,...",
-        help="progressive resizing: train in equal shares at these fractions of --image-size, smallest first"
-        " (the best preset: 0.67,0.83,1; 1 trains at full size throughout)",
-    )
-    t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
-    t.add_argument(
-        "--allow-concurrent",
-        action="store_true",
-        help="train even while another run trains into the same runs folder (each slows the other down)",
-    )
-    t.set_defaults(func=cmd_train)
+    _add_train(sub)
 
     e = sub.add_parser("evaluate", help="accuracy of a model on labeled photos")
     e.add_argument("source")
@@ -346,12 +337,31 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--model")
     sv.set_defaults(func=cmd_serve)
+    _add_label_issues(sub)
+    _add_export(sub)
+    return p
 
+
+def _add_train(sub) -> None:
+    t = sub.add_parser("train", help="train a model on a folder or zip of labeled photos")
+    t.add_argument("source")
+    t.add_argument("--preset", default="seed", choices=PRESETS, help="the settings to start from (default: seed)")
+    add_setting_flags(t)
+    t.add_argument("--out", help="also save the model here with its metadata (e.g. models/default.keras)")
+    t.add_argument(
+        "--allow-concurrent",
+        action="store_true",
+        help="train even while another run trains into the same runs folder (each slows the other down)",
+    )
+    t.set_defaults(func=cmd_train)
+
+
+def _add_label_issues(sub) -> None:
     li = sub.add_parser("label-issues", help="find photos whose label is likely wrong (or neither a cat nor a dog)")
     li.add_argument("source")
     li.add_argument(
         "--time-budget",
-        type=_minutes,
+        type=_typed(minutes),
         metavar="MINUTES",
         help="the whole search, loading to ranking (default 25: all 20,000 photos of train.zip on 2 CPU cores)",
     )
@@ -361,6 +371,8 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--csv", required=True, help="write file,given_label,suggested,score,kind here")
     li.set_defaults(func=cmd_label_issues)
 
+
+def _add_export(sub) -> None:
     ex = sub.add_parser("export", help="export a model for ONNX Runtime/OpenVINO/Triton, TF Serving or LiteRT")
     ex.add_argument("--model")
     ex.add_argument("--format", required=True, choices=FORMATS)
@@ -370,15 +382,18 @@ def parser() -> argparse.ArgumentParser:
         " a metadata sidecar (the export's name + .json) is written beside it",
     )
     ex.set_defaults(func=cmd_export)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; errors are one clear line on stderr and exit code 2, never a traceback."""
+    """Run one command; a user's error is one clear line on stderr and exit code 2 (argparse's own refusals too).
+
+    Only the project's user-facing errors (core.errors.UserError) are caught: anything else is a bug, and
+    keeps its traceback.
+    """
     args = parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ImageError, FileNotFoundError, ValueError, KeyError, OSError, TrainingRefused) as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

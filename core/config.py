@@ -9,6 +9,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from core.errors import WriteError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Where a user puts Kaggle's train.zip (or an extracted train/ folder).
@@ -106,13 +108,6 @@ _WRITE_FAILURES = {
     errno.EFBIG: "file too large for this file system or process limit",
     errno.ENOENT: "its folder does not exist",
 }
-
-
-class WriteError(OSError):
-    """A file could not be written; the message names the file and says what happened, e.g. disk full."""
-
-    def __str__(self) -> str:
-        return self.strerror or super().__str__()
 
 
 def write_error(path: str | os.PathLike, err: OSError) -> WriteError:

@@ -20,13 +20,8 @@ import numpy as np
 import pandas as pd
 
 from core import config
-from core.config import (
-    IMAGE_EXTENSIONS,
-    MAX_FILE_BYTES,
-    MAX_ZIP_RATIO,
-    MAX_ZIP_TOTAL_BYTES,
-    temp_sibling,
-)
+from core.config import temp_sibling
+from core.errors import DatasetError
 from core.pipeline import ImageError, PipelineConfig, decode, inspect
 
 OK = "ok"
@@ -36,10 +31,6 @@ _JUNK_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 _LABEL_WORDS = {"cat": 0, "cats": 0, "dog": 1, "dogs": 1}
 _NAME_LABEL = re.compile(r"^(cat|dog)s?(?=[._\-\s\d]|$)", re.IGNORECASE)
 Progress = Callable[[int, int], None]
-
-
-class DatasetError(ValueError):
-    """A dataset source that cannot be read at all (missing, not a zip, a zip bomb)."""
 
 
 def _parts(name: str) -> list[str]:
@@ -75,7 +66,7 @@ def _unsafe_path(name: str) -> bool:
 
 
 def _too_big(size: int) -> str:
-    return f"refused: {size / 2**20:.0f} MB uncompressed, over the {MAX_FILE_BYTES // 2**20} MB per-file cap"
+    return f"refused: {size / 2**20:.0f} MB uncompressed, over the {config.MAX_FILE_BYTES // 2**20} MB per-file cap"
 
 
 @dataclass(frozen=True)
@@ -117,7 +108,7 @@ class Source:
 
     @staticmethod
     def _type_refusal(name: str) -> str | None:
-        if posixpath.splitext(name.rsplit("/", 1)[-1])[1].lower() not in IMAGE_EXTENSIONS:
+        if posixpath.splitext(name.rsplit("/", 1)[-1])[1].lower() not in config.IMAGE_EXTENSIONS:
             return "skipped: not an image file type"
         return None
 
@@ -132,7 +123,7 @@ class Source:
                     continue
                 stat = full.stat()
                 refusal = self._type_refusal(name)
-                if refusal is None and stat.st_size > MAX_FILE_BYTES:
+                if refusal is None and stat.st_size > config.MAX_FILE_BYTES:
                     refusal = _too_big(stat.st_size)
                 found.append(Listed(name, stat.st_size, stat.st_mtime_ns, refusal))
         return found
@@ -166,11 +157,11 @@ class Source:
             full = self.path if self.path.is_file() else self.path / item.name
             try:
                 with open(full, "rb") as fh:
-                    data = fh.read(MAX_FILE_BYTES + 1)
+                    data = fh.read(config.MAX_FILE_BYTES + 1)
             except OSError as err:  # deleted since listing, permission denied, ...
                 raise ImageError(f"unreadable file: {err.strerror or 'the system refused to read it'}") from None
-        if len(data) > MAX_FILE_BYTES:
-            raise ImageError(f"refused: file expands past the {MAX_FILE_BYTES // 2**20} MB cap")
+        if len(data) > config.MAX_FILE_BYTES:
+            raise ImageError(f"refused: file expands past the {config.MAX_FILE_BYTES // 2**20} MB cap")
         return data
 
     def _read_entry(self, item: Listed) -> bytes:
@@ -183,7 +174,7 @@ class Source:
             raise ImageError("unreadable zip entry: the zip changed since it was listed")
         try:
             with zf.open(info) as fh:
-                return fh.read(MAX_FILE_BYTES + 1)
+                return fh.read(config.MAX_FILE_BYTES + 1)
         except _ZIP_ERRORS as err:
             raise ImageError(f"unreadable zip entry: {_zip_reason(err, info)}") from None
 
@@ -225,10 +216,10 @@ def _zip_listing(path: str, size: int, mtime_ns: int) -> tuple[Listed, ...]:
     except OSError as err:
         raise DatasetError(f"{Path(path).name}: not a readable zip file ({err.strerror or 'unreadable'})") from None
     total = sum(i.file_size for i in infos)
-    if total > MAX_ZIP_TOTAL_BYTES:
+    if total > config.MAX_ZIP_TOTAL_BYTES:
         raise DatasetError(
             f"{Path(path).name}: refused as a zip bomb: it expands to {total / 2**30:.1f} GB, "
-            f"over the {MAX_ZIP_TOTAL_BYTES / 2**30:.0f} GB cap"
+            f"over the {config.MAX_ZIP_TOTAL_BYTES / 2**30:.0f} GB cap"
         )
     found = []
     named = _duplicates(infos)
@@ -241,9 +232,9 @@ def _zip_listing(path: str, size: int, mtime_ns: int) -> tuple[Listed, ...]:
             refusal = "refused: unsafe path in zip (absolute or '..')"
         elif index in named:
             refusal = named[index]
-        elif info.file_size > MAX_FILE_BYTES:
+        elif info.file_size > config.MAX_FILE_BYTES:
             refusal = _too_big(info.file_size)
-        elif info.file_size > 2**20 and info.file_size > MAX_ZIP_RATIO * max(info.compress_size, 1):
+        elif info.file_size > 2**20 and info.file_size > config.MAX_ZIP_RATIO * max(info.compress_size, 1):
             refusal = "refused: suspicious compression ratio (zip bomb)"
         found.append(Listed(name, info.file_size, info.CRC, refusal, index))
     return tuple(found)
@@ -388,14 +379,9 @@ def load_images(
     key = f"{fingerprint}-{cfg.cache_key()}-{limit or 'all'}-{seed if limit else 0}"
     key += "" if labeled_only else "-with-unlabeled"
     cache_file = cache_dir / f"{key}.npz" if cache_dir else None
-    if cache_file and cache_file.exists():
-        try:
-            with np.load(cache_file, allow_pickle=False) as z:
-                skipped = pd.DataFrame({"name": z["skipped_names"], "status": z["skipped_reasons"]})
-                return LoadedDataset(z["x"], z["y"], z["names"], skipped, fingerprint, cfg, source.label, True)
-        except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # TypeError: a .npy, not a .npz
-            cache_file.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
-
+    cached = _read_cache(cache_file, source, fingerprint, cfg) if cache_file else None
+    if cached is not None:
+        return cached
     readable = [it for it in source.listing if it.refusal is None]
     refused = [(it.name, it.refusal) for it in source.listing if it.refusal is not None]
     if labeled_only:
@@ -423,21 +409,41 @@ def load_images(
     else:
         y = np.array([UNLABELED if label is None else label for label in labels], np.int8)[keep]
     names = np.array([it.name for it in usable], dtype=str)[keep]
-    skipped = pd.DataFrame(refused, columns=["name", "status"])
+    dataset = LoadedDataset(
+        x, y, names, pd.DataFrame(refused, columns=["name", "status"]), fingerprint, cfg, source.label, False
+    )
     if cache_file:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # Unique per thread too: two threads (e.g. two dashboard sessions) may build the same cache at once.
-        tmp = temp_sibling(cache_file)
-        np.savez(
-            tmp,
-            x=x,
-            y=y,
-            names=names,
-            skipped_names=skipped.name.to_numpy(dtype=str),
-            skipped_reasons=skipped.status.to_numpy(dtype=str),
-        )
-        os.replace(tmp, cache_file)
-    return LoadedDataset(x, y, names, skipped, fingerprint, cfg, source.label, False)
+        _write_cache(cache_file, dataset)
+    return dataset
+
+
+def _read_cache(cache_file: Path, source: Source, fingerprint: str, cfg: PipelineConfig) -> LoadedDataset | None:
+    # The decoded arrays saved by _write_cache, or None when there are none, or they are damaged (then removed).
+    if not cache_file.exists():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as z:
+            skipped = pd.DataFrame({"name": z["skipped_names"], "status": z["skipped_reasons"]})
+            return LoadedDataset(z["x"], z["y"], z["names"], skipped, fingerprint, cfg, source.label, True)
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):  # TypeError: a .npy, not a .npz
+        cache_file.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
+        return None
+
+
+def _write_cache(cache_file: Path, dataset: LoadedDataset) -> None:
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    # Unique per thread too: two threads (e.g. two dashboard sessions) may build the same cache at once.
+    tmp = temp_sibling(cache_file)
+    skipped = dataset.skipped
+    np.savez(
+        tmp,
+        x=dataset.x,
+        y=dataset.y,
+        names=dataset.names,
+        skipped_names=skipped.name.to_numpy(dtype=str),
+        skipped_reasons=skipped.status.to_numpy(dtype=str),
+    )
+    os.replace(tmp, cache_file)
 
 
 def iter_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, Callable[[], bytes] | None, str | None]]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from core.errors import SettingsError
 from core.runs import Run
-from core.train import TrainConfig
+from core.settings import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -20,14 +21,17 @@ class Estimate:
     budget_bound: bool  # the time budget, not the epochs, ends the run
 
 
-# Pace depends on the network, the input size, the augmentation and the batch size; the learning rate does not.
-_SAME_PACE = ("preset", "image_size", "color_mode", "augment", "batch_size")
+# Pace depends on the network, the input size and its stages, the augmentation and the batch size; the learning
+# rate does not.
+_SAME_PACE = ("net", "image_size", "color_mode", "train_scales", "augment", "batch_size")
 
 
 def _alike(config: TrainConfig, meta: dict, keys: tuple[str, ...]) -> bool:
-    cfg = meta.get("config", {})
-    scales = tuple(cfg.get("train_scales") or ())
-    return all(cfg.get(key) == getattr(config, key) for key in keys) and scales == tuple(config.train_scales)
+    try:
+        timed = TrainConfig.from_record(meta.get("config", {}))
+    except SettingsError:  # a run.json this version cannot read is like nothing
+        return False
+    return all(timed.value(key) == config.value(key) for key in keys)
 
 
 def _timed(runs: Iterable[Run]) -> list[tuple[Run, dict, float]]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.config import CLASS_NAMES, TTA_MODES, UNSURE_MARGIN, temp_sibling
+from core.errors import ExportError
 from core.tta import flip_tta
 
 if TYPE_CHECKING:
@@ -41,10 +42,6 @@ ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 _SUFFIX = {"onnx": ".onnx", "saved_model": "_saved_model", "litert": ".tflite"}
 _KERAS_FORMAT = {"onnx": "onnx", "saved_model": "tf_saved_model", "litert": "litert"}
-
-
-class ExportError(ValueError):
-    """An export that cannot be made or must not be used; str(err) says why and what to do."""
 
 
 def sidecar_path(artifact: str | os.PathLike) -> Path:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import ImageError
+
 # Walking more pieces than this costs Python real time; real images have far fewer (a 64 MB PNG written in
 # 8 KB IDAT chunks has 8,000; a 64 MB GIF written in full 255-byte sub-blocks has 263,000).
 MAX_PIECES = 100_000
@@ -24,10 +26,6 @@ MAX_GIF_SUB_BLOCKS = 1_000_000
 # with thousands of scans keep libjpeg busy for minutes.
 MAX_JPEG_SCANS = 64
 ACCEPTED = "JPEG, PNG, GIF, WebP, TIFF and BMP"
-
-
-class ImageError(ValueError):
-    """A file that cannot become model input; str(err) is the per-file reason shown to users."""
 
 
 @dataclass(frozen=True)

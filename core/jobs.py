@@ -14,16 +14,19 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from core.data import DatasetError, scan
+from core.errors import UserError
 from core.runs import RunStore, TrainingInProgress
 
 if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state without it
-    from core.train import ProgressEvent, RunResult, TrainConfig
+    from core.progress import ProgressEvent
+    from core.settings import TrainConfig
+    from core.train import RunResult
 
 RUNNING = ("loading", "training", "stopping")
 BATCH_COLUMNS = ["step", "epoch", "batch", "loss", "accuracy", "batch_loss", "learning_rate"]
 
 
-class TrainingBusy(RuntimeError):
+class TrainingBusy(UserError, RuntimeError):
     """A run was requested while another one is still training in this process."""
 
 

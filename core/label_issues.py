@@ -36,7 +36,9 @@ import pandas as pd
 
 from core.config import CLASS_NAMES, temp_sibling
 from core.data import LoadedDataset, Source, load_dataset
+from core.errors import DatasetError, SettingsError
 from core.pipeline import ImageError, PipelineConfig, decode_preview, to_model_input
+from core.settings import TrainConfig
 
 KINDS = ("other-class", "neither")
 EXCLUDE = "exclude"  # the suggestion for a photo that is neither a cat nor a dog
@@ -79,13 +81,9 @@ class FinderConfig:
     def pipeline(self) -> PipelineConfig:
         return PipelineConfig(self.image_size, "rgb")
 
-    def train_config(self, minutes: float, fold: int):
+    def train_config(self, minutes: float, fold: int) -> TrainConfig:
         """The TrainConfig of one fold's model: all its photos train (no validation split) for `minutes`."""
-        from dataclasses import replace
-
-        from core.train import TrainConfig
-
-        config = TrainConfig.for_preset(
+        return TrainConfig.for_preset(
             self.preset,
             epochs=self.epochs or 10_000,  # without epochs, an upper bound: the time budget ends training
             batch_size=self.batch_size,
@@ -95,9 +93,9 @@ class FinderConfig:
             early_stopping=False,
             seed=self.seed + fold,
             train_scales=self.train_scales,
+            # With fixed epochs the cosine runs over them, not over the preset's own time budget.
+            time_budget_min=None if self.epochs else minutes,
         )
-        # With fixed epochs the cosine runs over them, not over the preset's own time budget.
-        return replace(config, time_budget_min=None if self.epochs else minutes)
 
 
 @dataclass(frozen=True)
@@ -234,10 +232,10 @@ def _fold_indices(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.nd
     from sklearn.model_selection import StratifiedKFold
 
     if folds < 2:
-        raise ValueError(f"the finder needs at least 2 folds, not {folds}")
+        raise SettingsError(f"the finder needs at least 2 folds, not {folds}")
     counts = np.bincount(labels.astype(int), minlength=2)
     if counts.min() < _MIN_PER_CLASS_AND_FOLD * folds:
-        raise ValueError(
+        raise DatasetError(
             f"finding label issues with {folds} folds needs at least {_MIN_PER_CLASS_AND_FOLD * folds} photos of "
             f"each class; this dataset has {counts[0]} cats and {counts[1]} dogs"
         )
@@ -288,7 +286,7 @@ class _Finder:
         result = train(subset, config, progress=self._on_train(f, budget_s), cancel=self.cancel, runs_dir=runs)
         self.check()
         if not result.run.has_model:
-            raise ValueError(f"fold {f + 1}'s model trained no whole epoch in {budget_s:.0f} s: give it more time")
+            raise SettingsError(f"fold {f + 1}'s model trained no whole epoch in {budget_s:.0f} s: give it more time")
         model = load_model(result.run.model_path)
         shutil.rmtree(result.run.path, ignore_errors=True)
         scoring = time.time()

@@ -12,26 +12,29 @@ import numpy as np
 from keras import layers
 
 from core.config import atomic_write
+from core.errors import ModelError, SettingsError
 from core.pipeline import PipelineConfig
-from core.presets import PRESETS, Preset  # noqa: F401  (PRESETS re-exported)
+from core.settings import TrainConfig
 
 BN_MOMENTUM = 0.9
 
 
-def build_seed(pipeline: PipelineConfig) -> keras.Model:
-    """The tutorial's CNN: Conv 64, pool, Conv 64, pool, Flatten, Dense 64, sigmoid."""
+def build_seed(pipeline: PipelineConfig, widths: tuple[int, ...] = (64, 64), name: str = "seed") -> keras.Model:
+    """The tutorial's CNN: a 3x3 conv and a 2x2 pooling per width (64, 64), Flatten, Dense 64, sigmoid."""
+    convs = [
+        layer
+        for width in widths
+        for layer in (layers.Conv2D(width, (3, 3), activation="relu"), layers.MaxPooling2D(pool_size=(2, 2)))
+    ]
     return keras.Sequential(
         [
             keras.Input(pipeline.input_shape, name="image"),
-            layers.Conv2D(64, (3, 3), activation="relu"),
-            layers.MaxPooling2D(pool_size=(2, 2)),
-            layers.Conv2D(64, (3, 3), activation="relu"),
-            layers.MaxPooling2D(pool_size=(2, 2)),
+            *convs,
             layers.Flatten(),
             layers.Dense(64, activation="relu"),
             layers.Dense(1, activation="sigmoid", name="prob_dog"),
         ],
-        name="seed",
+        name=name,
     )
 
 
@@ -69,25 +72,26 @@ def build_vgg_bn(
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_model(preset: Preset, pipeline: PipelineConfig | None = None, any_size: bool = False) -> keras.Model:
-    """Build an uncompiled model for a preset, optionally at another input size or colour mode.
+def build_model(config: TrainConfig, any_size: bool = False) -> keras.Model:
+    """Build the uncompiled net of a run's settings (config.net) for its input (config.pipeline), named after its
+    preset.
 
     Augmentation is not part of the model: `core.augment` applies it to training batches. any_size builds it to
     take photos of any size, for training at several; `fixed_size` makes the model to save from it.
     """
-    pipeline = pipeline or preset.pipeline
-    if preset.name == "seed":
+    net = config.net
+    if net.kind == "seed":
         if any_size:
-            raise ValueError("the seed net flattens a fixed-size map, so it trains at one size only")
-        return build_seed(pipeline)
-    return build_vgg_bn(pipeline, preset.widths, preset.stem, name=preset.name, any_size=any_size)
+            raise SettingsError("the seed net flattens a fixed-size map, so it trains at one size only")
+        return build_seed(config.pipeline, net.widths, name=config.preset)
+    return build_vgg_bn(config.pipeline, net.widths, net.stem, name=config.preset, any_size=any_size)
 
 
-def fixed_size(model: keras.Model, preset: Preset, pipeline: PipelineConfig) -> keras.Model:
-    """The model at the pipeline's input size, so that a saved model says what input it expects."""
-    if model.input_shape[1:] == pipeline.input_shape:
+def fixed_size(model: keras.Model, config: TrainConfig) -> keras.Model:
+    """The model at the run's input size, so that a saved model says what input it expects."""
+    if model.input_shape[1:] == config.pipeline.input_shape:
         return model
-    fixed = build_model(preset, pipeline)
+    fixed = build_model(config)
     fixed.set_weights(model.get_weights())
     return fixed
 
@@ -134,25 +138,27 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name=f"{model.name}_folded")
 
 
-def compile_model(model: keras.Model, preset: Preset, learning_rate: float, total_steps: int | None) -> keras.Model:
-    """Compile with keyword arguments (positional metrics would land in loss_weights).
+def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | None) -> keras.Model:
+    """Compile with the run's optimiser and loss, with keyword arguments (positional metrics would land in
+    loss_weights).
 
     AdamW decays along a cosine over total_steps; with total_steps None its rate is a plain variable that a
     `core.callbacks.TimeBudget` drives over wall time instead.
     """
-    if preset.optimizer == "adamw":
+    settings, rate = config.optimizer, config.learning_rate
+    if settings.name == "adamw":
         schedule = (
-            learning_rate
+            rate
             if total_steps is None
-            else keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(total_steps, 1), alpha=0.01)
+            else keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(total_steps, 1), alpha=0.01)
         )
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=preset.weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay)
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=rate)
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=preset.label_smoothing),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.label_smoothing),
         metrics=["accuracy"],
     )
     return model
@@ -170,8 +176,11 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a .keras file we wrote, with safe_mode on; never call this on a user's upload."""
     path = Path(path)
     if path.is_file() and not zipfile.is_zipfile(path):  # Keras would call it "File not found"
-        raise ValueError(f"{path}: not a Keras model (a .keras file is a zip archive)")
-    return keras.models.load_model(path, compile=False, safe_mode=True)
+        raise ModelError(f"{path}: not a Keras model (a .keras file is a zip archive)")
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, KeyError, OSError) as err:  # Keras's refusals: safe_mode, an archive it cannot read
+        raise ModelError(f"{path}: not a model this project can load: {err}") from err
 
 
 def model_pipeline(model: keras.Model) -> PipelineConfig:

@@ -13,14 +13,13 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import cv2
 import numpy as np
 
 from core import config
-from core.config import MAX_PIXELS
 from core.formats import ImageError, ImageInfo, read_header
 
 __all__ = [
@@ -96,7 +95,7 @@ class PipelineConfig:
 
     size: int = 80
     color_mode: ColorMode = "grayscale"
-    max_pixels: int = MAX_PIXELS
+    max_pixels: int = field(default_factory=lambda: config.MAX_PIXELS)  # read when built, so a test can lower it
 
     @property
     def channels(self) -> int:
@@ -116,8 +115,11 @@ class PipelineConfig:
         return f"v{PIPELINE_VERSION}-{self.size}-{self.color_mode}"
 
 
-def inspect(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
-    """Read format, size and decoding needs from the checked header, refusing files that cannot become input."""
+def inspect(data: bytes, max_pixels: int | None = None) -> ImageInfo:
+    """Read format, size and decoding needs from the checked header, refusing files that cannot become input.
+
+    max_pixels None: config.MAX_PIXELS, read now."""
+    max_pixels = config.MAX_PIXELS if max_pixels is None else max_pixels
     if not data:
         raise ImageError("empty file (0 bytes)")
     info = read_header(data, max_pixels)
@@ -283,14 +285,14 @@ def _to_8_bits(img: np.ndarray) -> np.ndarray:
     return img if img.dtype == np.uint8 else cv2.convertScaleAbs(img, alpha=1 / 257)  # rounds, as x / 257 should
 
 
-def decode_original(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_original(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """The photo as RGB uint8 at its original size, for display; refused exactly like model input."""
     info = inspect(data, max_pixels)
     read: Read = "unchanged" if info.has_alpha else "rgb"
     return _pixels(data, info, read, 1, lambda shape: None, rgb=True, full_size=True)
 
 
-def decode_preview(data: bytes, max_side: int = 640, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode_preview(data: bytes, max_side: int = 640, max_pixels: int | None = None) -> np.ndarray:
     """An 8-bit RGB picture of the photo for display, at most max_side on its longer side; refused like model input.
 
     Pages show this, never the uploaded bytes: a browser (or st.image) cannot show every format we decode

@@ -19,7 +19,8 @@ import psutil
 from filelock import FileLock, Timeout
 
 from core import config
-from core.config import DEFAULT_MODEL, DEFAULT_MODEL_META, atomic_write, write_error
+from core.config import atomic_write, write_error
+from core.errors import DatasetError, NotFound, RunError, TrainingInProgress
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -32,10 +33,6 @@ RUNNING = "running"  # run.json's status from a run's start until it ends
 INTERRUPTED = "interrupted"  # what a run still "running" is shown as once its process is gone
 TEMP_PID = re.compile(r"\..*\.tmp(\d+)-\d+")  # core.config.temp_sibling's names carry the writer's pid
 LOCK_FILE = ".training.lock"  # in the runs folder: held by the one training allowed there at a time
-
-
-class TrainingInProgress(RuntimeError):
-    """Another training holds this runs folder's lock; the message names the run in progress."""
 
 
 def this_process() -> dict:
@@ -179,14 +176,14 @@ class RunStore:
         """One run by id; refuses ids that are not plain folder names, symlinks and anything outside the store."""
         path = self.root / run_id if isinstance(run_id, str) and RUN_ID.fullmatch(run_id) else None
         if path is None or not _is_run_folder(path):
-            raise KeyError(f"no run named {run_id!r}")
+            raise NotFound(f"no run named {run_id!r}")
         return Run(path)
 
     def delete(self, run_id: str) -> None:
         """Remove a run folder and everything in it; a run still training is refused (stop it first)."""
         run = self.get(run_id)
         if run.status == RUNNING:
-            raise ValueError(f"run {run_id} is still training: stop it before deleting it")
+            raise RunError(f"run {run_id} is still training: stop it before deleting it")
         shutil.rmtree(run.path)
 
     def claim_training(self) -> FileLock:
@@ -257,8 +254,8 @@ def summary_row(name: str, meta: dict) -> dict:
 
 def default_model_path() -> Path | None:
     """The model used when none is named: the shipped default, else the newest run, else none."""
-    if DEFAULT_MODEL.exists():
-        return DEFAULT_MODEL
+    if config.DEFAULT_MODEL.exists():
+        return config.DEFAULT_MODEL
     runs = RunStore().with_models()
     return runs[0].model_path if runs else None
 
@@ -277,7 +274,7 @@ def model_history(model_path: Path) -> pd.DataFrame:
 
 def model_meta(model_path: Path) -> dict:
     """The metadata saved beside a model: default.json for the shipped model, run.json for a run."""
-    candidates = [DEFAULT_MODEL_META] if Path(model_path) == DEFAULT_MODEL else []
+    candidates = [config.DEFAULT_MODEL_META] if Path(model_path) == config.DEFAULT_MODEL else []
     candidates += [Path(model_path).with_suffix(".json"), Path(model_path).parent / "run.json"]
     for candidate in candidates:
         if candidate.exists():
@@ -300,15 +297,17 @@ def regression_sample(validation_names: list[str], n: int = 400, seed: int = 0) 
     return sorted(picked)
 
 
-def promote_run(run: Run, target: Path = DEFAULT_MODEL, source: str | os.PathLike | None = None) -> Path:
+def promote_run(run: Run, target: Path | None = None, source: str | os.PathLike | None = None) -> Path:
     """Copy a run's model to target (atomically), its metadata to target.json, its curves to target-history.csv.
+
+    target None: the shipped default, config.DEFAULT_MODEL as it is now.
 
     With the training source, the model's accuracy as the app predicts is measured again on the run's
     validation photos (`record_accuracy`).
     """
     if not run.has_model:
-        raise ValueError(f"run {run.id} saved no model: it was stopped before its first epoch ended")
-    target = Path(target)
+        raise RunError(f"run {run.id} saved no model: it was stopped before its first epoch ended")
+    target = Path(config.DEFAULT_MODEL if target is None else target)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda tmp: shutil.copyfile(run.model_path, tmp))
     run_meta = run.meta
@@ -344,7 +343,8 @@ def record_accuracy(target: Path, source: str | os.PathLike) -> dict:
     names = meta["validation_names"]
     result = evaluate(Predictor(target), source, names=names)
     if result.n != len(names):
-        raise ValueError(f"{source}: {len(names) - result.n} of the model's {len(names)} validation photos are missing")
+        missing = len(names) - result.n
+        raise DatasetError(f"{source}: {missing} of the model's {len(names)} validation photos are missing")
     meta["metrics"] = {**meta.get("metrics", {}), **result.record(held_out(result.n, Path(source).name))}
     write_json(target.with_suffix(".json"), meta)
     return meta

@@ -2,93 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core.data import LoadedDataset, load_dataset
-from core.pipeline import PipelineConfig, to_model_input
+from core.config import CLASS_NAMES
+from core.data import DatasetError, LoadedDataset, load_dataset
+from core.distribute import batch_sizes, distribution_strategy, fit
+from core.errors import SettingsError
+from core.progress import ProgressEvent, ProgressFn, ignore
 from core.runs import Run, RunStore
+from core.settings import TrainConfig
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every knob of a run. The defaults reproduce the seed tutorial."""
-
-    preset: str = "seed"
-    epochs: int = 10
-    batch_size: int = 32
-    validation_split: float = 0.2
-    learning_rate: float = 1e-3
-    image_size: int = 80
-    color_mode: str = "grayscale"
-    augment: bool = False
-    early_stopping: bool = False
-    patience: int = 4
-    seed: int = 42
-    limit: int | None = None  # train on a balanced slice of at most this many images
-    # Minutes of training: the learning rate follows a cosine over this wall time, not over steps, and training
-    # ends when it runs out (epochs is then an upper bound). None: the cosine runs over the epochs.
-    time_budget_min: float | None = None
-    # Progressive resizing: train in equal shares (of the time budget, else of the epochs) at these fractions of
-    # image_size, e.g. (2/3, 5/6, 1) for 64, 80 and 96. Small early epochs cost a fraction of full-size ones, so
-    # the same time trains more epochs. Validation and the saved model use image_size. (): image_size throughout.
-    train_scales: tuple[float, ...] = ()
-
-    @classmethod
-    def for_preset(cls, preset: str, **overrides) -> TrainConfig:
-        """The preset's own settings, with any non-None overrides applied."""
-        from core.presets import PRESETS
-
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        p = PRESETS[preset]
-        base = cls(
-            preset=preset,
-            epochs=p.epochs,
-            batch_size=p.batch_size,
-            validation_split=p.validation_split,
-            learning_rate=p.learning_rate,
-            image_size=p.pipeline.size,
-            color_mode=p.pipeline.color_mode,
-            augment=p.augment,
-            early_stopping=p.early_stopping,
-            time_budget_min=p.time_budget_min,
-            train_scales=p.train_scales,
-        )
-        known = {f.name for f in fields(cls)}
-        return cls(**{**asdict(base), **{k: v for k, v in overrides.items() if v is not None and k in known}})
-
-    @property
-    def pipeline(self) -> PipelineConfig:
-        return PipelineConfig(self.image_size, self.color_mode)
-
-    @property
-    def stages(self) -> tuple[int, ...]:
-        """The input size of each training stage (one stage, at image_size, without progressive resizing)."""
-        return tuple(max(8, round(self.image_size * s)) for s in self.train_scales) or (self.image_size,)
-
-
-@dataclass
-class ProgressEvent:
-    """One progress report: kind is 'load', 'start', 'batch', 'epoch' or 'end'."""
-
-    kind: str
-    epoch: int = 0
-    epochs: int = 0
-    batch: int = 0
-    batches: int = 0
-    logs: dict = field(default_factory=dict)
-    elapsed: float = 0.0
+__all__ = ["ProgressEvent", "ProgressFn", "RunResult", "TrainConfig", "batch_sizes", "split_indices", "train"]
 
 
 @dataclass
@@ -100,9 +35,6 @@ class RunResult:
     metrics: dict
     status: str  # "finished", "stopped" or "early-stopped"
     wall_time_s: float
-
-
-ProgressFn = Callable[[ProgressEvent], None]
 
 
 def split_indices(labels: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,107 +49,44 @@ def split_indices(labels: np.ndarray, validation_split: float, seed: int) -> tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def batch_sizes(n: int, batch_size: int, replicas: int = 1) -> list[int]:
-    """The sizes of the batches that cover n images, each one splittable across the replicas."""
-    # With R replicas tf.distribute splits every global batch R ways, and:
-    # - a batch of fewer than R images leaves a replica empty, which fails (AddN shape mismatch);
-    # - Keras builds the model by averaging the first distributed batch across replicas, so that batch must
-    #   split evenly (keras 3.15 TF trainer, _maybe_symbolic_build).
-    # So every batch but the last is a multiple of R, and the last holds at least R images.
-    if n < replicas or (n < 2 * replicas and n % replicas):
-        raise ValueError(f"{n} images cannot be split evenly across {replicas} replicas; use more images")
-    whole = n - n % replicas
-    sizes = [batch_size] * (whole // batch_size) + ([whole % batch_size] if whole % batch_size else [])
-    if n % replicas:
-        if len(sizes) == 1:
-            sizes = [sizes[0] - replicas, replicas]
-        sizes[-1] += n % replicas
-    return sizes
+@dataclass(frozen=True)
+class Split:
+    """The photos a run trains on and those it holds out to validate and measure, as indices into its dataset."""
+
+    train: np.ndarray
+    val: np.ndarray
 
 
-def _batches(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    shuffle_seed: int | None,
-    replicas: int = 1,
-    augment: bool = False,
-    size: int | None = None,
-    first_epoch: int = 0,
-):
-    import keras
+@dataclass(frozen=True)
+class Placement:
+    """How a run's batches spread over the devices: the global batch is an equal share per replica."""
 
-    from core.augment import IDENTITY, Augmentation, augment_batch
+    strategy: object  # a tf.distribute.Strategy
+    replicas: int
+    per_replica_batch: int
 
-    bounds = np.cumsum([0, *batch_sizes(len(y), batch_size, replicas)])
+    @property
+    def global_batch(self) -> int:
+        return self.per_replica_batch * self.replicas
 
-    class Batches(keras.utils.PyDataset):
-        # Feeds uint8 arrays through the same to_model_input() that prediction uses, augmented if asked, with
-        # random draws fixed by (seed, epoch, batch) so a run can be repeated.
-        def __init__(self):
-            super().__init__()
-            self.bounds = bounds
-            self.order = np.arange(len(y))
-            self.epoch = first_epoch
-            self.on_epoch_end()
-
-        def __len__(self):
-            return len(bounds) - 1
-
-        def __getitem__(self, i):
-            idx = np.sort(self.order[bounds[i] : bounds[i + 1]])
-            pixels = x[idx]
-            if augment or (size and size != pixels.shape[1]):  # the warp also rescales, augmented or not
-                rng = np.random.default_rng([shuffle_seed or 0, self.epoch, i])
-                pixels = augment_batch(pixels, rng, Augmentation() if augment else IDENTITY, size)
-            return to_model_input(pixels), y[idx].astype(np.float32)
-
-        def on_epoch_end(self):
-            if shuffle_seed is not None:
-                self.order = np.random.default_rng(shuffle_seed + self.epoch).permutation(len(y))
-                self.epoch += 1
-
-    return Batches()
+    def record(self) -> dict:
+        """What run.json and the start event say of it."""
+        return {
+            "replicas": self.replicas,
+            "global_batch": self.global_batch,
+            "per_replica_batch": self.per_replica_batch,
+        }
 
 
-def distribution_strategy():
-    """MultiWorkerMirrored with TF_CONFIG, Mirrored over several GPUs, else the default strategy."""
-    import tensorflow as tf
+@dataclass(frozen=True)
+class Training:
+    """One run in progress: what its steps share."""
 
-    if os.environ.get("TF_CONFIG"):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy([d.name for d in gpus])
-    return tf.distribute.get_strategy()
-
-
-def _fit(model, strategy, train_data, **kwargs) -> None:
-    import tensorflow as tf
-
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        model.fit(train_data, **kwargs)
-        return
-
-    # Keras 3 (3.15 too) fails twice in fit() under MultiWorkerMirroredStrategy (keras-team/keras#20585):
-    # - fit() starts by averaging the first distributed batch with strategy.reduce() to learn its shapes, which
-    #   this strategy cannot do for an (x, y) pair. So the model, loss, metrics and optimizer are built here from
-    #   one batch's shapes, and fit() finds the strategy through the scope instead of the model, skipping that.
-    # - each step averages its logs across workers over axis 0, which scalars lack. So the steps return them
-    #   with one axis. Epoch logs are read from the metrics themselves, summed over all replicas.
-    def with_axis(step):
-        return lambda data: {k: tf.reshape(v, [1]) for k, v in step(data).items()}
-
-    train_step, test_step = model.train_step, model.test_step
-    with strategy.scope():
-        model._symbolic_build(data_batch=train_data[0])
-        model._distribute_strategy = None
-        model.train_step, model.test_step = with_axis(train_step), with_axis(test_step)
-        try:
-            model.fit(train_data, **kwargs)
-        finally:
-            model._distribute_strategy = strategy
-            del model.train_step, model.test_step
+    run: Run
+    config: TrainConfig
+    emit: ProgressFn
+    cancel: threading.Event
+    started: float
 
 
 def _versions() -> dict:
@@ -248,8 +117,9 @@ def train(
     run whose process dies shows as interrupted (`core.runs.Run.status`), its best epoch so far still saved.
     """
     run = RunStore(runs_dir).begin(config.preset, asdict(config))
+    t = Training(run, config, progress or ignore, cancel or threading.Event(), time.time())
     try:
-        return _train_run(run, source, config, progress, cancel, strategy)
+        return _train_run(t, source, strategy)
     except BaseException as err:
         _record_failure(run, err)
         raise
@@ -271,157 +141,184 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _data_record(dataset: LoadedDataset, config: TrainConfig, val_idx: np.ndarray, **sizes) -> dict:
+def _data_record(config: TrainConfig, dataset: LoadedDataset, split: Split, placement: Placement) -> dict:
     # What run.json says a run trains on, written before its first epoch so that an interrupted run says it too.
     return {
         "pipeline": asdict(config.pipeline),
-        "class_names": ["cat", "dog"],
+        "class_names": list(CLASS_NAMES),
         "dataset": {"source": dataset.source, "fingerprint": dataset.fingerprint, "skipped": len(dataset.skipped)},
         "n_images": len(dataset),
-        "n_val": len(val_idx),
-        "validation_names": dataset.names[val_idx].tolist(),
-        **sizes,
+        "n_val": len(split.val),
+        "validation_names": dataset.names[split.val].tolist(),
+        "n_train": len(split.train),
+        **placement.record(),
     }
 
 
-def _train_run(
-    run: Run,
-    source: str | os.PathLike | LoadedDataset,
-    config: TrainConfig,
-    progress: ProgressFn | None,
-    cancel: threading.Event | None,
-    strategy,
-) -> RunResult:
-    import keras
+def _train_run(t: Training, source: str | os.PathLike | LoadedDataset, strategy) -> RunResult:
+    # The steps of a run, in order, each a named function; a new step is one more line here. Photos that must
+    # train (never held out) belong in _split; a calibration of the saved model goes between _save_best and _measure.
+    dataset = _load(t, source)
+    split = _split(t.config, dataset)
+    placement = _place(t.config, strategy)
+    t.run.update_meta(**_data_record(t.config, dataset, split, placement))
+    feeds = Feeds(dataset, split, t.config, placement)
+    model = _build(t.config, placement, feeds.steps)
+    callbacks = _callbacks(t, feeds)
+    _announce(t, split, feeds.steps, placement)
+    fit_time = _fit_stages(t, model, feeds, callbacks, placement)
+    _save_best(t, model, callbacks)
+    metrics = _measure(t, dataset, split, callbacks, fit_time)
+    return _finish(t, callbacks, metrics)
 
-    from core.callbacks import BestKeeper, StageEnd, TimeBudget
-    from core.model import build_model, compile_model, fixed_size, save_model
-    from core.presets import PRESETS
 
-    started = time.time()
-    emit = progress or (lambda event: None)
-    cancel = cancel or threading.Event()
-    preset = PRESETS[config.preset]
-    pipeline = config.pipeline
+def _load(t: Training, source: str | os.PathLike | LoadedDataset) -> LoadedDataset:
+    """The photos as arrays, at the run's pipeline: loaded here unless given already loaded."""
     if isinstance(source, LoadedDataset):
         dataset = source
     else:
-        dataset = load_dataset(
-            source,
-            pipeline,
-            limit=config.limit,
-            seed=config.seed,
-            progress=lambda done, total: emit(ProgressEvent("load", batch=done, batches=total)),
-        )
+        progress = lambda done, total: t.emit(ProgressEvent("load", batch=done, batches=total))  # noqa: E731
+        dataset = load_dataset(source, t.config.pipeline, limit=t.config.limit, seed=t.config.seed, progress=progress)
     if len(np.unique(dataset.y)) < 2:
-        raise ValueError(f"{dataset.source}: training needs labeled photos of both cats and dogs")
+        raise DatasetError(f"{dataset.source}: training needs labeled photos of both cats and dogs")
+    return dataset
+
+
+def _split(config: TrainConfig, dataset: LoadedDataset) -> Split:
+    """The stratified split of the dataset into the photos to train on and those held out."""
     train_idx, val_idx = split_indices(dataset.y, config.validation_split, config.seed)
-    keras.utils.set_random_seed(config.seed)
+    return Split(train_idx, val_idx)
+
+
+def _place(config: TrainConfig, strategy) -> Placement:
+    """The distribution strategy and each replica's share of the batch (rounded down to a multiple of them)."""
     strategy = strategy or distribution_strategy()
     replicas = strategy.num_replicas_in_sync
-    # The batch size is global: each replica takes an equal share, so it is rounded down to a multiple of them.
-    per_replica_batch = config.batch_size // replicas
-    if per_replica_batch < 1:
-        raise ValueError(f"batch size {config.batch_size} is smaller than the {replicas} replicas; use a larger one")
-    global_batch = per_replica_batch * replicas
+    if config.batch_size // replicas < 1:
+        raise SettingsError(f"batch size {config.batch_size} is smaller than the {replicas} replicas; use a larger one")
+    return Placement(strategy, replicas, config.batch_size // replicas)
+
+
+class Feeds:
+    """The run's feeders: the training photos at each stage's size, and the held-out photos."""
+
+    def __init__(self, dataset: LoadedDataset, split: Split, config: TrainConfig, placement: Placement):
+        from core.feeder import Feeder
+
+        self.config, self.placement = config, placement
+        self.x, self.y = dataset.x[split.train], dataset.y[split.train]  # one copy, shared by every stage
+        batch, replicas = placement.global_batch, placement.replicas
+        self.first = self.at_stage(0)
+        self.steps = len(self.first)
+        held_out = dataset.x[split.val], dataset.y[split.val]
+        self.val = Feeder(*held_out, batch, None, replicas) if len(split.val) else None
+
+    def at_stage(self, stage: int, first_epoch: int = 0):
+        """The training feeder of one stage of progressive resizing, its shuffles continuing at first_epoch."""
+        from core.feeder import Feeder
+
+        cfg, placement = self.config, self.placement
+        size = cfg.stages[stage]
+        return Feeder(
+            self.x, self.y, placement.global_batch, cfg.seed, placement.replicas, cfg.augment, size, first_epoch
+        )
+
+
+def _build(config: TrainConfig, placement: Placement, steps: int):
+    """The compiled model, built in the strategy's scope; AdamW's cosine runs over the steps unless over time."""
+    import keras
+
+    from core.model import build_model, compile_model
+
+    keras.utils.set_random_seed(config.seed)  # the initial weights, and the dropout's draws
+    budgeted = config.time_budget_min is not None
+    with placement.strategy.scope():
+        model = build_model(config, any_size=config.stages != (config.image_size,))
+        compile_model(model, config, total_steps=None if budgeted else steps * config.epochs)
+    return model
+
+
+def _callbacks(t: Training, feeds: Feeds):
+    from core.callbacks import training_callbacks
+    from core.model import fixed_size
+
+    validates = feeds.val is not None
+    export = functools.partial(fixed_size, config=t.config)
+    return training_callbacks(t.run, t.config, feeds.first, validates, t.emit, t.cancel, t.started, export)
+
+
+def _announce(t: Training, split: Split, steps: int, placement: Placement) -> None:
+    logs = {"n_train": len(split.train), "n_val": len(split.val), **placement.record()}
+    t.emit(ProgressEvent("start", epochs=t.config.epochs, batches=steps, logs=logs, elapsed=time.time() - t.started))
+
+
+def _fit_stages(t: Training, model, feeds: Feeds, callbacks, placement: Placement) -> float:
+    """One fit() per stage of progressive resizing; returns the seconds spent fitting.
+
+    Stages split the epochs and, with a time budget, the time too: a stage ends at the first epoch end past
+    either share. The learning-rate schedule runs across all of them.
+    """
+    from core.callbacks import StageEnd
+
+    config, budget, early = t.config, callbacks.budget, callbacks.early
     stages = config.stages
-    sizes = {"replicas": replicas, "global_batch": global_batch, "per_replica_batch": per_replica_batch}
-    run.update_meta(**_data_record(dataset, config, val_idx, n_train=len(train_idx), **sizes))
-
-    x_train, y_train = dataset.x[train_idx], dataset.y[train_idx]  # one copy, shared by every stage
-
-    def train_data_at(stage: int, first_epoch: int = 0):
-        return _batches(
-            x_train, y_train, global_batch, config.seed, replicas, config.augment, stages[stage], first_epoch
-        )
-
-    train_data = train_data_at(0)
-    val_data = _batches(dataset.x[val_idx], dataset.y[val_idx], global_batch, None, replicas) if len(val_idx) else None
-    steps = len(train_data)
-    any_size = stages != (pipeline.size,)
-    with strategy.scope():
-        model = build_model(preset, pipeline, any_size=any_size)
-        budgeted = config.time_budget_min is not None
-        compile_model(model, preset, config.learning_rate, total_steps=None if budgeted else steps * config.epochs)
-
-    def export(m):
-        return fixed_size(m, preset, pipeline)
-
-    keeper = BestKeeper(run, emit, cancel, config, train_data, started, export)
-    budget = TimeBudget(config.time_budget_min * 60, config.learning_rate) if budgeted else None
-    callbacks = [budget, keeper] if budget else [keeper]  # first, so the keeper's rows get its learning rate
-    early = None
-    if config.early_stopping and len(val_idx):
-        early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
-        callbacks.append(early)
-    emit(
-        ProgressEvent(
-            "start",
-            epochs=config.epochs,
-            batches=steps,
-            logs={"n_train": len(train_idx), "n_val": len(val_idx), **sizes},
-            elapsed=time.time() - started,
-        )
-    )
-    fit_started = time.time()
-    # One fit() per stage of progressive resizing. Stages split the epochs and, with a time budget, the time too: a
-    # stage ends at the first epoch end past either share. The learning-rate schedule runs across all of them.
     stage_ends = np.arange(1, len(stages) + 1) * config.epochs // len(stages)  # spare epochs go to later stages
+    fit_started = time.time()
     for stage, size in enumerate(stages):
-        done = len(keeper.rows)
-        if stage:
-            train_data = train_data_at(stage, done)
-        keeper.image_size = size
-        until = int(stage_ends[stage])
+        done = len(callbacks.epochs.rows)
+        train_data = feeds.at_stage(stage, done) if stage else feeds.first
+        callbacks.epochs.image_size = size
         last = stage == len(stages) - 1  # the last stage ends with the budget itself, marked expired
-        stage_callbacks = (
-            [*callbacks, StageEnd(budget, (stage + 1) / len(stages))] if budget and not last else callbacks
-        )
-        if until > done:
-            _fit(
-                model,
-                strategy,
-                train_data,
-                validation_data=val_data,
-                epochs=until,
-                initial_epoch=done,
-                callbacks=stage_callbacks,
-                verbose=0,
-            )
-        if cancel.is_set() or (budget and budget.expired) or (early and early.stopped_epoch):
+        stage_end = StageEnd(budget, (stage + 1) / len(stages)) if budget and not last else None
+        if int(stage_ends[stage]) > done:
+            fit_kwargs = {"validation_data": feeds.val, "epochs": int(stage_ends[stage]), "initial_epoch": done}
+            fit(model, placement.strategy, train_data, callbacks=callbacks.in_order(stage_end), verbose=0, **fit_kwargs)
+        if t.cancel.is_set() or (budget and budget.expired) or (early and early.stopped_epoch):
             break
-    fit_time = time.time() - fit_started
+    return time.time() - fit_started
 
-    if keeper.best_weights is not None:  # no epoch completed (stopped in the first): no model worth saving
-        model.set_weights(keeper.best_weights)
-        save_model(export(model), run.model_path)
-    hist = pd.DataFrame(keeper.rows)
-    run.save_history(keeper.rows)
-    if cancel.is_set():
-        status = "stopped"
-    elif budget and budget.expired:
-        status = "time-budget"
-    else:
-        status = "early-stopped" if len(hist) < config.epochs else "finished"
+
+def _save_best(t: Training, model, callbacks) -> None:
+    """The best epoch's weights, saved at the run's input size; none if no epoch completed."""
+    from core.model import fixed_size, save_model
+
+    if callbacks.best.weights is not None:  # stopped in the first epoch: no model worth saving
+        model.set_weights(callbacks.best.weights)
+        save_model(fixed_size(model, t.config), t.run.model_path)
+    t.run.save_history(callbacks.epochs.rows)
+
+
+def _measure(t: Training, dataset: LoadedDataset, split: Split, callbacks, fit_time: float) -> dict:
+    """The run's metrics: its best epoch, its pace, and the held-out accuracy as the app predicts."""
+    rows, best = callbacks.epochs.rows, callbacks.best.best
     metrics = {
-        "best_val_accuracy": keeper.best.get("val_accuracy"),
-        "best_val_loss": keeper.best.get("val_loss"),
-        "best_epoch": keeper.best.get("epoch"),
-        "final_train_accuracy": hist["accuracy"].iloc[-1] if len(hist) else None,
-        "epochs_completed": len(hist),
-        "train_images_per_s": keeper.images / max(fit_time, 1e-9),
+        "best_val_accuracy": best.get("val_accuracy"),
+        "best_val_loss": best.get("val_loss"),
+        "best_epoch": best.get("epoch"),
+        "final_train_accuracy": rows[-1]["accuracy"] if rows else None,
+        "epochs_completed": len(rows),
+        "train_images_per_s": callbacks.batches.images / max(fit_time, 1e-9),
     }
-    if run.has_model and len(val_idx):  # the accuracy users will get (as the app predicts) on the held-out photos
+    if t.run.has_model and len(split.val):  # the accuracy users will get on the held-out photos
         from core.predict import held_out_record
 
-        val = dataset.x[val_idx], dataset.y[val_idx], dataset.names[val_idx]
-        metrics.update(held_out_record(run.model_path, *val, dataset.source))
-    wall = time.time() - started
-    run.update_meta(status=status, metrics=metrics, wall_time_s=wall, finished_at=_now(), versions=_versions())
-    result = RunResult(run, hist, metrics, status, wall)
-    emit(
-        ProgressEvent(
-            "end", epoch=len(hist), epochs=config.epochs, logs={"run": str(run.path), **metrics}, elapsed=wall
-        )
-    )
-    return result
+        val = dataset.x[split.val], dataset.y[split.val], dataset.names[split.val]
+        metrics.update(held_out_record(t.run.model_path, *val, dataset.source))
+    return metrics
+
+
+def _status(t: Training, callbacks) -> str:
+    if t.cancel.is_set():
+        return "stopped"
+    if callbacks.budget and callbacks.budget.expired:
+        return "time-budget"
+    return "early-stopped" if len(callbacks.epochs.rows) < t.config.epochs else "finished"
+
+
+def _finish(t: Training, callbacks, metrics: dict) -> RunResult:
+    """run.json's final word on the run, and the end event."""
+    status, wall, rows = _status(t, callbacks), time.time() - t.started, callbacks.epochs.rows
+    t.run.update_meta(status=status, metrics=metrics, wall_time_s=wall, finished_at=_now(), versions=_versions())
+    logs = {"run": str(t.run.path), **metrics}
+    t.emit(ProgressEvent("end", epoch=len(rows), epochs=t.config.epochs, logs=logs, elapsed=wall))
+    return RunResult(t.run, pd.DataFrame(rows), metrics, status, wall)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import streamlit as st
@@ -12,9 +11,8 @@ from core.data import summarize
 from core.estimate import estimate_training
 from core.jobs import TrainingBusy, TrainingJob, TrainingState, dataset_scans, owner_label, training_manager
 from core.metrics import percent, recorded_accuracies
-from core.presets import PRESETS
 from core.runs import RunStore
-from core.train import TrainConfig
+from core.settings import PRESETS, Setting, TrainConfig, help_of, settings
 from ui import charts
 from ui.navigation import run_through_entrypoint
 from ui.resources import active_dataset, active_model, dataset_name, session_owner, set_session_model
@@ -24,27 +22,31 @@ run_through_entrypoint()
 
 
 # The presets' own values are always among the choices, whatever a preset is later tuned to.
-IMAGE_SIZES = sorted({48, 64, 80, 96, 112, 128, 160} | {p.pipeline.size for p in PRESETS.values()})
-LEARNING_RATES = sorted({1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2} | {p.learning_rate for p in PRESETS.values()})
-# Widget key -> TrainConfig field. The widgets persist for the session, so a page switch keeps them.
-FIELDS = {
-    "train_epochs": "epochs",
-    "train_batch_size": "batch_size",
-    "train_validation_split": "validation_split",
-    "train_learning_rate": "learning_rate",
-    "train_image_size": "image_size",
-    "train_color_mode": "color_mode",
-    "train_augment": "augment",
-    "train_early_stopping": "early_stopping",
-}
+IMAGE_SIZES = sorted({48, 64, 80, 96, 112, 128, 160} | {p.config.image_size for p in PRESETS.values()})
+LEARNING_RATES = sorted({1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2} | {p.config.learning_rate for p in PRESETS.values()})
+# Not a preset's: choosing a preset keeps this session's seed and slice of photos.
+SESSION_SETTINGS = ("seed", "limit")
+
+
+def _key(name: str) -> str:
+    # Each setting lives in the session under "train_" + its name in core.settings, whether a control shows it
+    # (train_epochs) or not (train_net.widths): the map between them is derived, never restated.
+    return f"train_{name}"
+
+
+def _help(name: str) -> str:
+    text = help_of(name)
+    return text[:1].upper() + text[1:]
 
 
 def _load_settings(cfg: TrainConfig, everything: bool = False) -> None:
-    settings = asdict(cfg)
-    st.session_state.update({key: settings[name] for key, name in FIELDS.items()})
-    st.session_state["train_time_budget"] = int(cfg.time_budget_min or 0)
-    if everything:  # the preset, seed and slice too: a reloaded page shows what its own run is training with
-        st.session_state.update(train_preset=cfg.preset, train_seed=cfg.seed, train_limit=cfg.limit or 0)
+    state = st.session_state
+    for setting in settings():
+        if everything or setting.name not in SESSION_SETTINGS:
+            value = cfg.value(setting.name)
+            state[_key(setting.name)] = int(value or 0) if setting.zero_is_none else value  # 0 = none, all
+    if everything:  # the preset too: a reloaded page shows what its own run is training with
+        state["train_preset"] = cfg.preset
 
 
 def _own_live_job() -> TrainingJob | None:
@@ -61,7 +63,7 @@ def controls_ui() -> None:
     """The training knobs, defaulting to the seed tutorial; they persist for the session."""
     if "train_epochs" not in st.session_state:  # a new session: a reload while this browser's run trains, too
         own = _own_live_job()
-        _load_settings(own.config if own else TrainConfig(), everything=own is not None)
+        _load_settings(own.config if own else TrainConfig(), everything=True)
     keep = {"persist_state": "session"}
     preset = st.selectbox("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset, **keep)
     st.caption(PRESETS[preset].description)
@@ -78,17 +80,15 @@ def controls_ui() -> None:
         0,
         24 * 60,
         step=5,
-        key="train_time_budget",
-        help="Train for this long: the learning rate anneals over the time, and Epochs becomes an upper bound",
+        key="train_time_budget_min",
+        help=_help("time_budget_min"),
         **keep,
     )
     c1, c2, c3, c4 = st.columns(4)
-    c1.toggle("Augmentation", key="train_augment", help="Random flips, rotation, zoom, shifts, contrast", **keep)
-    c2.toggle("Early stopping", key="train_early_stopping", help="Stop when validation loss stalls", **keep)
-    c3.number_input("Seed", 0, 2**31 - 1, value=42, step=1, key="train_seed", **keep)
-    c4.number_input(
-        "Photos to use (0 = all)", 0, None, value=0, step=100, key="train_limit", help="A balanced slice", **keep
-    )
+    c1.toggle("Augmentation", key="train_augment", help=_help("augment"), **keep)
+    c2.toggle("Early stopping", key="train_early_stopping", help=_help("early_stopping"), **keep)
+    c3.number_input("Seed", 0, 2**31 - 1, step=1, key="train_seed", help=_help("seed"), **keep)
+    c4.number_input("Photos to use (0 = all)", 0, None, step=100, key="train_limit", help=_help("limit"), **keep)
     cfg = chosen_config()
     photos = f"{cfg.limit:,} photos" if cfg.limit else "all photos"
     length = plural(cfg.epochs, "epoch") + (f" or {cfg.time_budget_min:g} minutes" if cfg.time_budget_min else "")
@@ -125,10 +125,14 @@ def estimate_ui(cfg: TrainConfig, dataset: Path | None) -> None:
 def chosen_config() -> TrainConfig:
     """The TrainConfig the controls show now (read from session state, so a callback sees fresh values)."""
     state = st.session_state
-    settings = {name: state[key] for key, name in FIELDS.items()}
-    limit = int(state.get("train_limit", 0)) or None
-    cfg = TrainConfig.for_preset(state["train_preset"], **settings, seed=int(state.get("train_seed", 42)), limit=limit)
-    return replace(cfg, time_budget_min=float(state.get("train_time_budget", 0)) or None)  # 0 = none
+    chosen = {s.name: _from_control(s, state[_key(s.name)]) for s in settings() if _key(s.name) in state}
+    return TrainConfig.for_preset(state.get("train_preset", "seed"), **chosen)
+
+
+def _from_control(setting: Setting, value):
+    if setting.zero_is_none and not value:  # 0 = none (no time budget), all (photos)
+        return None
+    return setting.type(value) if setting.type in (int, float, tuple) else value
 
 
 def _start() -> None:

@@ -54,6 +54,28 @@ def make_jpeg(width: int = 320, height: int = 240, seed: int = 0, quality: int =
     return buf.tobytes()
 
 
+# The fast subset, `./scripts/test -m "not slow"`, is the edit-test loop; CI runs everything. A test is slow when
+# it starts processes that load TensorFlow, a browser or a server, or trains for more than a moment: whole files
+# here, single tests by their own @pytest.mark.slow.
+SLOW_FILES = {
+    "test_browser_app.py",
+    "test_browser_sessions.py",
+    "test_cli.py",
+    "test_distribute.py",
+    "test_export.py",
+    "test_hostile_files.py",
+    "test_run_faults.py",
+    "test_shipped_model.py",
+}
+SLOW_FIXTURES = {"live_server", "token_server"}  # test_api.py's real `python -m core serve` processes
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def jpeg() -> bytes:
     return make_jpeg()
@@ -88,7 +110,8 @@ def small_zip(train_zip, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(small_zip, tmp_path_factory) -> Path:
     """A seed-preset model trained for 1 epoch on small_zip: real, if not yet accurate."""
-    from core.train import TrainConfig, train
+    from core.settings import TrainConfig
+    from core.train import train
 
     runs = tmp_path_factory.mktemp("tiny-runs")
     result = train(small_zip, TrainConfig(epochs=1), runs_dir=runs)

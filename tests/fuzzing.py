@@ -232,33 +232,71 @@ def get_field(data: bytes, field: Field) -> int:
     return int.from_bytes(data[field.offset : field.offset + field.size], "little" if field.order == "<" else "big")
 
 
-def mutate(data: bytes, found: list[Field], rng: np.random.Generator) -> tuple[str, bytes]:
-    """One seeded mutation of a seed: (what was done, the mutated bytes)."""
-    kind = str(rng.choice(["flip", "bytes", "cut", "field", "field", "fields", "insert", "delete", "repeat"]))
-    out = bytearray(data)
-    n = len(out)
-    if kind == "flip":
-        for _ in range(int(rng.integers(1, 9))):
-            out[int(rng.integers(0, n))] ^= 1 << int(rng.integers(0, 8))
-    elif kind == "bytes":
-        for _ in range(int(rng.integers(1, 6))):
-            out[int(rng.integers(0, n))] = int(rng.integers(0, 256))
-    elif kind == "cut":
-        out = out[: int(rng.integers(0, n))]
-    elif kind in ("field", "fields") and found:
-        for _ in range(1 if kind == "field" else int(rng.integers(2, 5))):
+def _flip(out: bytearray, n: int, found: list[Field], rng: np.random.Generator) -> bytearray:
+    for _ in range(int(rng.integers(1, 9))):
+        out[int(rng.integers(0, n))] ^= 1 << int(rng.integers(0, 8))
+    return out
+
+
+def _bytes(out: bytearray, n: int, found: list[Field], rng: np.random.Generator) -> bytearray:
+    for _ in range(int(rng.integers(1, 6))):
+        out[int(rng.integers(0, n))] = int(rng.integers(0, 256))
+    return out
+
+
+def _cut(out: bytearray, n: int, found: list[Field], rng: np.random.Generator) -> bytearray:
+    return out[: int(rng.integers(0, n))]
+
+
+def _fields(count: int | None):
+    # count None: 2 to 4 fields
+    def change(out: bytearray, n: int, found: list[Field], rng: np.random.Generator) -> bytearray:
+        for _ in range(count or int(rng.integers(2, 5))):
             field = found[int(rng.integers(0, len(found)))]
             if field.offset + field.size <= len(out):
                 set_field(out, field, _interesting(get_field(out, field), field.size, rng))
-    elif kind == "insert":
-        at = int(rng.integers(0, n))
-        out[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
-    elif kind == "delete":
-        at = int(rng.integers(0, n))
-        del out[at : at + int(rng.integers(1, 64))]
-    else:  # a stretch of the file repeated, as a broken writer or a crafted chunk list does
-        at, length = int(rng.integers(0, n)), int(rng.integers(8, 256))
-        out[at:at] = out[at : at + length] * int(rng.integers(1, 4))
+        return out
+
+    return change
+
+
+def _insert(out: bytearray, n: int, found: list[Field], rng: np.random.Generator) -> bytearray:
+    at = int(rng.integers(0, n))
+    out[at:at] = rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8).tobytes()
+    return out
+
+
+def _delete(out: bytearray, n: int, found: list[Field], rng: np.random.Generator) -> bytearray:
+    at = int(rng.integers(0, n))
+    del out[at : at + int(rng.integers(1, 64))]
+    return out
+
+
+def _repeat(out: bytearray, n: int, found: list[Field], rng: np.random.Generator) -> bytearray:
+    # A stretch of the file repeated, as a broken writer or a crafted chunk list does.
+    at, length = int(rng.integers(0, n)), int(rng.integers(8, 256))
+    out[at:at] = out[at : at + length] * int(rng.integers(1, 4))
+    return out
+
+
+_MUTATIONS = {
+    "flip": _flip,
+    "bytes": _bytes,
+    "cut": _cut,
+    "field": _fields(1),
+    "fields": _fields(None),
+    "insert": _insert,
+    "delete": _delete,
+    "repeat": _repeat,
+}
+
+
+def mutate(data: bytes, found: list[Field], rng: np.random.Generator) -> tuple[str, bytes]:
+    """One seeded mutation of a seed: (what was done, the mutated bytes)."""
+    kind = str(rng.choice(["flip", "bytes", "cut", "field", "field", "fields", "insert", "delete", "repeat"]))
+    # A field mutation of a seed without known fields repeats a stretch instead.
+    change = _MUTATIONS[kind] if found or kind not in ("field", "fields") else _repeat
+    out = change(bytearray(data), len(data), found, rng)
     if out.startswith(b"\x89PNG") and rng.random() < 0.5:
         kind += "+crc"  # as a crafted file would be: the checksums agree, so only the structure can give it away
         _fix_png_checksums(out)

@@ -13,11 +13,11 @@ from conftest import make_jpeg
 from core import catalog, config
 from core.data import DatasetError, scan
 from core.jobs import DatasetScans, TrainingBusy, TrainingManager
-from core.runs import RunStore, promote_run
+from core.runs import RunStore, default_model_path, promote_run
 
 
 def _config(**overrides):
-    from core.train import TrainConfig
+    from core.settings import TrainConfig
 
     return TrainConfig(**{"epochs": 1, "limit": 100, "batch_size": 16, **overrides})
 
@@ -61,6 +61,7 @@ def test_a_run_reports_load_batch_and_epoch_progress_then_its_saved_result(small
     assert final.result.metrics["epochs_completed"] == 2
 
 
+@pytest.mark.slow
 def test_a_time_budgeted_run_reports_progress_and_eta_against_its_budget(small_zip, app_dirs):
     budget_s = 6.0
     job = TrainingManager().start(small_zip, _config(epochs=500, time_budget_min=budget_s / 60), runs_dir=app_dirs.runs)
@@ -74,6 +75,7 @@ def test_a_time_budgeted_run_reports_progress_and_eta_against_its_budget(small_z
     assert max(s.fraction for s in running) > 0.5
 
 
+@pytest.mark.slow
 def test_one_run_at_a_time_and_stop_keeps_the_best_epoch_so_far(small_zip, app_dirs):
     manager = TrainingManager()
     job = manager.start(small_zip, _config(epochs=50, batch_size=8), runs_dir=app_dirs.runs)
@@ -162,7 +164,9 @@ def test_models_to_pick_and_the_default_for_everyone(saved_run, app_dirs):
         catalog.set_server_default("../../etc")
     assert catalog.find("../" + older.id) is None
 
-    promote_run(older, config.DEFAULT_MODEL)
+    # The default target is read when called: the redirected models folder, never the real shipped model.
+    assert promote_run(older) == app_dirs.models / "default.keras"
+    assert default_model_path() == app_dirs.models / "default.keras"  # the CLI's and API's default sees it too
     assert catalog.choices()[0].key == catalog.DEFAULT_KEY
     assert catalog.choices()[0].name == "Shipped default"
     assert catalog.server_default().key == older.id  # an explicit choice outlives a new default

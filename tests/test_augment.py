@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from core.augment import Augmentation, augment_batch
-from core.train import _batches
+from core.feeder import Feeder
 
 NONE = Augmentation(rotation_deg=0, zoom=0, translation=0, contrast=0, flip=False)
 
@@ -94,8 +94,8 @@ def test_anything_but_a_uint8_batch_is_refused():
 
 def test_the_training_feeder_augments_repeatably_and_the_plain_feeder_does_not():
     x, y = blob_batch(n=40), np.arange(40) % 2
-    plain = _batches(x, y, 16, shuffle_seed=9)
-    augmented = _batches(x, y, 16, shuffle_seed=9, augment=True)
+    plain = Feeder(x, y, 16, shuffle_seed=9)
+    augmented = Feeder(x, y, 16, shuffle_seed=9, augment=True)
     (px, py), (ax, ay) = plain[0], augmented[0]
     np.testing.assert_array_equal(py, ay)  # the same photos, the same labels
     assert px.dtype == ax.dtype == np.float32 and px.shape == ax.shape
@@ -123,7 +123,7 @@ def test_an_output_size_scales_in_the_same_warp_like_cv2_resize():
 def test_the_feeder_trains_at_a_smaller_size_with_or_without_augmentation():
     x, y = blob_batch(n=40, size=48), np.arange(40) % 2
     for augment in (True, False):
-        px, _ = _batches(x, y, 16, shuffle_seed=9, augment=augment, size=32)[0]
+        px, _ = Feeder(x, y, 16, shuffle_seed=9, augment=augment, size=32)[0]
         assert px.shape == (16, 32, 32, 3) and px.dtype == np.float32
-    gray = _batches(x[..., :1].copy(), y, 16, shuffle_seed=9, size=32)[0][0]
+    gray = Feeder(x[..., :1].copy(), y, 16, shuffle_seed=9, size=32)[0][0]
     assert gray.shape == (16, 32, 32, 1)

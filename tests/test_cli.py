@@ -314,6 +314,13 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
     meta = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "run.json").read_text())
     assert meta["config"]["preset"] == "best" and meta["config"]["time_budget_min"] is None
     assert meta["status"] == "finished"
+    # Every field the shipped model's run.json has (default.json adds the promotion's), and the whole settings tree.
+    shipped = json.loads(config.DEFAULT_MODEL_META.read_text())
+    promoted = {"model_file", "source_run", "model_bytes", "model_sha256", "regression_sample"}
+    assert set(meta) >= set(shipped) - promoted
+    assert set(meta["config"]) == set(shipped["config"]) | {"net", "optimizer"}
+    assert meta["config"]["net"] == {"kind": "vgg_bn", "widths": [32, 64, 128, 256], "stem": 16}
+    assert meta["config"]["optimizer"] == {"name": "adamw", "weight_decay": 0.05, "label_smoothing": 0.05}
     history = pd.read_csv(Path(proc.stdout.strip().splitlines()[-1]) / "history.csv")
     assert history["train_size"].tolist() == [32]
     refused = run_cli(cli_home, "train", small_zip, "--time-budget", "-5")
@@ -323,12 +330,41 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
 
 def test_train_scales_set_the_stages_and_nonsense_is_refused(cli_home, small_zip):
     args = ("train", small_zip, "--preset", "improved", "--epochs", "2", "--limit", "64", "--image-size", "32")
-    proc = run_cli(cli_home, *args, "--train-scales", "0.5,1")
+    proc = run_cli(cli_home, *args, "--train-scales", "0.5,1", "--widths", "8,16", "--weight-decay", "0.01")
     assert proc.returncode == 0, proc.stderr
     run = Path(proc.stdout.strip().splitlines()[-1])
     assert pd.read_csv(run / "history.csv")["train_size"].tolist() == [16, 32]
-    assert json.loads((run / "run.json").read_text())["config"]["train_scales"] == [0.5, 1.0]
+    saved = json.loads((run / "run.json").read_text())["config"]
+    assert saved["train_scales"] == [0.5, 1.0]
+    assert saved["net"]["widths"] == [8, 16] and saved["optimizer"]["weight_decay"] == 0.01  # flags of the tree
     for bad in ("0,1", "1.5", "half", ""):
         refused = run_cli(cli_home, *args, "--train-scales", bad)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr
         assert "fractions of the image size" in refused.stderr
+
+
+def test_the_train_flags_are_every_setting_with_its_help(cli_home):
+    from core.settings import settings
+
+    proc = run_cli(cli_home, "train", "--help")
+    assert proc.returncode == 0, proc.stderr
+    shown = " ".join(proc.stdout.split())  # argparse wraps the help text
+    for setting in settings():
+        assert f"--{setting.flag}" in shown and " ".join(setting.help.split()[:4]) in shown, setting.name
+
+
+def test_a_bug_keeps_its_traceback_and_only_a_users_error_is_one_line(tmp_path, monkeypatch, capsys):
+    import core.data
+    from core.cli import main
+
+    missing = str(tmp_path / "nowhere.zip")
+    assert main(["scan", missing]) == 2  # the user's mistake: one line
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such file or folder"
+
+    def broken_scan(*args, **kwargs):  # a coding error inside a command, of a type users' errors once had
+        raise KeyError("a key the code forgot")
+
+    monkeypatch.setattr(core.data, "scan", broken_scan)
+    with pytest.raises(KeyError, match="a key the code forgot"):
+        main(["scan", str(tmp_path)])
+    assert "error:" not in capsys.readouterr().err

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from core.config import ROOT
-from core.train import batch_sizes
+from core.distribute import batch_sizes
 
 # Logical devices can only be configured before TensorFlow initialises, so the run happens in a fresh
 # interpreter; this test process (and every other test) keeps its single CPU device.
@@ -27,7 +27,8 @@ MIRRORED_RUN = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
     from core.data import load_dataset
-    from core.train import TrainConfig, train
+    from core.settings import TrainConfig
+    from core.train import train
 
     source, runs_dir = sys.argv[1], sys.argv[2]
     config = TrainConfig(epochs=1, batch_size=36, validation_split=0.3, limit=123, image_size=48)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import keras
 import numpy as np
 import pytest
@@ -11,9 +9,10 @@ from conftest import make_jpeg
 
 from core.config import CLASS_NAMES
 from core.gradcam import Explanation, explain, gradcam, last_conv_layer, legend
-from core.model import PRESETS, build_model, build_seed, build_vgg_bn, load_model, save_model
+from core.model import build_model, build_seed, build_vgg_bn, load_model, save_model
 from core.pipeline import ImageError, PipelineConfig, inspect, preprocess
 from core.predict import Predictor
+from core.settings import PRESETS, TrainConfig
 
 SIZE = 48  # the corner test's image size: small enough to train in seconds
 
@@ -21,8 +20,8 @@ SIZE = 48  # the corner test's image size: small enough to train in seconds
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_heatmap_has_the_input_shape_values_in_0_1_and_no_nan(preset):
     keras.utils.set_random_seed(0)
-    model = build_model(PRESETS[preset])
-    x = preprocess(make_jpeg(), PRESETS[preset].pipeline)
+    model = build_model(TrainConfig.for_preset(preset))
+    x = preprocess(make_jpeg(), TrainConfig.for_preset(preset).pipeline)
     heat = gradcam(model, x)
     assert heat.shape == x.shape[:2]
     assert heat.dtype == np.float32
@@ -32,17 +31,17 @@ def test_heatmap_has_the_input_shape_values_in_0_1_and_no_nan(preset):
 
 
 def test_the_last_convolution_is_found_by_type_in_every_preset():
-    assert isinstance(last_conv_layer(build_model(PRESETS["seed"])), keras.layers.Conv2D)
-    assert last_conv_layer(build_model(PRESETS["improved"])).name == "conv4_2"
+    assert isinstance(last_conv_layer(build_model(TrainConfig())), keras.layers.Conv2D)
+    assert last_conv_layer(build_model(TrainConfig.for_preset("improved"))).name == "conv4_2"
 
 
 @pytest.mark.parametrize("preset", ["seed", "improved"])
 def test_a_saved_and_reloaded_model_explains_the_same(preset, tmp_path):
     # Loading rebuilds a Sequential's graph several times; the heatmap must come from the graph in use.
     keras.utils.set_random_seed(0)
-    model = build_model(PRESETS[preset])
+    model = build_model(TrainConfig.for_preset(preset))
     loaded = load_model(save_model(model, tmp_path / "model.keras"))
-    x = preprocess(make_jpeg(seed=5), PRESETS[preset].pipeline)
+    x = preprocess(make_jpeg(seed=5), TrainConfig.for_preset(preset).pipeline)
     np.testing.assert_allclose(gradcam(loaded, x), gradcam(model, x), atol=1e-5)
 
 
@@ -85,15 +84,14 @@ def corner_model(preset: str) -> keras.Model:
     return build_vgg_bn(PipelineConfig(SIZE), widths=(8, 16))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["seed", "improved"])
 def test_the_heatmap_concentrates_on_the_only_signal(preset):
     keras.utils.set_random_seed(0)
     x, y = corner_images(400, seed=0)
     model = corner_model(preset)
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="binary_crossentropy", metrics=["accuracy"])
-    started = time.time()
     model.fit(x, y, batch_size=32, epochs=4, verbose=0)
-    assert time.time() - started < 120
 
     x_test, y_test = corner_images(40, seed=1)
     prob = np.asarray(model(x_test, training=False)).reshape(-1)
@@ -144,10 +142,8 @@ def test_explain_handles_valid_odd_images(tiny_model, bad_inputs, name):
 )
 def test_explain_refuses_bad_files_with_the_pipelines_reason(tiny_model, bad_inputs, name, reason):
     predictor = Predictor(tiny_model)
-    started = time.time()
-    with pytest.raises(ImageError, match=reason):
+    with pytest.raises(ImageError, match=reason):  # the bomb from its header: test_pipeline shows it is not decoded
         explain(predictor, (bad_inputs / name).read_bytes())
-    assert time.time() - started < 2  # the bomb is refused from its header, not decoded
 
 
 def test_the_legend_runs_from_blue_to_red():

@@ -10,7 +10,6 @@ import pytest
 from keras import layers
 
 from core.model import (
-    PRESETS,
     build_model,
     compile_model,
     inference_model,
@@ -19,6 +18,13 @@ from core.model import (
     save_model,
 )
 from core.pipeline import PipelineConfig
+from core.settings import NetConfig, OptimizerConfig, TrainConfig
+
+SEED, IMPROVED, BEST = (TrainConfig.for_preset(name) for name in ("seed", "improved", "best"))
+
+
+def at(config: TrainConfig, pipeline: PipelineConfig) -> TrainConfig:
+    return config.changed({"image_size": pipeline.size, "color_mode": pipeline.color_mode})
 
 
 def layer_summary(model: keras.Model) -> list[tuple]:
@@ -40,7 +46,7 @@ def layer_summary(model: keras.Model) -> list[tuple]:
 
 
 def test_seed_preset_is_exactly_the_tutorials_cnn():
-    model = build_model(PRESETS["seed"])
+    model = build_model(SEED)
     assert model.input_shape == (None, 80, 80, 1)
     assert layer_summary(model) == [
         ("Conv2D", 64, (3, 3), "relu"),
@@ -57,14 +63,14 @@ def test_seed_preset_is_exactly_the_tutorials_cnn():
 
 
 def test_seed_preset_keeps_the_tutorials_training_settings():
-    seed = PRESETS["seed"]
-    assert seed.pipeline == PipelineConfig(80, "grayscale")
-    assert (seed.epochs, seed.batch_size, seed.validation_split, seed.learning_rate) == (10, 32, 0.2, 1e-3)
-    assert (seed.optimizer, seed.augment, seed.early_stopping, seed.label_smoothing) == ("adam", False, False, 0.0)
+    assert SEED.pipeline == PipelineConfig(80, "grayscale")
+    assert (SEED.epochs, SEED.batch_size, SEED.validation_split, SEED.learning_rate) == (10, 32, 0.2, 1e-3)
+    assert (SEED.augment, SEED.early_stopping) == (False, False)
+    assert SEED.net == NetConfig("seed", (64, 64)) and SEED.optimizer == OptimizerConfig("adam", 0.0, 0.0)
 
 
 def test_seed_compiles_with_adam_binary_crossentropy_and_accuracy_passed_by_keyword():
-    model = compile_model(build_model(PRESETS["seed"]), PRESETS["seed"], 1e-3, total_steps=10)
+    model = compile_model(build_model(SEED), SEED, total_steps=10)
     compiled = model.get_compile_config()
     assert compiled["optimizer"]["class_name"] == "Adam"
     assert compiled["optimizer"]["config"]["learning_rate"] == pytest.approx(1e-3)
@@ -80,7 +86,7 @@ def test_seed_compiles_with_adam_binary_crossentropy_and_accuracy_passed_by_keyw
 
 
 def test_seed_builds_at_other_sizes_and_colors():
-    model = build_model(PRESETS["seed"], PipelineConfig(64, "rgb"))
+    model = build_model(at(SEED, PipelineConfig(64, "rgb")))
     assert model.input_shape == (None, 64, 64, 3)
     assert model(np.zeros((2, 64, 64, 3), np.float32)).shape == (2, 1)
 
@@ -89,7 +95,7 @@ def test_seed_builds_at_other_sizes_and_colors():
 
 
 def test_improved_preset_has_batch_norm_global_pooling_dropout_and_no_augmentation_layers():
-    model = build_model(PRESETS["improved"])
+    model = build_model(IMPROVED)
     assert model.input_shape == (None, 96, 96, 3)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds.count("BatchNormalization") >= 4
@@ -101,7 +107,7 @@ def test_improved_preset_has_batch_norm_global_pooling_dropout_and_no_augmentati
 
 
 def test_improved_dropout_acts_only_while_training():
-    model = build_model(PRESETS["improved"])
+    model = build_model(IMPROVED)
     x = np.random.default_rng(0).random((4, 96, 96, 3), dtype=np.float32)
     inference = np.asarray(model(x, training=False))
     np.testing.assert_array_equal(inference, np.asarray(model(x, training=False)))
@@ -110,12 +116,12 @@ def test_improved_dropout_acts_only_while_training():
 
 
 def test_improved_builds_at_other_pipelines():
-    assert build_model(PRESETS["improved"], PipelineConfig(64, "grayscale")).input_shape == (None, 64, 64, 1)
+    assert build_model(at(IMPROVED, PipelineConfig(64, "grayscale"))).input_shape == (None, 64, 64, 1)
 
 
 def test_improved_compiles_with_adamw_and_a_cosine_decaying_learning_rate():
-    preset = PRESETS["improved"]
-    model = compile_model(build_model(preset), preset, preset.learning_rate, total_steps=100)
+    preset = IMPROVED
+    model = compile_model(build_model(preset), preset, total_steps=100)
     compiled = model.get_compile_config()
     assert compiled["optimizer"]["class_name"] == "AdamW"
     schedule = keras.optimizers.schedules.deserialize(compiled["optimizer"]["config"]["learning_rate"])
@@ -126,13 +132,13 @@ def test_improved_compiles_with_adamw_and_a_cosine_decaying_learning_rate():
 
 
 def test_best_decays_conv_and_dense_kernels_but_not_batch_norm_or_biases():
-    preset = PRESETS["best"]
-    model = compile_model(build_model(preset), preset, preset.learning_rate, total_steps=None)
+    preset = BEST
+    model = compile_model(build_model(preset), preset, total_steps=None)
     for variable in model.trainable_variables:  # no zeros, so that a decay would show
         variable.assign(np.full(variable.shape, 0.5, np.float32))
     # A zero gradient moves nothing through Adam itself; only the decoupled weight decay changes a variable.
     model.optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
-    factor = 1 - preset.learning_rate * preset.weight_decay
+    factor = 1 - preset.learning_rate * preset.optimizer.weight_decay
     kinds = {variable.path.split("/")[-1] for variable in model.trainable_variables}
     assert kinds == {"kernel", "gamma", "beta", "bias"}
     for variable in model.trainable_variables:
@@ -141,15 +147,15 @@ def test_best_decays_conv_and_dense_kernels_but_not_batch_norm_or_biases():
 
 
 def test_without_a_step_count_adamw_gets_a_plain_rate_for_a_time_budget_to_drive():
-    preset = PRESETS["best"]
-    model = compile_model(build_model(preset), preset, preset.learning_rate, total_steps=None)
+    preset = BEST
+    model = compile_model(build_model(preset), preset, total_steps=None)
     assert model.optimizer.learning_rate.numpy() == pytest.approx(preset.learning_rate)
     model.optimizer.learning_rate.assign(1e-5)
     assert model.optimizer.learning_rate.numpy() == pytest.approx(1e-5)
 
 
 def test_inference_model_folds_batch_norm_into_the_convolutions_with_the_same_output():
-    preset = PRESETS["best"]
+    preset = BEST
     model = build_model(preset)
     rng = np.random.default_rng(0)
     for layer in model.layers:  # trained-looking statistics, so that folding has something to carry
@@ -166,7 +172,7 @@ def test_inference_model_folds_batch_norm_into_the_convolutions_with_the_same_ou
 
 
 def test_inference_model_leaves_a_net_without_batch_norm_as_it_is():
-    seed = build_model(PRESETS["seed"])
+    seed = build_model(SEED)
     assert inference_model(seed) is seed
 
 
@@ -175,7 +181,7 @@ def test_inference_model_leaves_a_net_without_batch_norm_as_it_is():
 
 @pytest.mark.parametrize("preset, pipeline", [("seed", PipelineConfig()), ("improved", PipelineConfig(64, "rgb"))])
 def test_a_saved_model_loads_with_the_same_weights_and_its_pipeline(tmp_path, preset, pipeline):
-    model = build_model(PRESETS[preset], pipeline)
+    model = build_model(at(TrainConfig.for_preset(preset), pipeline))
     x = np.random.default_rng(0).random((3, *pipeline.input_shape), dtype=np.float32)
     path = save_model(model, tmp_path / "sub" / "model.keras")
     assert zipfile.is_zipfile(path)
@@ -185,9 +191,9 @@ def test_a_saved_model_loads_with_the_same_weights_and_its_pipeline(tmp_path, pr
 
 
 def test_model_pipeline_reads_size_and_color_from_the_model_itself(tmp_path):
-    path = save_model(build_model(PRESETS["seed"], PipelineConfig(48, "rgb")), tmp_path / "m.keras")
+    path = save_model(build_model(at(SEED, PipelineConfig(48, "rgb"))), tmp_path / "m.keras")
     assert model_pipeline(load_model(path)) == PipelineConfig(48, "rgb")
-    assert model_pipeline(build_model(PRESETS["seed"])) == PipelineConfig()
+    assert model_pipeline(build_model(SEED)) == PipelineConfig()
 
 
 class _FailsMidSave(layers.Layer):
@@ -200,7 +206,7 @@ class _FailsMidSave(layers.Layer):
 
 
 def test_a_failed_save_leaves_the_previous_model_intact_and_no_temp_file(tmp_path):
-    good = build_model(PRESETS["seed"])
+    good = build_model(SEED)
     path = save_model(good, tmp_path / "model.keras")
     before = path.read_bytes()
     broken = keras.Sequential([keras.Input((80, 80, 1)), _FailsMidSave(), layers.Flatten(), layers.Dense(1)])
@@ -213,14 +219,19 @@ def test_a_failed_save_leaves_the_previous_model_intact_and_no_temp_file(tmp_pat
     assert load_model(path).count_params() == good.count_params()
 
 
-def test_a_direct_keras_save_would_have_destroyed_the_previous_model(tmp_path):
-    # Why save_model exists: Keras writes straight to the target path.
-    path = save_model(build_model(PRESETS["seed"]), tmp_path / "model.keras")
-    before = path.read_bytes()
-    broken = keras.Sequential([keras.Input((4,)), _FailsMidSave(), layers.Dense(1)])
-    with pytest.raises(OSError):
-        broken.save(path)
-    assert path.read_bytes() != before
+def test_the_net_is_built_from_the_settings_tree_not_from_the_preset_name():
+    # A run records its network in run.json; building from that record gives back the very same net.
+    record = {
+        "preset": "best",
+        "net": {"kind": "vgg_bn", "widths": [8, 16], "stem": 0},
+        "image_size": 32,
+        "color_mode": "rgb",
+    }
+    model = build_model(TrainConfig.from_record(record))
+    convs = [layer.filters for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    assert convs == [8, 8, 16, 16] and model.input_shape == (None, 32, 32, 3) and model.name == "best"
+    seed = build_model(SEED.changed({"net.widths": (32, 16, 8)}))
+    assert [layer.filters for layer in seed.layers if isinstance(layer, layers.Conv2D)] == [32, 16, 8]
 
 
 def test_loading_uses_safe_mode_and_refuses_lambda_code(tmp_path):

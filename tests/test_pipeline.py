@@ -337,9 +337,14 @@ def test_damaged_bytes_give_a_reason_or_a_correct_shape_never_another_exception(
 # --- the pixel cap, applied from the header before any decoding ---------------------------------------------
 
 
-def test_pixel_cap_defaults_to_40_megapixels():
-    assert config.MAX_PIXELS == 40_000_000
-    assert PipelineConfig().max_pixels == 40_000_000
+def test_the_pixel_cap_is_read_when_used_not_when_imported(monkeypatch):
+    photo = make_jpeg(160, 120)
+    assert inspect(photo).width == 160
+    monkeypatch.setattr(config, "MAX_PIXELS", 160 * 120 - 1)
+    assert PipelineConfig().max_pixels == 160 * 120 - 1
+    for refuse in (inspect, lambda data: preprocess(data, PipelineConfig()), decode_original, decode_preview):
+        with pytest.raises(ImageError, match="pixels"):
+            refuse(photo)
 
 
 @pytest.mark.parametrize("width, height", [(10_000, 10_000), (8000, 5001), (65_000, 65_000)])

@@ -10,9 +10,10 @@ import pytest
 
 from core import config
 from core.data import iter_inputs
-from core.model import PRESETS, build_model, load_model, save_model
+from core.model import build_model, load_model, save_model
 from core.pipeline import PipelineConfig, preprocess
 from core.predict import Prediction, Predictor, evaluate, predictions_frame, submission_frame
+from core.settings import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +149,7 @@ def test_many_threads_predicting_at_once_get_the_same_answers_as_one(predictor, 
 
 
 def test_predictor_preprocesses_as_the_model_was_trained(tmp_path, jpeg):
-    path = save_model(build_model(PRESETS["seed"], PipelineConfig(48, "rgb")), tmp_path / "rgb48.keras")
+    path = save_model(build_model(TrainConfig(image_size=48, color_mode="rgb")), tmp_path / "rgb48.keras")
     predictor = Predictor(path)
     assert predictor.pipeline == PipelineConfig(48, "rgb")
     assert predictor.name == "rgb48"

@@ -21,7 +21,7 @@ from core import config
 from core.config import WriteError, atomic_write
 from core.jobs import TrainingBusy, TrainingManager
 from core.runs import INTERRUPTED, RUNNING, RunStore, TrainingInProgress, process_alive, this_process
-from core.train import TrainConfig
+from core.settings import TrainConfig
 
 # Small enough to start training seconds after TensorFlow loads, long enough to be killed mid-run.
 LONG_RUN = ("--limit", "60", "--epochs", "500", "--seed", "3")

@@ -56,7 +56,7 @@ def test_a_folder_without_run_json_is_not_a_run_and_delete_removes_a_real_one(tm
 def _timed_run(root, name: str, pace: float, batch_size: int = 32, augment: bool = False) -> None:
     from dataclasses import asdict
 
-    from core.train import TrainConfig
+    from core.settings import TrainConfig
 
     path = root / name
     path.mkdir(parents=True)
@@ -69,7 +69,7 @@ def test_a_run_is_estimated_at_the_pace_of_the_newest_run_like_it_on_this_machin
     from dataclasses import replace
 
     from core.estimate import estimate_training
-    from core.train import TrainConfig
+    from core.settings import TrainConfig
 
     _timed_run(tmp_path, "20260101-000000-seed-aaaa", pace=100)
     _timed_run(tmp_path, "20260102-000000-seed-bbbb", pace=200)  # newer, same settings: its pace counts

@@ -11,10 +11,11 @@ import pytest
 
 from core import config
 from core.data import Source
-from core.model import PRESETS, load_model, model_pipeline
+from core.model import load_model, model_pipeline
 from core.pipeline import PipelineConfig, preprocess
 from core.predict import Predictor, evaluate
-from core.train import TrainConfig, train
+from core.settings import TrainConfig
+from core.train import train
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,9 @@ def test_best_preset_trains_one_epoch_and_round_trips_with_identical_predictions
     assert np.isfinite(result.history.loss.iloc[0])
 
     saved = load_model(result.run.model_path)
-    assert model_pipeline(saved) == PRESETS["best"].pipeline
-    x = np.random.default_rng(0).random((8, *PRESETS["best"].pipeline.input_shape), np.float32)
+    best = TrainConfig.for_preset("best").pipeline
+    assert model_pipeline(saved) == best
+    x = np.random.default_rng(0).random((8, *best.input_shape), np.float32)
     first = np.asarray(saved(x, training=False))
     again = np.asarray(load_model(result.run.model_path)(x, training=False))
     np.testing.assert_array_equal(first, again)
@@ -49,10 +51,15 @@ def test_shipped_model_loads_in_safe_mode_and_its_metadata_matches_the_file(ship
     assert {"tensorflow", "keras", "opencv"} <= set(shipped_meta["versions"])
 
 
-def test_shipped_model_is_the_default_everywhere():
-    from core.runs import default_model_path
+def test_the_shipped_model_is_the_default_of_the_cli_the_api_and_the_dashboard(tiny_model, monkeypatch):
+    from core import catalog
+    from core.runs import RunStore, default_model_path
 
-    assert default_model_path() == config.DEFAULT_MODEL
+    # A runs folder with a trained run in it: the shipped model still comes first, for every front end.
+    monkeypatch.setattr(config, "RUNS_DIR", tiny_model.parent.parent)
+    assert [run.model_path for run in RunStore().with_models()] == [tiny_model]
+    assert default_model_path() == config.DEFAULT_MODEL  # the CLI's and the API's
+    assert catalog.server_default().path == config.DEFAULT_MODEL  # the dashboard's, for a session that picked none
 
 
 def test_shipped_model_is_at_least_90_percent_accurate_on_its_fixed_validation_sample(shipped_meta, train_zip):

@@ -7,7 +7,6 @@ import itertools
 import json
 import shutil
 import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -15,9 +14,11 @@ import pytest
 
 from core import config
 from core.data import load_dataset
+from core.errors import SettingsError
 from core.model import load_model, model_pipeline
 from core.pipeline import PipelineConfig, to_model_input
-from core.train import ProgressEvent, TrainConfig, split_indices, train
+from core.settings import NetConfig, TrainConfig
+from core.train import ProgressEvent, split_indices, train
 
 SLICE = 120  # images: 96 to train (3 batches of 32) and 24 to validate, so each epoch takes well under a second
 
@@ -67,10 +68,37 @@ def test_for_preset_takes_the_presets_settings_and_applies_overrides():
         True,
         True,
     )
-    tuned = TrainConfig.for_preset("seed", epochs=3, learning_rate=None, limit=500, not_a_field=1)
-    assert (tuned.epochs, tuned.learning_rate, tuned.limit) == (3, 1e-3, 500)
+    assert improved.net == NetConfig("vgg_bn", (16, 32, 64, 128)) and improved.optimizer.name == "adamw"
+    tuned = TrainConfig.for_preset("best", epochs=3, limit=500, time_budget_min=None, **{"net.stem": 0})
+    assert (tuned.epochs, tuned.limit, tuned.time_budget_min, tuned.net.stem) == (3, 500, None, 0)
+    assert tuned.net.widths == (32, 64, 128, 256) and tuned.optimizer.weight_decay == 0.05  # the rest: the preset's
     with pytest.raises(ValueError, match="unknown preset"):
         TrainConfig.for_preset("enormous")
+
+
+@pytest.mark.parametrize("name", ["not_a_field", "net.depth", "optimizer.momentum", "widths"])
+def test_an_unknown_override_is_an_error_not_silently_dropped(name):
+    with pytest.raises(SettingsError, match=f"unknown setting '{name}'"):
+        TrainConfig.for_preset("seed", **{name: 1})
+    with pytest.raises(SettingsError, match="optimizer is a whole OptimizerConfig"):
+        TrainConfig.for_preset("seed", optimizer="adamw")
+
+
+def test_a_setting_outside_its_choices_is_refused():
+    with pytest.raises(SettingsError, match="color_mode 'sepia' is not one of grayscale, rgb"):
+        TrainConfig(color_mode="sepia")
+    with pytest.raises(SettingsError, match="kind 'resnet'"):
+        TrainConfig.for_preset("best", **{"net.kind": "resnet"})
+
+
+def test_a_run_json_saved_before_the_tree_held_the_net_loads_with_its_presets():
+    # The shipped model's default.json predates the embedded settings: it was trained with the best preset's net.
+    old = json.loads(config.DEFAULT_MODEL_META.read_text())["config"]
+    assert "net" not in old and "optimizer" not in old
+    assert TrainConfig.from_record(old) == TrainConfig.for_preset("best")
+    assert TrainConfig.from_record({"preset": "seed", "epochs": 3}) == TrainConfig(epochs=3)
+    record = json.loads(json.dumps(dataclasses.asdict(TrainConfig.for_preset("best", **{"net.stem": 8}))))
+    assert TrainConfig.from_record(record).net.stem == 8  # a whole tree comes back as it was saved
 
 
 def test_split_is_stratified_disjoint_and_the_same_for_the_same_seed():
@@ -129,6 +157,8 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
     meta = json.loads((result.run.path / "run.json").read_text())
     assert meta["status"] == "finished"
     assert meta["config"] == json.loads(json.dumps(dataclasses.asdict(TrainConfig(epochs=2, limit=SLICE))))
+    assert meta["config"]["net"] == {"kind": "seed", "widths": [64, 64], "stem": 0}  # the whole settings tree
+    assert meta["config"]["optimizer"] == {"name": "adam", "weight_decay": 0.0, "label_smoothing": 0.0}
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)
     assert meta["class_names"] == ["cat", "dog"]
@@ -187,6 +217,7 @@ def test_training_needs_both_classes(small_slice, tmp_path):
         train(cats, TrainConfig(epochs=1), runs_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_the_improved_preset_trains_at_a_small_size(small_slice, small_zip, tmp_path):
     cfg = TrainConfig.for_preset("improved", epochs=1, image_size=32, limit=64, batch_size=16)
     result = train(small_zip, cfg, runs_dir=tmp_path)
@@ -195,22 +226,26 @@ def test_the_improved_preset_trains_at_a_small_size(small_slice, small_zip, tmp_
     assert result.run.meta["config"]["preset"] == "improved"
 
 
+@pytest.mark.slow
 def test_a_time_budget_anneals_the_rate_over_wall_time_and_ends_training(small_zip, tmp_path):
     cfg = TrainConfig.for_preset(
         "improved", epochs=200, image_size=32, batch_size=16, limit=SLICE, early_stopping=False, time_budget_min=0.1
     )
-    started = time.time()
     result = train(small_zip, cfg, runs_dir=tmp_path)
     assert result.status == "time-budget"
     assert 1 <= result.metrics["epochs_completed"] < 200
-    assert time.time() - started < 60
-    rates = result.history["learning_rate"].to_numpy()
+    epoch_rates = result.history["learning_rate"].to_numpy()
+    assert (np.diff(epoch_rates) <= 0).all()
+    # Every batch trains at the rate of its moment: however few epochs this machine fits into the budget, the
+    # batches run down the cosine.
+    rates = pd.read_csv(result.run.batches_path)["learning_rate"].to_numpy()
     assert (np.diff(rates) <= 0).all() and rates[-1] < rates[0]
     assert rates[-1] < cfg.learning_rate * 0.2  # near the end of the cosine
     assert result.run.meta["status"] == "time-budget"
     assert load_model(result.run.model_path) is not None
 
 
+@pytest.mark.slow
 def test_progressive_resizing_trains_in_stages_and_saves_a_model_at_the_full_size(small_zip, tmp_path):
     cfg = TrainConfig.for_preset(
         "improved", epochs=3, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 0.75, 1)
@@ -225,6 +260,7 @@ def test_progressive_resizing_trains_in_stages_and_saves_a_model_at_the_full_siz
     assert result.run.meta["config"]["train_scales"] == [0.5, 0.75, 1]
 
 
+@pytest.mark.slow
 def test_progressive_resizing_shares_a_time_budget_between_stages(small_zip, tmp_path):
     cfg = TrainConfig.for_preset(
         "improved",
@@ -271,6 +307,7 @@ def test_the_best_preset_trains_to_a_budget_under_the_hour():
 # --- cancellation -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stop_from_another_thread_keeps_the_best_model_so_far(small_slice, tmp_path):
     cancel = threading.Event()
     first_epoch_done = threading.Event()

@@ -10,6 +10,7 @@ import streamlit as st
 from core.data import summarize
 from core.jobs import TrainingState, dataset_scans, owner_label, training_manager
 from core.metrics import Accuracy, percent
+from core.settings import NetConfig, OptimizerConfig
 from ui.resources import (
     active_dataset,
     active_model,
@@ -71,10 +72,28 @@ def run_settings(state: TrainingState) -> dict[str, str]:
         "train sizes (px)": scales,
         "augmentation": "on" if cfg.augment else "off",
         "early stopping": f"on (patience {cfg.patience})" if cfg.early_stopping else "off",
+        "network": net_text(cfg.net),
+        "optimizer": optimizer_text(cfg.optimizer),
         "time budget": f"{cfg.time_budget_min:g} min" if cfg.time_budget_min else "none",
         "seed": str(cfg.seed),
         "photos": f"{cfg.limit:,}" if cfg.limit else "all",
     }
+
+
+def net_text(net: NetConfig) -> str:
+    """A network in words: "seed CNN, convs 64-64" or "VGG-BN, pairs 32-64-128-256, stem 16"."""
+    widths = "-".join(str(w) for w in net.widths)
+    if net.kind == "seed":
+        return f"seed CNN, convs {widths}"
+    return f"VGG-BN, pairs {widths}" + (f", stem {net.stem}" if net.stem else "")
+
+
+def optimizer_text(optimizer: OptimizerConfig) -> str:
+    """An optimiser in words: "adam", or "adamw, weight decay 0.05, label smoothing 0.05"."""
+    parts = [optimizer.name]
+    parts += [f"weight decay {optimizer.weight_decay:g}"] if optimizer.name == "adamw" else []
+    parts += [f"label smoothing {optimizer.label_smoothing:g}"] if optimizer.label_smoothing else []
+    return ", ".join(parts)
 
 
 def plural(count: int, noun: str) -> str:

@@ -1,0 +1,53 @@
+"""The training feeder: batches of uint8 photos turned into model input, augmented and resized if asked."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from core.augment import IDENTITY, Augmentation, augment_batch
+from core.distribute import batch_sizes
+from core.pipeline import to_model_input
+
+
+class Feeder(keras.utils.PyDataset):
+    """Feeds uint8 arrays through the same to_model_input() that prediction uses, augmented if asked.
+
+    Random draws are fixed by (seed, epoch, batch), so a run can be repeated. shuffle_seed None: the photos in
+    order, every epoch (validation). size: the side to train at, when it is not the photos' own.
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        shuffle_seed: int | None = None,
+        replicas: int = 1,
+        augment: bool = False,
+        size: int | None = None,
+        first_epoch: int = 0,
+    ):
+        super().__init__()
+        self.x, self.y, self.shuffle_seed, self.augment, self.size = x, y, shuffle_seed, augment, size
+        self.batch_images = np.array(batch_sizes(len(y), batch_size, replicas))  # images in each batch
+        self.bounds = np.cumsum([0, *self.batch_images])
+        self.order = np.arange(len(y))
+        self.epoch = first_epoch
+        self.on_epoch_end()
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.sort(self.order[self.bounds[i] : self.bounds[i + 1]])
+        pixels = self.x[idx]
+        if self.augment or (self.size and self.size != pixels.shape[1]):  # the warp also rescales
+            rng = np.random.default_rng([self.shuffle_seed or 0, self.epoch, i])
+            pixels = augment_batch(pixels, rng, Augmentation() if self.augment else IDENTITY, self.size)
+        return to_model_input(pixels), self.y[idx].astype(np.float32)
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle_seed is not None:
+            self.order = np.random.default_rng(self.shuffle_seed + self.epoch).permutation(len(self.y))
+            self.epoch += 1

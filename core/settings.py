@@ -1,0 +1,318 @@
+"""One frozen settings tree for a training run, and the presets built from it.
+
+A `TrainConfig` holds every setting of a run, the network and the optimiser included, so that run.json records
+what was trained and a preset is nothing but a named TrainConfig. Each setting carries its help text here, once:
+the command line's train flags and the Train page's controls are derived from these fields. Importing this module
+is cheap (no Keras), so a page can list the presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+
+from core.errors import SettingsError
+from core.pipeline import PipelineConfig
+
+NET_KINDS = ("seed", "vgg_bn")
+OPTIMIZERS = ("adam", "adamw")
+COLOR_MODES = ("grayscale", "rgb")
+
+
+def setting(default, help: str, **interface):
+    """A field of the tree with its help text and how the CLI reads it (flag=..., parse=..., metavar=...,
+    choices=...); zero_is_none=True: 0 on the CLI and the Train page means None ("none", "all")."""
+    return field(default=default, metadata={"help": help, **interface})
+
+
+def _check_choices(settings_object) -> None:
+    # A setting with choices takes one of them: a typo must not train a model nobody asked for.
+    for f in fields(settings_object):
+        choices, value = f.metadata.get("choices"), getattr(settings_object, f.name)
+        if choices and value not in choices:
+            raise SettingsError(f"{f.name} {value!r} is not one of {', '.join(choices)}")
+
+
+def minutes(text: str) -> float:
+    """A number of minutes, 0 or more, as typed."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also refuses nan
+        raise ValueError(f"{text!r} is not a number of minutes (0 or more)")
+    return value
+
+
+def _numbers(text: str, parse: Callable[[str], float], ok: Callable[[float], bool], what: str) -> tuple:
+    # Comma-separated numbers as typed, each passing ok; ValueError names what was expected.
+    try:
+        found = tuple(parse(part) for part in text.split(","))
+    except ValueError:
+        found = ()
+    if not found or not all(ok(value) for value in found):  # also refuses nan
+        raise ValueError(f"{text!r} is not a list of {what}")
+    return found
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    """Comma-separated fractions of the image size, each in (0, 1], as typed: 0.67,0.83,1."""
+    return _numbers(text, float, lambda s: 0 < s <= 1, "fractions of the image size, like 0.67,0.83,1")
+
+
+def widths(text: str) -> tuple[int, ...]:
+    """Comma-separated filter counts, each at least 1, as typed: 32,64,128."""
+    return _numbers(text, int, lambda w: w >= 1, "filter counts, like 32,64,128,256")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The network: the seed tutorial's CNN, or conv pairs with batch norm (vgg_bn)."""
+
+    kind: str = setting(
+        "seed",
+        "the architecture: seed (a conv and a pooling per width, Flatten, Dense 64) or vgg_bn (a conv pair with "
+        "batch norm per width, global pooling, dropout)",
+        flag="net",
+        choices=NET_KINDS,
+    )
+    widths: tuple[int, ...] = setting(
+        (64, 64), "filters of each conv (seed) or conv pair (vgg_bn)", parse=widths, metavar="W1,W2,..."
+    )
+    stem: int = setting(0, "vgg_bn only: >0 puts a stride-2 conv stem of this width first, halving the resolution")
+
+    def __post_init__(self):
+        _check_choices(self)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The optimiser and the loss it minimises."""
+
+    name: str = setting(
+        "adam", "adam (the seed's), or adamw: AdamW, its rate on a cosine", flag="optimizer", choices=OPTIMIZERS
+    )
+    weight_decay: float = setting(
+        0.0, "adamw only: decoupled weight decay, scaled by the rate (not of batch norm, biases)"
+    )
+    label_smoothing: float = setting(0.0, "pulls the training targets from 0 and 1 towards 0.5 by this much")
+
+    def __post_init__(self):
+        _check_choices(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run. The defaults reproduce the seed tutorial."""
+
+    preset: str = setting("seed", "the preset the run starts from", cli=False)
+    epochs: int = setting(10, "passes over the training photos (an upper bound with a time budget)")
+    batch_size: int = setting(32, "photos per batch, shared by all replicas")
+    validation_split: float = setting(0.2, "share of the photos held out to validate and measure the model")
+    learning_rate: float = setting(1e-3, "the optimiser's learning rate (where a decay starts)")
+    image_size: int = setting(80, "side of the model's square input, in pixels")
+    color_mode: str = setting("grayscale", "the model's input colour", choices=COLOR_MODES)
+    augment: bool = setting(False, "random flips, rotation, zoom, shifts and contrast on the training photos")
+    early_stopping: bool = setting(False, "stop when the validation loss stalls for `patience` epochs")
+    patience: int = setting(4, "epochs without a better validation loss before early stopping ends the run")
+    seed: int = setting(42, "seed of the split, the shuffles, the augmentation and the initial weights")
+    limit: int | None = setting(
+        None, "train on a balanced slice of at most N photos (0: all)", metavar="N", zero_is_none=True
+    )
+    # The learning rate follows a cosine over this wall time, not over steps, and training ends when it runs out
+    # (epochs is then an upper bound). None: the cosine runs over the epochs.
+    time_budget_min: float | None = setting(
+        None,
+        "train for this long: the learning rate anneals over the time and epochs becomes an upper bound (0: none)",
+        flag="time-budget",
+        parse=minutes,
+        metavar="MINUTES",
+        zero_is_none=True,
+    )
+    # Progressive resizing: train in equal shares (of the time budget, else of the epochs) at these fractions of
+    # image_size, e.g. (2/3, 5/6, 1) for 64, 80 and 96. Small early epochs cost a fraction of full-size ones, so
+    # the same time trains more epochs. Validation and the saved model use image_size. (): image_size throughout.
+    train_scales: tuple[float, ...] = setting(
+        (),
+        "progressive resizing: train in equal shares at these fractions of the image size, smallest first",
+        parse=fractions,
+        metavar="S1,S2,...",
+    )
+    net: NetConfig = setting(NetConfig(), "the network")
+    optimizer: OptimizerConfig = setting(OptimizerConfig(), "the optimiser")
+
+    def __post_init__(self):
+        _check_choices(self)
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides) -> TrainConfig:
+        """The preset's own settings with overrides by name ("epochs", or "net.stem" inside the tree)."""
+        if preset not in PRESETS:
+            raise SettingsError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        return PRESETS[preset].config.changed(overrides)
+
+    def changed(self, overrides: Mapping[str, object]) -> TrainConfig:
+        """This config with settings replaced by name; an unknown name is an error, never silently dropped."""
+        top: dict[str, object] = {}
+        nested: dict[str, dict[str, object]] = {}
+        for name, value in overrides.items():
+            head, _, leaf = name.partition(".")
+            if head not in _names(TrainConfig) or (leaf and leaf not in _names(type(getattr(self, head)))):
+                raise SettingsError(f"unknown setting {name!r}; the settings are {', '.join(leaf_names())}")
+            if leaf:
+                nested.setdefault(head, {})[leaf] = value
+            elif dataclasses.is_dataclass(sub := getattr(self, head)) and not isinstance(value, type(sub)):
+                raise SettingsError(f"{name} is a whole {type(sub).__name__}; change one of its settings by name")
+            else:
+                top[name] = value
+        for head, values in nested.items():
+            top[head] = replace(top.get(head, getattr(self, head)), **values)
+        return replace(self, **top)
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> TrainConfig:
+        """A config as run.json saved it. One saved before the tree held the network and the optimiser was trained
+        with its preset's, which it gets; a setting it lacks has the field's default. SettingsError: not a config."""
+        if not isinstance(record, Mapping):
+            raise SettingsError("a run's config is a JSON object of settings")
+        preset = PRESETS.get(str(record.get("preset")))
+        trained = preset.config if preset else cls()
+        values = {f.name: getattr(cls(), f.name) for f in fields(cls)} | {
+            "net": trained.net,
+            "optimizer": trained.optimizer,
+        }
+        for name in _names(cls) & record.keys():
+            value = record[name]
+            sub = values[name]
+            if dataclasses.is_dataclass(sub):  # a sub-tree: the settings it names, over what the run trained with
+                if not isinstance(value, Mapping):
+                    raise SettingsError(f"a run's {name} settings are a JSON object, not {type(value).__name__}")
+                value = replace(sub, **_tuples({k: v for k, v in value.items() if k in _names(type(sub))}))
+            values[name] = value
+        return cls(**_tuples(values))
+
+    def value(self, name: str):
+        """A setting's value by its dotted name: "epochs", "net.stem"."""
+        return functools.reduce(getattr, name.split("."), self)
+
+    @property
+    def pipeline(self) -> PipelineConfig:
+        return PipelineConfig(self.image_size, self.color_mode)
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """The input size of each training stage (one stage, at image_size, without progressive resizing)."""
+        return tuple(max(8, round(self.image_size * s)) for s in self.train_scales) or (self.image_size,)
+
+
+def _names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _tuples(values: dict) -> dict:
+    # JSON turns tuples into lists; the tree is frozen and hashable, so they become tuples again.
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One leaf of the tree as an interface shows it: its dotted name, type, help and how it is typed in."""
+
+    name: str  # "epochs", "net.stem"
+    type: type
+    help: str
+    flag: str  # the command line's --flag
+    parse: Callable[[str], object] | None
+    choices: tuple[str, ...] | None
+    metavar: str | None
+    zero_is_none: bool
+
+
+def settings(cls: type = TrainConfig, prefix: str = "") -> Iterator[Setting]:
+    """Every leaf setting of the tree in field order, the network's and the optimiser's included."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        meta, hint = f.metadata, hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from settings(hint, f"{prefix}{f.name}.")
+            continue
+        if meta.get("cli") is False:
+            continue
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        plain = hint if not args or typing.get_origin(hint) is tuple else args[0]
+        flag = meta.get("flag", f.name.replace("_", "-"))
+        yield Setting(
+            f"{prefix}{f.name}",
+            typing.get_origin(plain) or plain,
+            meta["help"],
+            flag,
+            meta.get("parse"),
+            meta.get("choices"),
+            meta.get("metavar"),
+            meta.get("zero_is_none", False),
+        )
+
+
+def leaf_names() -> list[str]:
+    """The dotted names of every setting that an override may change."""
+    return ["preset", *(s.name for s in settings())]
+
+
+def help_of(name: str) -> str:
+    """A setting's help text, as the CLI and the Train page show it."""
+    return next(s.help for s in settings() if s.name == name)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named TrainConfig: an architecture with the input pipeline and optimiser settings it was chosen with."""
+
+    name: str
+    description: str
+    config: TrainConfig
+
+
+IMPROVED = TrainConfig(
+    preset="improved",
+    epochs=20,
+    batch_size=64,
+    learning_rate=2e-3,
+    image_size=96,
+    color_mode="rgb",
+    augment=True,
+    early_stopping=True,
+    net=NetConfig("vgg_bn", (16, 32, 64, 128)),
+    optimizer=OptimizerConfig("adamw", weight_decay=1e-4),
+)
+
+PRESETS: dict[str, Preset] = {
+    "seed": Preset(
+        "seed",
+        "The 2013 Kaggle tutorial exactly: 80x80 grayscale, two 64-filter convs, Dense 64, Adam.",
+        TrainConfig(),
+    ),
+    "improved": Preset(
+        "improved",
+        "VGG-style: four conv pairs with batch norm, global pooling, dropout, trained with augmentation.",
+        IMPROVED,
+    ),
+    "best": Preset(
+        "best",
+        "The shipped model: a stride-2 stem and four conv pairs (32 to 256 filters) with label smoothing and "
+        "weight decay, trained at 64, 80, then 96 px on 90% of train.zip, for 50 minutes.",
+        replace(
+            IMPROVED,
+            preset="best",
+            epochs=50,  # an upper bound: the 50-minute budget ends training first on a 2-core CPU
+            validation_split=0.1,
+            early_stopping=False,  # the cosine over the budget is the schedule; the best epoch is kept anyway
+            time_budget_min=50,
+            train_scales=(2 / 3, 5 / 6, 1),  # 64, 80 and 96 pixels, a third of the budget each
+            net=NetConfig("vgg_bn", (32, 64, 128, 256), stem=16),
+            optimizer=OptimizerConfig("adamw", weight_decay=0.05, label_smoothing=0.05),
+        ),
+    ),
+}

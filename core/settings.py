@@ -141,6 +141,11 @@ class TrainConfig:
         parse=fractions,
         metavar="S1,S2,...",
     )
+    # Held out of training to fit the calibration (core.calibrate, Platt scaling) folded into the saved model.
+    # Never the validation photos, which report the accuracy.
+    calibration_split: float = setting(
+        0.0, "share of the training photos held out to fit a calibration folded into the model (0: none)"
+    )
     net: NetConfig = setting(NetConfig(), "the network")
     optimizer: OptimizerConfig = setting(OptimizerConfig(), "the optimiser")
 

@@ -55,6 +55,7 @@ class Split:
 
     train: np.ndarray
     val: np.ndarray
+    calibration: np.ndarray  # held out of training to fit the saved model's calibration (none: empty)
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,8 @@ def _data_record(config: TrainConfig, dataset: LoadedDataset, split: Split, plac
         "n_val": len(split.val),
         "validation_names": dataset.names[split.val].tolist(),
         "n_train": len(split.train),
+        "n_calibration": len(split.calibration),
+        "calibration_names": dataset.names[split.calibration].tolist(),
         **placement.record(),
     }
 
@@ -167,7 +170,7 @@ def _train_run(t: Training, source: str | os.PathLike | LoadedDataset, strategy)
     callbacks = _callbacks(t, feeds)
     _announce(t, split, feeds.steps, placement)
     fit_time = _fit_stages(t, model, feeds, callbacks, placement)
-    _save_best(t, model, callbacks)
+    _save_best(t, model, callbacks, dataset, split)
     metrics = _measure(t, dataset, split, callbacks, fit_time)
     return _finish(t, callbacks, metrics)
 
@@ -187,7 +190,10 @@ def _load(t: Training, source: str | os.PathLike | LoadedDataset) -> LoadedDatas
 def _split(config: TrainConfig, dataset: LoadedDataset) -> Split:
     """The stratified split of the dataset into the photos to train on and those held out."""
     train_idx, val_idx = split_indices(dataset.y, config.validation_split, config.seed)
-    return Split(train_idx, val_idx)
+    if not config.calibration_split:
+        return Split(train_idx, val_idx, train_idx[:0])
+    kept, held = split_indices(dataset.y[train_idx], config.calibration_split, config.seed + 1)
+    return Split(train_idx[kept], val_idx, train_idx[held])
 
 
 def _place(config: TrainConfig, strategy) -> Placement:
@@ -278,14 +284,32 @@ def _fit_stages(t: Training, model, feeds: Feeds, callbacks, placement: Placemen
     return time.time() - fit_started
 
 
-def _save_best(t: Training, model, callbacks) -> None:
-    """The best epoch's weights, saved at the run's input size; none if no epoch completed."""
+def _save_best(t: Training, model, callbacks, dataset: LoadedDataset, split: Split) -> None:
+    """The best epoch's weights, calibrated if the run holds photos out for it, saved at the run's input size;
+    none if no epoch completed."""
     from core.model import fixed_size, save_model
 
     if callbacks.best.weights is not None:  # stopped in the first epoch: no model worth saving
         model.set_weights(callbacks.best.weights)
-        save_model(fixed_size(model, t.config), t.run.model_path)
+        final = fixed_size(model, t.config)
+        if len(split.calibration):
+            calibration = _calibrate(final, dataset, split.calibration)
+            t.run.update_meta(calibration=calibration.record() | {"folded": calibration.usable})
+        save_model(final, t.run.model_path)
     t.run.save_history(callbacks.epochs.rows)
+
+
+def _calibrate(model, dataset: LoadedDataset, held: np.ndarray):
+    """Platt scaling fitted on the held-out calibration photos' single looks, folded into the model's last layer."""
+    from core.calibrate import fit_calibration, fold_into
+    from core.pipeline import to_model_input
+
+    prob = model.predict(to_model_input(dataset.x[held]), batch_size=256, verbose=0).reshape(-1)
+    on = f"the {len(held):,} photos of {Path(dataset.source).name} held out from training for calibration"
+    calibration = fit_calibration(prob, dataset.y[held], on, method="platt")
+    if calibration.usable:  # an untrained net's logit carries no signal: folding would flatten P(dog)
+        fold_into(model, calibration)
+    return calibration
 
 
 def _measure(t: Training, dataset: LoadedDataset, split: Split, callbacks, fit_time: float) -> dict:

@@ -1,6 +1,6 @@
 """Today's Keras path against the fast path (the ONNX export on ONNX Runtime, core.fastpath), side by side in one run.
 
-Usage: python benchmarks/fast_path.py [--model models/default.keras] [--rounds 3] [--e2e-rounds 2]
+Usage: python benchmarks/fast_path.py [--model models/default.keras] [--rounds 3] [--e2e-rounds 1]
 
 The two paths alternate round by round; today's is the same commands with CVD_PREDICT_ENGINE=tensorflow.
 - `python -m core serve`: seconds from the start of the process until /health answers, and its peak RSS
@@ -34,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this process loads TensorFlow too, for today's latency
 
 from core import config  # noqa: E402
 from core.fastpath import ENGINE_ENV, ensure_export_in_child  # noqa: E402
@@ -174,7 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(config.DEFAULT_MODEL))
     parser.add_argument("--rounds", type=int, default=3, help="rounds of serve and one-photo predict, per path")
-    parser.add_argument("--e2e-rounds", type=int, default=2, help="rounds of predict over train.zip, per path")
+    parser.add_argument("--e2e-rounds", type=int, default=1, help="rounds of predict over train.zip, per path")
     parser.add_argument("--latency-photos", type=int, default=200)
     parser.add_argument("--decode-only", nargs=4, metavar=("SOURCE", "CSV", "SIZE", "COLOR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,9 +207,9 @@ def run_all(args: argparse.Namespace, model: Path, tmp: Path) -> None:
             serve[engine].append(serve_run(model, engine, photos[0]))
             cmd = [sys.executable, "-m", "core", "predict", str(photo), "--model", str(model)]
             one[engine].append(process_run(cmd, {**ENV, ENGINE_ENV: engine}))
-        print(f"round {r + 1}: serve and one-photo predict done", flush=True)
+            print(f"round {r + 1} {engine}: serve {serve[engine][-1]}, predict one {one[engine][-1]}", flush=True)
     lat = latencies(model, photos, 1)
-    print("single-photo latencies done", flush=True)
+    print(f"one-photo latency medians: { {k: round(statistics.median(v), 2) for k, v in lat.items()} } ms", flush=True)
 
     e2e = {TODAY: [], FAST: [], "decode": []}
     train, csv = str(config.KAGGLE_TRAIN_ZIP), str(tmp / "out.csv")
@@ -223,7 +224,7 @@ def run_all(args: argparse.Namespace, model: Path, tmp: Path) -> None:
             else:
                 cmd = [sys.executable, "-m", "core", "predict", train, "--csv", csv, "--model", str(model)]
                 e2e[engine].append(process_run(cmd, {**ENV, ENGINE_ENV: engine})[0])
-        print(f"end-to-end round {r + 1} done", flush=True)
+            print(f"end-to-end round {r + 1} {engine}: {e2e[engine][-1]:.1f} s", flush=True)
     report(serve, one, lat, e2e, count, export_s)
 
 

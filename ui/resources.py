@@ -265,7 +265,7 @@ def predictor(model_path: Path) -> BasePredictor:
         if key in _loaded:
             return _load_predictor(*key)
         # While the start-up warm-up is loading this model, the cache's lock makes this wait for it, not load twice.
-        with st.spinner("Loading the model (once per server)…"):
+        with st.spinner("Loading the model (once per server; a first use also exports it to ONNX, under a minute)…"):
             found = _load_predictor(*key)
         _loaded.add(key)
         return found

@@ -209,7 +209,8 @@ def peak_rss_mb(pid: int, done: threading.Event) -> list[float]:
 
 def process_run(cmd: list[str]) -> tuple[float, float]:
     """Seconds from start to the first printed prediction row, and peak RSS in MB, of one fresh process."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # CVD_PREDICT_ENGINE=tensorflow: `python -m core predict` on today's Keras path, not the ONNX fast path.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CVD_PREDICT_ENGINE": "tensorflow"}
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     done = threading.Event()

@@ -15,8 +15,9 @@ from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from core import config
+from core.fastpath import open_predictor
 from core.pipeline import PipelineConfig
-from core.predict import Prediction, Predictor
+from core.predict import BasePredictor, Prediction
 
 # The request size cap, the same in Flask and in waitress: waitress refuses a bigger body as it arrives (from its
 # Content-Length, or as soon as a chunked body passes it), so a client can never make the server spool more.
@@ -34,7 +35,7 @@ SECURITY_HEADERS = {
 OPEN_PATHS = ("/health",)  # answered without the token, so a load balancer can probe the server
 
 
-def model_info(predictor: Predictor) -> dict:
+def model_info(predictor: BasePredictor) -> dict:
     """What /health reports about the model: name, a content hash as its version, file, preset and accuracy."""
     from core.runs import model_meta
 
@@ -58,6 +59,7 @@ def model_info(predictor: Predictor) -> dict:
         "accuracy_measured_on": metrics.get("measured_on"),
         **_accuracy_details(meta),
         "tta": predictor.tta,
+        "engine": predictor.engine,
         "trained_at": meta.get("finished_at"),
         "input": {"size": pipeline.size, "color_mode": pipeline.color_mode},
     }
@@ -159,18 +161,20 @@ def _result(p: Prediction) -> dict:
 
 
 def create_app(
-    model: str | os.PathLike | Predictor,
+    model: str | os.PathLike | BasePredictor,
     max_content_length: int | None = None,
     token: str | None = None,
     cors_origins: str | None = None,
 ) -> Flask:
-    """The Flask app for one model, loaded and warmed up now (the Predictor is thread-safe).
+    """The Flask app for one model, loaded and warmed up now (every predictor is thread-safe).
+
+    A path is opened with core.fastpath.open_predictor: its ONNX export on ONNX Runtime, else TensorFlow.
 
     token: the bearer token every route but /health requires (default: $CVD_API_TOKEN; unset or "": none).
     cors_origins: comma-separated origins that browsers may call it from, or "*" (default:
     $CVD_API_CORS_ORIGINS; unset: no CORS headers, so browsers allow same-origin calls only).
     """
-    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    predictor = model if isinstance(model, BasePredictor) else open_predictor(model)
     info = model_info(predictor)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_content_length or MAX_CONTENT_LENGTH

@@ -177,10 +177,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from core.fastpath import open_predictor
     from core.metrics import AS_THE_APP_PREDICTS
-    from core.predict import Predictor, evaluate
+    from core.predict import evaluate
 
-    predictor = Predictor(_model_path(args.model))
+    predictor = open_predictor(_model_path(args.model))
     ev = evaluate(predictor, args.source)
     score = ev.score(f"the {ev.n:,} labeled photos of {Path(args.source).name}")
     print(
@@ -205,6 +206,7 @@ def cmd_evaluate(args) -> int:
                 "calibration_error": ev.calibration_error(),
                 "skipped": ev.skipped,
                 "model": str(predictor.path),
+                "engine": predictor.engine,
             }
         )
     )
@@ -213,9 +215,10 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from core.data import iter_inputs
-    from core.predict import Predictor, predictions_frame
+    from core.fastpath import open_predictor
+    from core.predict import predictions_frame
 
-    predictor = Predictor(_model_path(args.model), tta=args.tta)
+    predictor = open_predictor(_model_path(args.model), tta=args.tta)
     frame = predictions_frame(predictor.predict_many(iter_inputs(args.sources)))
     if args.csv:
         frame.to_csv(args.csv, index=False)
@@ -227,9 +230,10 @@ def cmd_predict(args) -> int:
 
 def cmd_submission(args) -> int:
     from core.data import iter_inputs
-    from core.predict import Predictor, submission_frame
+    from core.fastpath import open_predictor
+    from core.predict import submission_frame
 
-    predictor = Predictor(_model_path(args.model))
+    predictor = open_predictor(_model_path(args.model))
     preds = predictor.predict_many(iter_inputs([args.source]))
     frame = submission_frame(preds)
     frame.to_csv(args.out, index=False)

@@ -11,6 +11,7 @@ error it refines (ValueError, OSError, ...), so `except ValueError` around one s
       DatasetError        a dataset source that cannot be read at all, or cannot train
       ImageError          one file that cannot become model input (its per-file reason)
       ModelError          a model that is not there or cannot be loaded
+        ModelMissing      no model file at that path (also a FileNotFoundError)
       NotFound            no run or model of that name
       RunError            a run that cannot do what was asked
       TrainingInProgress  another training holds the runs folder
@@ -42,6 +43,10 @@ class ImageError(UserError, ValueError):
 
 class ModelError(UserError, ValueError):
     """A model that is not there or cannot be used: no model yet, no such file, not a Keras model."""
+
+
+class ModelMissing(ModelError, FileNotFoundError):
+    """No model file at the path given."""
 
 
 class NotFound(UserError, KeyError):

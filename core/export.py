@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.config import CLASS_NAMES, TTA_MODES, UNSURE_MARGIN, temp_sibling
+from core.config import CLASS_NAMES, ROOT, TTA_MODES, UNSURE_MARGIN, temp_sibling
 from core.errors import ExportError
 from core.tta import flip_tta
 
@@ -398,3 +398,28 @@ def load_export(
     if precision != "f32" and engine != "openvino":
         raise ExportError(f"{engine} runs these exports in f32 only")
     return ExportedModel(Path(artifact), meta, engine, precision, _OPENERS[engine](Path(artifact), precision))
+
+
+EXAMPLE_SCRIPT = {"onnx": "predict_onnx.py", "saved_model": "predict_saved_model.py", "litert": "predict_litert.py"}
+
+
+def export_bundle(artifact: str | os.PathLike) -> bytes:
+    """A verified export as a zip to download: the export, its sidecar, and the example script that runs it.
+
+    Unzipped, `python predict_<format>.py IMAGE...` in that folder prints what `python -m core predict` prints.
+    """
+    import io
+    import zipfile
+
+    artifact = Path(artifact)
+    meta = verify_export(artifact)  # only bytes that are what was exported leave the server
+    examples = ROOT / "examples"
+    files = [p for p in sorted(artifact.rglob("*")) if p.is_file()] if artifact.is_dir() else [artifact]
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for file in files:
+            bundle.write(file, file.relative_to(artifact.parent).as_posix())
+        bundle.write(sidecar_path(artifact), sidecar_path(artifact).name)
+        for script in (EXAMPLE_SCRIPT[meta["format"]], "cvd_runtime.py", "cvd_tta.py"):
+            bundle.write(examples / script, script)
+    return buffer.getvalue()

@@ -15,8 +15,9 @@ import pandas as pd
 
 from core.config import CLASS_NAMES, TTA_MODES, UNSURE_MARGIN
 from core.data import iter_inputs
+from core.errors import ModelMissing, SettingsError
 from core.metrics import AS_THE_APP_PREDICTS, Accuracy, expected_calibration_error, reliability_bins
-from core.pipeline import ImageError, decode, preprocess, to_model_input
+from core.pipeline import ImageError, PipelineConfig, decode, to_model_input
 
 # Below this many images one direct call beats model.predict()'s per-call iterator setup.
 _DIRECT_CALL_MAX = 256
@@ -32,40 +33,19 @@ class Prediction:
     error: str | None = None
 
 
-class Predictor:
-    """A loaded, warmed-up model that is safe to call from several threads.
+class BasePredictor:
+    """What every predictor shares: bytes, files, folders and zips to labels, decoded in threads, errors per file.
 
-    tta is the flip test-time augmentation: "off" predicts each photo once; "all" averages every photo with its
-    mirror image (twice the inference); "unsure", the default, averages only the photos the first look is unsure
-    about (P(dog) between 0.1 and 0.9). On the shipped model's validation split "unsure" mirrors about one photo
-    in eight and scores what "all" scores (benchmarks/robustness.py): a confident first look is hardly ever
-    overturned by its mirror image.
+    A subclass sets path, pipeline, tta and engine and gives P(dog) of uint8 pixels (pixel_probabilities):
+    Predictor runs the Keras model on TensorFlow, core.fastpath.FastPredictor its ONNX export on ONNX Runtime.
     """
 
-    def __init__(self, model_path: str | os.PathLike, tta: str = "unsure"):
-        import tensorflow as tf
+    path: Path
+    pipeline: PipelineConfig
+    tta: str
+    engine: str
 
-        from core.model import inference_model, load_model, model_pipeline
-
-        if tta not in TTA_MODES:
-            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
-        self.path = Path(model_path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"{self.path}: no such model file")
-        self.model = load_model(self.path)
-        self.pipeline = model_pipeline(self.model)
-        self.tta = tta
-        net = inference_model(self.model)  # batch norm folded into the convolutions: same output, ~1.2x faster
-        spec = tf.TensorSpec((None, *self.pipeline.input_shape), tf.float32)
-        self._infer = tf.function(lambda x: net(x, training=False), input_signature=[spec])
-        self._infer_mirrored = tf.function(
-            lambda x: net(tf.reverse(x, axis=[2]), training=False), input_signature=[spec]
-        )
-        # Trace once here: concurrent first calls would otherwise race to build the functions.
-        blank = np.zeros((1, *self.pipeline.input_shape), np.float32)
-        self._infer(blank)
-        if tta != "off":
-            self._infer_mirrored(blank)
+    def __init__(self) -> None:
         self._pool_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
@@ -73,21 +53,9 @@ class Predictor:
     def name(self) -> str:
         return self.path.parent.name if self.path.name == "model.keras" else self.path.stem
 
-    def probabilities(self, batch: np.ndarray) -> np.ndarray:
-        """P(dog) for a float32 batch already preprocessed to the model's input shape, with the predictor's TTA."""
-        prob = self._run(self._infer, batch)
-        second = np.abs(prob - 0.5) < UNSURE_MARGIN if self.tta == "unsure" else np.full(len(prob), self.tta == "all")
-        if second.any():
-            prob[second] = (prob[second] + self._run(self._infer_mirrored, batch[second])) / 2
-        return prob
-
-    @staticmethod
-    def _run(infer, batch: np.ndarray) -> np.ndarray:
-        out = [
-            np.asarray(infer(batch[i : i + _DIRECT_CALL_MAX])).reshape(-1)
-            for i in range(0, len(batch), _DIRECT_CALL_MAX)
-        ]
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+    def pixel_probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """P(dog) with the predictor's TTA for a uint8 batch decoded by core.pipeline.decode."""
+        raise NotImplementedError
 
     def _labelled(self, file: str, prob: float) -> Prediction:
         return Prediction(file, CLASS_NAMES[int(prob >= 0.5)], float(prob))
@@ -95,10 +63,10 @@ class Predictor:
     def predict_bytes(self, data: bytes, file: str = "") -> Prediction:
         """Label one image given as bytes; a bad file gives an error, never an exception."""
         try:
-            x = preprocess(data, self.pipeline)
+            x = decode(data, self.pipeline)
         except ImageError as err:
             return Prediction(file, None, None, str(err))
-        return self._labelled(file, self.probabilities(x[None])[0])
+        return self._labelled(file, self.pixel_probabilities(x[None])[0])
 
     def predict_path(self, path: str | os.PathLike) -> Prediction:
         """Label one image file."""
@@ -133,7 +101,7 @@ class Predictor:
         def finish(chunk: list, futures: list) -> None:
             prepared = [future.result() for future in futures]
             good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
-            probs = self.probabilities(to_model_input(np.stack([prepared[i] for i in good]))) if good else []
+            probs = self.pixel_probabilities(np.stack([prepared[i] for i in good])) if good else []
             by_index = dict(zip(good, probs, strict=True))
             for i, (file, _, _) in enumerate(chunk):
                 if i in by_index:
@@ -157,6 +125,65 @@ class Predictor:
         if pending:
             finish(*pending)
         return results
+
+
+class Predictor(BasePredictor):
+    """A loaded, warmed-up model that is safe to call from several threads.
+
+    tta is the flip test-time augmentation: "off" predicts each photo once; "all" averages every photo with its
+    mirror image (twice the inference); "unsure", the default, averages only the photos the first look is unsure
+    about (P(dog) between 0.1 and 0.9). On the shipped model's validation split "unsure" mirrors about one photo
+    in eight and scores what "all" scores (benchmarks/robustness.py): a confident first look is hardly ever
+    overturned by its mirror image.
+    """
+
+    engine = "tensorflow"
+
+    def __init__(self, model_path: str | os.PathLike, tta: str = "unsure"):
+        import tensorflow as tf
+
+        from core.model import inference_model, load_model, model_pipeline
+
+        if tta not in TTA_MODES:
+            raise SettingsError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
+        self.path = Path(model_path)
+        if not self.path.exists():
+            raise ModelMissing(f"{self.path}: no such model file")
+        self.model = load_model(self.path)
+        self.pipeline = model_pipeline(self.model)
+        self.tta = tta
+        net = inference_model(self.model)  # batch norm folded into the convolutions: same output, ~1.2x faster
+        spec = tf.TensorSpec((None, *self.pipeline.input_shape), tf.float32)
+        self._infer = tf.function(lambda x: net(x, training=False), input_signature=[spec])
+        self._infer_mirrored = tf.function(
+            lambda x: net(tf.reverse(x, axis=[2]), training=False), input_signature=[spec]
+        )
+        # Trace once here: concurrent first calls would otherwise race to build the functions.
+        blank = np.zeros((1, *self.pipeline.input_shape), np.float32)
+        self._infer(blank)
+        if tta != "off":
+            self._infer_mirrored(blank)
+        super().__init__()
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """P(dog) for a float32 batch already preprocessed to the model's input shape, with the predictor's TTA."""
+        prob = self._run(self._infer, batch)
+        second = np.abs(prob - 0.5) < UNSURE_MARGIN if self.tta == "unsure" else np.full(len(prob), self.tta == "all")
+        if second.any():
+            prob[second] = (prob[second] + self._run(self._infer_mirrored, batch[second])) / 2
+        return prob
+
+    @staticmethod
+    def _run(infer, batch: np.ndarray) -> np.ndarray:
+        out = [
+            np.asarray(infer(batch[i : i + _DIRECT_CALL_MAX])).reshape(-1)
+            for i in range(0, len(batch), _DIRECT_CALL_MAX)
+        ]
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def pixel_probabilities(self, pixels: np.ndarray) -> np.ndarray:
+        """P(dog) with the predictor's TTA for a uint8 batch: scaled by core.pipeline.to_model_input, then run."""
+        return self.probabilities(to_model_input(pixels))
 
 
 def predictions_frame(predictions: list[Prediction]) -> pd.DataFrame:
@@ -243,7 +270,7 @@ def scored(frame: pd.DataFrame) -> Evaluation:
 
 
 def evaluate(
-    predictor: Predictor,
+    predictor: BasePredictor,
     source: str | os.PathLike,
     names: Iterable[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -265,9 +292,11 @@ def evaluate(
     return scored(frame)
 
 
-def evaluate_pixels(predictor: Predictor, pixels: np.ndarray, labels: np.ndarray, names: Iterable[str]) -> Evaluation:
+def evaluate_pixels(
+    predictor: BasePredictor, pixels: np.ndarray, labels: np.ndarray, names: Iterable[str]
+) -> Evaluation:
     """Evaluate on photos already decoded by the pipeline (uint8, the model's input shape), e.g. a held-out split."""
-    prob = predictor.probabilities(to_model_input(pixels)) if len(pixels) else np.zeros(0, np.float32)
+    prob = predictor.pixel_probabilities(pixels) if len(pixels) else np.zeros(0, np.float32)
     frame = pd.DataFrame(
         {
             "file": list(names),

@@ -15,6 +15,7 @@ from core.metrics import held_out, percent
 from core.predict import Evaluation, evaluate
 from core.runs import Run, RunStore, model_history, model_meta, summary_row
 from ui import charts
+from ui.exports import export_downloads_ui
 from ui.navigation import run_through_entrypoint
 from ui.resources import (
     active_dataset,
@@ -435,5 +436,6 @@ key = st.selectbox(
 )
 model = inspect_ui(store, options[key])
 if model is not None:
+    export_downloads_ui(model)
     st.divider()
     evaluate_ui(model)

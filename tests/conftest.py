@@ -109,12 +109,18 @@ def small_zip(train_zip, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(small_zip, tmp_path_factory) -> Path:
-    """A seed-preset model trained for 1 epoch on small_zip: real, if not yet accurate."""
+    """A seed-preset model trained for 1 epoch on small_zip: real, if not yet accurate.
+
+    Its ONNX export (the fast path's, core.fastpath) is made here once, so the copies tests make of its run
+    folder predict at once instead of each exporting on first use; tests/test_fastpath.py tests that first use.
+    """
+    from core.export import export_model
     from core.settings import TrainConfig
     from core.train import train
 
     runs = tmp_path_factory.mktemp("tiny-runs")
     result = train(small_zip, TrainConfig(epochs=1), runs_dir=runs)
+    export_model(result.run.model_path, "onnx")
     return result.run.model_path
 
 

@@ -23,8 +23,8 @@ from core.catalog import ModelChoice, Upload
 from core.data import DatasetError, Source
 from core.jobs import dataset_scans, owner_label, source_version, training_manager
 
-if TYPE_CHECKING:  # core.predict pulls in TensorFlow when a Predictor is built, never at import
-    from core.predict import Predictor
+if TYPE_CHECKING:  # core.predict pulls in TensorFlow when a Keras Predictor is built, never at import
+    from core.predict import BasePredictor
 
 _OWNER_KEY = "session_owner"
 _DATASET_KEY = "active_dataset"
@@ -238,10 +238,12 @@ def model_notice() -> str | None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _load_predictor(path: str, version: int) -> Predictor:
-    from core.predict import Predictor
+def _load_predictor(path: str, version: int) -> BasePredictor:
+    from core.fastpath import open_predictor
 
-    return Predictor(path)  # builds, traces and warms up once; shared read-only by every session
+    # The ONNX fast path (exported once, in a child process, on a model's first use), else TensorFlow; either is
+    # built and warmed up once and shared read-only by every session. Grad-CAM loads the Keras model lazily.
+    return open_predictor(path, note=_log.warning)
 
 
 _loaded: set[tuple[str, int]] = set()  # which models are in the cache, so a hit shows no spinner
@@ -249,8 +251,9 @@ _warm_up_lock = threading.Lock()
 _warm_up_thread: threading.Thread | None = None
 
 
-def predictor(model_path: Path) -> Predictor:
-    """The cached, warmed-up Predictor for one of our model files; a replaced file is loaded afresh.
+def predictor(model_path: Path) -> BasePredictor:
+    """The cached, warmed-up predictor for one of our model files (core.fastpath.open_predictor); a replaced file is
+    loaded afresh.
 
     A model file that is gone or cannot be loaded (deleted, half-written) ends the page with one clear message.
     """
@@ -262,7 +265,7 @@ def predictor(model_path: Path) -> Predictor:
         if key in _loaded:
             return _load_predictor(*key)
         # While the start-up warm-up is loading this model, the cache's lock makes this wait for it, not load twice.
-        with st.spinner("Loading the model (once per server)…"):
+        with st.spinner("Loading the model (once per server; a first use also exports it to ONNX, under a minute)…"):
             found = _load_predictor(*key)
         _loaded.add(key)
         return found

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import config
-from core.corrections import corrections_path, load_corrections
+from core.corrections import MyPhotos, corrections_path, load_corrections
 from core.data import Source
 from core.jobs import FinderBusy, FinderJobs, dataset_scans
 from core.label_issues import SAVED_COLUMNS, FinderConfig, issues_paths, load_issues
@@ -114,3 +116,100 @@ def test_the_review_filters_by_kind(dataset, searched):
         shown = texts(at.caption)
         assert (f"{count:,} photos · page 1" in shown) if count else ("No photos here." in shown)
         assert all(f"· {kind} ·" in line for line in shown.splitlines() if line.startswith("**") and ".jpg" in line)
+
+
+@pytest.fixture
+def opened(small_zip, app_dirs) -> Path:
+    """small_zip as the default dataset (data/train.zip), scanned, without a search."""
+    link = app_dirs.data / "train.zip"
+    link.symlink_to(small_zip)
+    assert dataset_scans().get(link).wait(60)
+    return link
+
+
+def in_reading_order(captions: list[str], columns: int = 4) -> list[str]:
+    """A grid's captions row by row: the element tree lists them column by column."""
+    sizes = [len(range(c, len(captions), columns)) for c in range(columns)]
+    it = iter(captions)
+    by_column = [[next(it) for _ in range(size)] for size in sizes]
+    return [by_column[i % columns][i // columns] for i in range(len(captions))]
+
+
+def test_a_confusion_cell_opens_its_photos_with_the_same_actions(saved_run, opened):
+    from core.predict import Predictor, evaluate
+
+    names = saved_run.meta["validation_names"]
+    expected = evaluate(Predictor(saved_run.model_path), opened, names).predictions
+    at = open_app("pages/runs.py")
+    at.selectbox(key="runs_selected").set_value(saved_run.id).run()
+    at.toggle(key="runs_evaluate").set_value(True).run()
+    for cell, (true, said) in {"cat-dog": (0, 1), "dog-dog": (1, 1)}.items():
+        at.button_group(key="runs_cell").set_value(cell).run()
+        assert not at.exception
+        chosen = expected[(expected.true == true) & ((expected.prob_dog >= 0.5).astype(int) == said)]
+        chosen = chosen.assign(confidence=(chosen.prob_dog - 0.5).abs()).sort_values("confidence", ascending=False)
+        shown = in_reading_order(
+            [c.split(": P(dog) = ")[0] for c in texts(at.caption).splitlines() if ": P(dog) = " in c]
+        )
+        if chosen.empty:
+            assert "No photos here." in texts(at.caption)
+            continue
+        assert f"{len(chosen):,} photos · page 1" in texts(at.caption)
+        # That cell's photos, the most confident first (two predictions of one photo may differ in the last digits).
+        by_name = dict(zip(chosen.file.map(lambda f: Path(f).name), chosen.confidence, strict=True))
+        assert len(shown) == min(len(chosen), 12) and set(shown) <= set(by_name)
+        assert min(by_name[n] for n in shown) >= max(chosen.confidence.iloc[len(shown) :], default=0) - 1e-4
+        seen = [by_name[n] for n in shown]
+        assert all(a >= b - 1e-4 for a, b in itertools.pairwise(seen))
+    first = chosen.file.iloc[0]
+    at.button(key=action_key("runs_cell", first, "exclude")).click().run()
+    corrections = load_corrections(Source(opened).fingerprint())
+    assert corrections.action(first) == "exclude" and corrections.photos[first].given == "dog"
+    assert "excluded (neither)" in texts(at.caption)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_wrong_correct_it_puts_the_photo_in_my_photos_once_and_never_a_hostile_file(saved_run, small_zip, bad_inputs):
+    photo = Source(small_zip).read("train/cat.1001.jpg")
+    files = [
+        ("mine.jpg", photo, "image/jpeg"),
+        ("text-named.jpg", (bad_inputs / "text-named.jpg").read_bytes(), "image/jpeg"),
+    ]
+    at = open_app("pages/predict.py")
+    at.file_uploader(key="predict_files").set_value(files).run()
+    offered = [b.key for b in at.button if b.key and b.key.startswith("predict_correct_")]
+    assert offered == [f"predict_correct_{sha(photo)[:16]}"]  # the photo, not the file that is no image
+    button = at.button(key=offered[0])
+    said = button.label.removeprefix("Wrong? Correct it: a ")
+    assert said in ("cat", "dog") and f":material/pets: {said}]" not in texts(at.markdown)  # the other label
+    button.click().run()
+    stored = MyPhotos().list()
+    assert [(p.sha256, p.label, p.name) for p in stored] == [(sha(photo), said, "mine.jpg")]
+    assert stored[0].path.read_bytes() == photo
+    assert f"In my photos as a {said}" in texts(at.caption)
+
+    # The same photo under another name is found again by its content: offered Undo, not stored twice.
+    at.file_uploader(key="predict_files").set_value([("again.jpg", photo, "image/jpeg")]).run()
+    assert f"In my photos as a {said}" in texts(at.caption) and len(MyPhotos().list()) == 1
+    at.button(key=f"predict_uncorrect_{sha(photo)[:16]}").click().run()
+    assert MyPhotos().list() == [] and at.button(key=f"predict_correct_{sha(photo)[:16]}")
+
+
+def test_my_photos_are_browsed_and_pruned_on_the_dataset_page(opened, small_zip):
+    source = Source(small_zip)
+    store = MyPhotos()
+    added = [
+        store.add(source.read(name), label, name)
+        for name, label in [("train/cat.1001.jpg", "dog"), ("train/dog.1001.jpg", "dog")]
+    ]
+    at = open_app()
+    assert "0 cats and 2 dogs you labelled" in texts(at.caption)
+    at.button(key=f"dataset_my_remove_{added[0].sha256[:16]}").click().run()
+    assert [p.sha256 for p in MyPhotos().list()] == [added[1].sha256]
+    at.button(key="dataset_my_clear").click().run()
+    assert "Remove all 1 photo" in texts(at.warning)
+    at.button(key="dataset_my_clear_confirm").click().run()
+    assert MyPhotos().list() == [] and "No photos yet" in texts(at.caption)

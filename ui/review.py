@@ -113,7 +113,8 @@ def confusion_cell_ui(source: Path, result: Evaluation) -> None:
     true, said = (CLASS_NAMES.index(part) for part in cell.split("-"))
     frame = result.predictions.dropna(subset=["prob_dog"])
     chosen = frame[(frame.true == true) & ((frame.prob_dog >= 0.5).astype(int) == said)]
-    chosen = chosen.assign(confidence=(chosen.prob_dog - 0.5).abs()).sort_values("confidence", ascending=False)
+    chosen = chosen.assign(confidence=(chosen.prob_dog - 0.5).abs())
+    chosen = chosen.sort_values(["confidence", "file"], ascending=[False, True], kind="stable")
     photos = pd.DataFrame({"file": chosen.file, "given_label": CLASS_NAMES[true]})
     captions = [f"{Path(f).name}: P(dog) = {p:.2f}" for f, p in zip(chosen.file, chosen.prob_dog, strict=True)]
     st.caption(f"{offered[cell]}, most confident first. Corrections go to {source.name}'s corrections file.")

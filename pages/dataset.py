@@ -367,13 +367,14 @@ def finder_ui(path: Path, fingerprint: str):
 def last_search_caption(saved) -> str:
     """What the saved search found, on which photos, when, and how well its models did."""
     meta = saved.meta
-    counts = meta.get("counts", {})
+    counts, photos = meta.get("counts", {}), meta.get("photos", 0)
     folds = " and ".join(f"{a:.1%}" for a in meta.get("fold_accuracy", []))
+    when = str(meta.get("finished_at", "?"))[:16].replace("T", " ")
     return (
-        f"Last search {meta.get('finished_at', '?').replace('T', ' ')} UTC on the {meta.get('photos', 0):,} photos of "
-        f"{meta.get('source')}: {plural(counts.get('other-class', 0), 'photo')} probably of the other class, "
+        f"Last search {when} UTC on the {photos:,} photos of {meta.get('source')}: "
+        f"{plural(counts.get('other-class', 0), 'photo')} probably of the other class, "
         f"{counts.get('neither', 0):,} neither a cat nor a dog. Out-of-fold accuracy {meta.get('accuracy', 0):.1%} on "
-        f"those {meta.get('photos', 0):,} photos (folds {folds}); took {duration(meta.get('wall_time_s', 0))}."
+        f"those {photos:,} photos (folds {folds}); took {duration(meta.get('wall_time_s', 0))}."
     )
 
 
@@ -416,9 +417,9 @@ def my_photos_ui() -> None:
     photos = store.list()
     counts = {label: sum(p.label == label for p in photos) for label in config.CLASS_NAMES}
     st.caption(
-        f"{plural(counts['cat'], 'cat')} and {plural(counts['dog'], 'dog')} you labelled on the Predict page, kept by "
-        "content (the same photo twice is stored once), as cat/ and dog/ folders: a dataset of their own that "
-        "training can add."
+        f"{plural(counts['cat'], 'cat')} and {plural(counts['dog'], 'dog')} labelled on the Predict page (by anyone "
+        "on this server), kept by content (the same photo twice is stored once), as cat/ and dog/ folders: a "
+        "dataset of their own that training can add."
     )
     if not photos:
         st.caption("No photos yet: on the Predict page, “Wrong? Correct it.” adds a photo here with its right label.")
@@ -432,7 +433,9 @@ def my_photos_ui() -> None:
                 st.image(decode_preview(photo.path.read_bytes(), THUMB_SIDE), width="stretch")
             except (ImageError, OSError):
                 st.caption("(cannot be shown)")
-            st.caption(f"**{photo.label}** · {photo.name or photo.sha256[:12]} · {photo.added_at.replace('T', ' ')}")
+            st.caption(
+                f"**{photo.label}** · {photo.name or photo.sha256[:12]} · {photo.added_at[:16].replace('T', ' ')} UTC"
+            )
             st.button("Remove", key=f"dataset_my_remove_{photo.sha256[:16]}", on_click=_prune, args=([photo.sha256],))
     if not st.session_state.get("dataset_my_clear_asked"):
         st.button(

@@ -206,7 +206,7 @@ def test_my_photos_are_browsed_and_pruned_on_the_dataset_page(opened, small_zip)
         for name, label in [("train/cat.1001.jpg", "dog"), ("train/dog.1001.jpg", "dog")]
     ]
     at = open_app()
-    assert "0 cats and 2 dogs you labelled" in texts(at.caption)
+    assert "0 cats and 2 dogs labelled on the Predict page" in texts(at.caption)
     at.button(key=f"dataset_my_remove_{added[0].sha256[:16]}").click().run()
     assert [p.sha256 for p in MyPhotos().list()] == [added[1].sha256]
     at.button(key="dataset_my_clear").click().run()

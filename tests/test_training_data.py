@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,25 @@ def test_a_review_becomes_a_corrections_file_with_the_given_labels(base):
     assert found.action(cat) == "dog" and found.photos[cat].given == "cat" and found.photos[dog].given == "dog"
     with pytest.raises(CorrectionsError, match="unknown action"):
         corrections_from_review({cat: "wolf"}, base.fingerprint)
+
+
+def test_the_cli_records_a_review_as_the_datasets_corrections(base, small_zip, tmp_path, capsys):
+    from core.cli import main
+    from core.corrections import corrections_path, load_corrections
+
+    cat, dog = base.names[base.y == 0][0], base.names[base.y == 1][0]
+    review = tmp_path / "review.json"
+    review.write_text(json.dumps({cat: "dog", dog: "exclude", base.names[1]: "keep", "train/cat.1.jpg": "exclude"}))
+    assert main(["corrections", str(review), str(small_zip), "--dir", str(tmp_path / "corr")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("4 verdicts of review.json recorded for small-train.zip: now 1 relabelled, 2 excluded")
+    assert out[0].endswith("; 1 of them name no photo in it (applied to nothing)")
+    assert out[1] == str(corrections_path(base.fingerprint, tmp_path / "corr"))
+    saved = load_corrections(base.fingerprint, tmp_path / "corr")
+    assert saved.action(cat) == "dog" and saved.photos[cat].given == "cat" and saved.action(dog) == "exclude"
+    data, forced, _ = prepare_training_data(base, saved)  # what training gets from it
+    assert dog not in set(data.names) and data.y[list(data.names).index(cat)] == 1
+
+    review.write_text(json.dumps({cat: "wolf"}))
+    assert main(["corrections", str(review), str(small_zip), "--dir", str(tmp_path / "corr")]) == 2
+    assert "unknown action 'wolf'" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import catalog, config
-from core.corrections import MyPhotos
+from core.corrections import MyPhotos, corrections_path
 from core.data import OK, DatasetError, summarize
 from core.jobs import FinderBusy, dataset_scans, finder_jobs, owner_label
 from core.label_issues import KINDS, FinderConfig, load_issues
@@ -392,6 +392,12 @@ def label_issues_ui(path: Path) -> None:
     if kind != "all":
         suspects = suspects[suspects.kind == kind]
     _, corrections = review.corrections_of(path)
+    if corrections is not None and corrections.photos:
+        done = corrections.summary()
+        st.caption(
+            f"Reviewed so far: {done['relabelled']:,} relabelled, {done['excluded']:,} excluded, {done['reviewed']:,} "
+            f"right, saved for training in `{corrections_path(fingerprint)}`."
+        )
     if status != "all" and corrections is not None:
         reviewed = suspects.file.isin(list(corrections.photos))
         suspects = suspects[reviewed if status == "reviewed" else ~reviewed]

@@ -17,6 +17,7 @@ from core.data import Source
 from core.jobs import FinderBusy, FinderJobs, dataset_scans
 from core.label_issues import SAVED_COLUMNS, FinderConfig, issues_paths, load_issues
 from ui.review import action_key
+from ui.status import plural
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 # Two folds of two epochs at 32 px: a real search of 300 photos in seconds, not a good one.
@@ -103,7 +104,11 @@ def test_the_review_gallery_writes_the_corrections_file_and_undo_works(dataset, 
     # The undone photo offers its actions again; the reviewed one shows only with the "reviewed" filter.
     assert at.button(key=action_key("dataset_issues", first.file, "keep"))
     at.selectbox(key="dataset_issues_status").set_value("reviewed").run()
-    assert "1 photos · page 1 of 1" in texts(at.caption)
+    assert "1 photo · page 1 of 1" in texts(at.caption)
+    assert (
+        f"Reviewed so far: 0 relabelled, 1 excluded, 0 right, saved for training in `{corrections_path(fingerprint)}`"
+        in texts(at.caption)
+    )
 
 
 def test_the_review_filters_by_kind(dataset, searched):
@@ -114,7 +119,7 @@ def test_the_review_filters_by_kind(dataset, searched):
         at.selectbox(key="dataset_issues_kind").set_value(kind).run()
         count = int((suspects.kind == kind).sum())
         shown = texts(at.caption)
-        assert (f"{count:,} photos · page 1" in shown) if count else ("No photos here." in shown)
+        assert (f"{plural(count, 'photo')} · page 1" in shown) if count else ("No photos here." in shown)
         assert all(f"· {kind} ·" in line for line in shown.splitlines() if line.startswith("**") and ".jpg" in line)
 
 
@@ -154,7 +159,7 @@ def test_a_confusion_cell_opens_its_photos_with_the_same_actions(saved_run, open
         if chosen.empty:
             assert "No photos here." in texts(at.caption)
             continue
-        assert f"{len(chosen):,} photos · page 1" in texts(at.caption)
+        assert f"{plural(len(chosen), 'photo')} · page 1" in texts(at.caption)
         # That cell's photos, the most confident first (two predictions of one photo may differ in the last digits).
         by_name = dict(zip(chosen.file.map(lambda f: Path(f).name), chosen.confidence, strict=True))
         assert len(shown) == min(len(chosen), 12) and set(shown) <= set(by_name)
@@ -213,3 +218,30 @@ def test_my_photos_are_browsed_and_pruned_on_the_dataset_page(opened, small_zip)
     assert "Remove all 1 photo" in texts(at.warning)
     at.button(key="dataset_my_clear_confirm").click().run()
     assert MyPhotos().list() == [] and "No photos yet" in texts(at.caption)
+
+
+def test_the_finder_runs_in_the_background_and_only_its_session_cancels_it_with_one_click(opened):
+    from core.jobs import finder_jobs
+
+    fingerprint = Source(opened).fingerprint()
+    at = open_app()
+    assert at.button(key="dataset_issues_start").label == "Find label issues"
+    at.number_input(key="dataset_issues_budget").set_value(0.5).run()
+    at.button(key="dataset_issues_start").click().run()
+    job = finder_jobs().get(fingerprint)
+    try:
+        assert job is not None and job.snapshot().owner is not None
+        assert at.button(key="dataset_issues_cancel") and at.get("progress")
+        other = open_app()  # another browser: sees the search, cancels it only through a confirmation
+        assert "Started by session" in texts(other.caption)
+        other.button(key="dataset_issues_cancel_other").click().run()
+        assert "What it has found so far is lost" in texts(other.warning)
+        at.button(key="dataset_issues_cancel").click().run()
+        assert job.wait(300)
+    finally:
+        job.cancel()
+        job.wait(300)
+    at.run()
+    assert job.snapshot().status == "cancelled"
+    assert "The last search was cancelled by you" in texts(at.info)
+    assert load_issues(fingerprint) is None  # nothing of a cancelled search is kept

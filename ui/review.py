@@ -18,6 +18,7 @@ from core.corrections import Corrections, CorrectionsError, load_corrections, re
 from core.pipeline import ImageError, decode_preview
 from core.predict import Evaluation
 from ui.resources import dataset_fingerprint, dataset_name, open_source
+from ui.status import plural
 
 THUMB_SIDE = 320
 DECIDED = {
@@ -77,7 +78,7 @@ def gallery_ui(prefix: str, path: Path, photos: pd.DataFrame, captions: list[str
     if st.session_state.get(f"{prefix}_page", 1) > pages:  # a narrower filter: back to its first page
         st.session_state[f"{prefix}_page"] = 1
     page = st.pagination(pages, key=f"{prefix}_page", max_visible_pages=7) if pages > 1 else 1
-    st.caption(f"{len(photos):,} photos · page {page} of {pages}")
+    st.caption(f"{plural(len(photos), 'photo')} · page {page} of {pages}")
     reader = open_source(path)
     start = (page - 1) * per_page
     columns = st.columns(4)

@@ -427,6 +427,8 @@ class FinderJob:
             save_issues(result, self.root)
         except Cancelled:
             self._finish(status="cancelled")
+        except (ValueError, DatasetError, OSError) as err:  # too few photos, an unreadable source, a full disk
+            self._finish(status="failed", error=str(err))
         except Exception as err:  # shown on the page; the server must outlive any failed search
             self._finish(status="failed", error=f"{type(err).__name__}: {err}")
         else:

@@ -11,7 +11,7 @@ import streamlit as st
 from core import catalog, config
 from core.corrections import MyPhotos, corrections_path
 from core.data import OK, DatasetError, summarize
-from core.jobs import FinderBusy, dataset_scans, finder_jobs, owner_label
+from core.jobs import FinderBusy, dataset_scans, finder_jobs, owner_label, training_manager
 from core.label_issues import KINDS, FinderConfig, load_issues
 from core.pipeline import ImageError, PipelineConfig, decode, decode_preview
 from ui import charts, review
@@ -345,6 +345,12 @@ def finder_ui(path: Path, fingerprint: str):
     if busy := st.session_state.pop("dataset_issues_busy", None):
         st.warning(busy)
     saved = load_issues(fingerprint)
+    training = training_manager().current
+    if training is not None and training.running:
+        st.caption(
+            "A training run is in progress on this server: a search now shares the CPU with it, so in the same time "
+            "its models train less and rank less well."
+        )
     left, right = st.columns([1, 3], vertical_alignment="bottom")
     left.number_input(
         "Time budget (minutes)",

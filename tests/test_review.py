@@ -245,3 +245,19 @@ def test_the_finder_runs_in_the_background_and_only_its_session_cancels_it_with_
     assert job.snapshot().status == "cancelled"
     assert "The last search was cancelled by you" in texts(at.info)
     assert load_issues(fingerprint) is None  # nothing of a cancelled search is kept
+
+
+def test_a_search_that_cannot_run_says_why_in_words(small_zip, tmp_path):
+    import zipfile
+
+    tiny = tmp_path / "tiny.zip"
+    source = Source(small_zip)
+    names = [item.name for item in source.listing]
+    with zipfile.ZipFile(tiny, "w") as out:
+        for name in [n for n in names if "/cat." in n][:6] + [n for n in names if "/dog." in n][:6]:
+            out.writestr(name, source.read(name))
+    job = FinderJobs().start(tiny, Source(tiny).fingerprint(), QUICK, owner="tester", root=tmp_path)
+    assert job.wait(300)
+    state = job.snapshot()
+    assert state.status == "failed" and state.error.startswith("finding label issues with 2 folds needs at least 10")
+    assert "Error" not in state.error and load_issues(Source(tiny).fingerprint(), tmp_path) is None

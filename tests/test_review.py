@@ -226,6 +226,7 @@ def test_the_finder_runs_in_the_background_and_only_its_session_cancels_it_with_
     fingerprint = Source(opened).fingerprint()
     at = open_app()
     assert at.button(key="dataset_issues_start").label == "Find label issues"
+    assert at.number_input(key="dataset_issues_budget").value == 1.0  # 25 min for 20,000 photos, scaled to 300
     at.number_input(key="dataset_issues_budget").set_value(0.5).run()
     at.button(key="dataset_issues_start").click().run()
     job = finder_jobs().get(fingerprint)

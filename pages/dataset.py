@@ -308,7 +308,7 @@ def finder_progress_ui(fingerprint: str) -> None:
     if p is not None and p.fold:
         what += f" {p.fold} of {p.folds}"
     left = f" · about {duration(state.eta_s)} left" if state.eta_s is not None else ""
-    st.progress(state.fraction, text=f"{what}…{left} (running for {duration(time.time() - state.started_at)})")
+    st.progress(state.fraction, text=f"{what}{left} · running for {duration(time.time() - state.started_at)}")
     if state.owner == session_owner():
         st.button("Cancel search", key="dataset_issues_cancel", on_click=_cancel_finder, args=(fingerprint,))
         return
@@ -336,12 +336,12 @@ def default_budget_min(photos: int) -> float:
     return min(max(round(full * photos / 20_000 * 2) / 2, 1.0), full)
 
 
-def finder_ui(path: Path, fingerprint: str, photos: int):
-    """Start a search (or follow the running one) and say what the last one found, on what and when."""
+def finder_ui(path: Path, fingerprint: str, photos: int, searched: bool) -> None:
+    """Start a search, or follow the running one; say how the last one in this server ended if it did not finish."""
     job = finder_jobs().get(fingerprint)
     if job is not None and job.running:
         finder_progress_ui(fingerprint)
-        return None
+        return
     state = job.snapshot() if job is not None else None
     if state is not None and state.status == "failed":
         st.error(f"The last search failed: {state.error}")
@@ -350,7 +350,6 @@ def finder_ui(path: Path, fingerprint: str, photos: int):
         st.info(f"The last search was cancelled by {by}; nothing it found was kept.")
     if busy := st.session_state.pop("dataset_issues_busy", None):
         st.warning(busy)
-    saved = load_issues(fingerprint)
     training = training_manager().current
     if training is not None and training.running:
         st.caption(
@@ -368,12 +367,11 @@ def finder_ui(path: Path, fingerprint: str, photos: int):
         help=FINDER_HELP,
     )
     right.button(
-        "Search again" if saved else "Find label issues",
+        "Search again" if searched else "Find label issues",
         key="dataset_issues_start",
         on_click=_start_finder,
         args=(path, fingerprint),
     )
-    return saved
 
 
 def last_search_caption(saved) -> str:
@@ -394,7 +392,8 @@ def label_issues_ui(path: Path, manifest) -> None:
     """The finder, then its suspects, most suspect first, with one-click corrections saved for this dataset."""
     fingerprint = dataset_fingerprint(path)
     counts = summarize(manifest)
-    saved = finder_ui(path, fingerprint, counts["cats"] + counts["dogs"])
+    saved = load_issues(fingerprint)  # the last finished search (any session's, from disk), also while one runs
+    finder_ui(path, fingerprint, counts["cats"] + counts["dogs"], saved is not None)
     if saved is None:
         return
     st.caption(last_search_caption(saved))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -96,3 +97,14 @@ def test_the_review_gallery_and_a_confusion_cell_in_the_browser(page, server):
     page.get_by_text("most confident first. Corrections go to").wait_for()
     page.wait_for_selector(IDLE)
     screenshot(page, ARTIFACTS / "runs-confusion-cell.png")
+
+
+def test_a_search_shows_its_progress_and_time_left_and_cancels(page, server):
+    open_page(page, server)
+    page.get_by_role("tab", name="Label issues").click()
+    page.get_by_role("button", name="Search again").click()
+    page.get_by_text(re.compile(r"about .* left \(running for")).wait_for()
+    screenshot(page, ARTIFACTS / "dataset-label-issues-running.png")
+    page.get_by_role("button", name="Cancel search").click()
+    page.get_by_text("The last search was cancelled by you").wait_for()
+    page.get_by_text(re.compile("^Last search .* UTC on the 300 photos")).wait_for()  # the saved result is kept

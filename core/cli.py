@@ -295,6 +295,31 @@ def cmd_label_issues(args) -> int:
     return 0
 
 
+def cmd_corrections(args) -> int:
+    from core.corrections import CorrectionsError, corrections_from_review, corrections_path, record
+    from core.data import Source
+
+    try:
+        review = json.loads(Path(args.review).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorrectionsError(f"{Path(args.review).name}: not a readable JSON review ({err})") from None
+    source = Source(args.source)
+    wanted = corrections_from_review(review, source.fingerprint(), source.path.name)  # checks every verdict
+    given = {name: c.given for name, c in wanted.photos.items() if c.given}
+    saved = record(
+        wanted.fingerprint, {n: c.action for n, c in wanted.photos.items()}, args.dir, source.path.name, given
+    )
+    missing = len(set(wanted.photos) - {item.name for item in source.listing})
+    counts = saved.summary()
+    print(
+        f"{len(wanted.photos)} verdicts of {Path(args.review).name} recorded for {source.path.name}: now "
+        f"{counts['relabelled']} relabelled, {counts['excluded']} excluded, {counts['reviewed']} reviewed as right"
+        + (f"; {missing} of them name no photo in it (applied to nothing)" if missing else "")
+    )
+    print(corrections_path(saved.fingerprint, Path(args.dir) if args.dir else None))
+    return 0
+
+
 def cmd_export(args) -> int:
     path = export_model(_model_path(args.model), args.format, args.out)
     print(f"wrote the {args.format} export and its metadata {sidecar_path(path).name}", file=sys.stderr)
@@ -342,6 +367,7 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--model")
     sv.set_defaults(func=cmd_serve)
     _add_label_issues(sub)
+    _add_corrections(sub)
     _add_export(sub)
     return p
 
@@ -374,6 +400,14 @@ def _add_label_issues(sub) -> None:
     li.add_argument("--seed", type=int, default=0)
     li.add_argument("--csv", required=True, help="write file,given_label,suggested,score,kind here")
     li.set_defaults(func=cmd_label_issues)
+
+
+def _add_corrections(sub) -> None:
+    co = sub.add_parser("corrections", help="record a review ({photo: cat, dog, exclude or keep}) as corrections")
+    co.add_argument("review", help="a JSON object of photo name (as in the dataset) to cat, dog, exclude or keep")
+    co.add_argument("source", help="the dataset the names are photos of: its fingerprint names the file")
+    co.add_argument("--dir", help="the corrections folder (default: data/corrections, where the dashboard looks)")
+    co.set_defaults(func=cmd_corrections)
 
 
 def _add_export(sub) -> None:

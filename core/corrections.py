@@ -20,7 +20,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,8 @@ import numpy as np
 
 from core import config
 from core.config import CLASS_NAMES, temp_sibling
+from core.data import LoadedDataset, label_from_name
+from core.errors import CorrectionsError
 from core.pipeline import decode, decode_original, inspect
 
 ACTIONS = ("cat", "dog", "exclude", "keep")
@@ -38,10 +40,6 @@ _FINGERPRINT = re.compile(r"[0-9a-f]{8,128}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOCKS: dict[Path, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
-
-
-class CorrectionsError(ValueError):
-    """A corrections file that cannot be used: unreadable, malformed, or made for another dataset."""
 
 
 def _lock(path: Path) -> threading.Lock:
@@ -360,3 +358,107 @@ def _png(rgb: np.ndarray) -> bytes:
     import cv2
 
     return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+# The data side of training: corrections applied, extra photos appended, and a split that keeps them out of
+# validation.
+
+
+def prepare_training_data(
+    dataset: LoadedDataset, corrections: Corrections | None = None, extras: Sequence[LoadedDataset] = ()
+) -> tuple[LoadedDataset, np.ndarray, dict]:
+    """(photos to train on, forced_train mask, record for run.json) of a dataset with corrections and extras.
+
+    Relabelled photos take their new label, excluded ones are dropped; the extras' photos (e.g. "my photos") are
+    appended under `"<their fingerprint[:8]>:<name>"`, so no name clashes with the dataset's. forced_train marks
+    the relabelled and extra photos: they must train, never validate, so that validation stays the photos (and
+    labels) a run without them validates on. The result keeps the dataset's own fingerprint, source and order,
+    so a run's held-out photos are still found in it; what changed is in the record's fingerprint.
+    """
+    names, y = dataset.names, dataset.y.astype(dataset.y.dtype)
+    keep, forced = np.ones(len(names), bool), np.zeros(len(names), bool)
+    if corrections is not None:
+        kept_names, labels, excluded = corrections.apply(names, y, dataset.fingerprint)
+        keep = ~np.isin(names, excluded)
+        y = np.asarray(labels, dataset.y.dtype)
+        forced = corrections.relabelled(kept_names)
+    xs, ys, ns, fs = [dataset.x[keep]], [y], [names[keep]], [forced]
+    for extra in extras:
+        if extra.pipeline.input_shape != dataset.pipeline.input_shape:
+            raise ValueError(
+                f"{extra.source} was loaded at {extra.pipeline.input_shape}, not {dataset.pipeline.input_shape}"
+            )
+        xs.append(extra.x)
+        ys.append(extra.y.astype(dataset.y.dtype))
+        ns.append(np.array([f"{extra.fingerprint[:8]}:{n}" for n in extra.names], dtype=str))
+        fs.append(np.ones(len(extra), bool))
+    combined = LoadedDataset(
+        np.concatenate(xs) if extras else xs[0],
+        np.concatenate(ys),
+        np.concatenate(ns) if extras else ns[0],
+        dataset.skipped,
+        dataset.fingerprint,
+        dataset.pipeline,
+        dataset.source,
+    )
+    forced_train = np.concatenate(fs)
+    return combined, forced_train, _training_record(dataset, corrections, extras, keep, combined, forced_train)
+
+
+def _training_record(dataset, corrections, extras, keep, combined, forced_train) -> dict:
+    # Counts of what was applied to this dataset (a correction for a photo it no longer has applies to nothing),
+    # and one fingerprint of it all: the same dataset, corrections and extras give the same one.
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{dataset.fingerprint}\n".encode())
+    record: dict = {"dataset_fingerprint": dataset.fingerprint, "n_images": len(combined)}
+    if corrections is not None:
+        h.update(f"corrections {corrections.digest()}\n".encode())
+        relabelled = int(corrections.relabelled(dataset.names).sum())
+        record["corrections"] = {**corrections.summary(), "applied_relabelled": relabelled}
+        record["corrections"]["applied_excluded"] = int((~keep).sum())
+    record["extras"] = []
+    for extra in extras:
+        h.update(f"extra {extra.fingerprint}\n".encode())
+        counts = np.bincount(extra.y.astype(int), minlength=2)
+        record["extras"].append(
+            {"source": extra.source, "fingerprint": extra.fingerprint, "photos": len(extra)}
+            | {f"{name}s": int(n) for name, n in zip(CLASS_NAMES, counts, strict=True)}
+        )
+    record["forced_train"] = int(forced_train.sum())
+    record["fingerprint"] = h.hexdigest()
+    return record
+
+
+def split_for_training(
+    base: LoadedDataset,
+    dataset: LoadedDataset,
+    forced_train: np.ndarray,
+    validation_split: float,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices into `dataset` (prepare_training_data's) that never validate a forced photo.
+
+    Validation is the split core.train.split_indices makes of `base` (the dataset as loaded, before corrections)
+    with this seed, less the photos excluded or forced to train: a run with corrections validates on the photos
+    a run without them validates on, less those, and with their given labels.
+    """
+    from core.train import split_indices
+
+    forced_train = np.asarray(forced_train, bool)
+    if len(forced_train) != len(dataset):
+        raise ValueError(f"forced_train has {len(forced_train)} entries for {len(dataset)} photos")
+    _, base_val = split_indices(base.y, validation_split, seed)
+    validating = np.isin(dataset.names, base.names[base_val]) & ~forced_train
+    return np.flatnonzero(~validating), np.flatnonzero(validating)
+
+
+def corrections_from_review(review: dict[str, str], fingerprint: str, source: str = "") -> Corrections:
+    """Corrections from a review's verdicts ({photo name: cat, dog, exclude or keep}); the given labels come from
+    the names (cat.1.jpg)."""
+    found = Corrections(fingerprint, source)
+    if not isinstance(review, dict):
+        raise CorrectionsError("a review is a JSON object of photo name: cat, dog, exclude or keep")
+    for name, action in review.items():
+        given = label_from_name(name)
+        found.set(name, action, None if given is None else CLASS_NAMES[given])
+    return found

@@ -17,9 +17,9 @@ error it refines (ValueError, OSError, ...), so `except ValueError` around one s
       TrainingInProgress  another training holds the runs folder
       ExportError         an export that cannot be made, or must not be trusted
       WriteError          a file that could not be written (disk full, permission denied, ...)
+      CorrectionsError    a corrections file that cannot be used (unreadable, malformed, another dataset's)
 
-This module imports nothing, so that any module can raise these. (core.corrections.CorrectionsError is not one
-yet: it moves here with the corrections work.)
+This module imports nothing, so that any module can raise these.
 """
 
 from __future__ import annotations
@@ -73,3 +73,7 @@ class WriteError(UserError, OSError):
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
+
+
+class CorrectionsError(UserError, ValueError):
+    """A corrections file that cannot be used: unreadable, malformed, or made for another dataset."""

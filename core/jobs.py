@@ -15,6 +15,7 @@ import pandas as pd
 
 from core.data import DatasetError, scan
 from core.errors import UserError
+from core.label_issues import FinderConfig, FinderProgress
 from core.runs import RunStore, TrainingInProgress
 
 if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state without it
@@ -362,3 +363,146 @@ _SCANS = DatasetScans()
 def dataset_scans() -> DatasetScans:
     """The process-wide scan cache."""
     return _SCANS
+
+
+# ---- The label-issue finder, one search per dataset per process --------------------------------------------------
+
+
+class FinderBusy(RuntimeError):
+    """A search was requested for a dataset that is being searched already."""
+
+
+@dataclass
+class FinderState:
+    """A copy of one search's progress: status running, finished, cancelled or failed."""
+
+    source: str
+    fingerprint: str
+    started_at: float
+    owner: str | None = None
+    status: str = "running"
+    progress: FinderProgress | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    summary: str | None = None
+    cancelled_by: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    @property
+    def fraction(self) -> float:
+        """How far the search is, in [0, 1]: its time budget spent, or (fixed epochs) its folds done."""
+        p = self.progress
+        if not self.running:
+            return 1.0
+        if p is None:
+            return 0.0
+        if p.eta_s is not None:
+            return min(p.elapsed_s / max(p.elapsed_s + p.eta_s, 1e-9), 1.0)
+        part = p.done / p.total if p.total else 0.0
+        return min((max(p.fold - 1, 0) + part) / p.folds, 1.0) if p.fold and p.folds else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left of the search's time budget (it ends by then); None with fixed epochs."""
+        return self.progress.eta_s if self.running and self.progress is not None else None
+
+
+class FinderJob:
+    """One label-issue search in a daemon thread; its result is saved beside the dataset's corrections."""
+
+    def __init__(self, source: Path, fingerprint: str, config: FinderConfig, owner: str | None, root: Path | None):
+        self.source, self.config, self.root = Path(source), config, root
+        self._cancel = threading.Event()
+        self._lock = threading.Lock()
+        self._state = FinderState(str(source), fingerprint, time.time(), owner)
+        self._thread = threading.Thread(target=self._run, name="label-issue-finder", daemon=True)
+
+    def _run(self) -> None:
+        from core.label_issues import Cancelled, find_label_issues, save_issues
+
+        try:
+            result = find_label_issues(self.source, self.config, progress=self._on_progress, cancel=self._cancel)
+            if result.fingerprint != self._state.fingerprint:
+                raise ValueError(f"{self.source.name} changed while it was searched: search it again")
+            save_issues(result, self.root)
+        except Cancelled:
+            self._finish(status="cancelled")
+        except (ValueError, DatasetError, OSError) as err:  # too few photos, an unreadable source, a full disk
+            self._finish(status="failed", error=str(err))
+        except Exception as err:  # shown on the page; the server must outlive any failed search
+            self._finish(status="failed", error=f"{type(err).__name__}: {err}")
+        else:
+            self._finish(status="finished", summary=result.summary())
+
+    def _on_progress(self, event: FinderProgress) -> None:
+        with self._lock:
+            self._state.progress = event
+
+    def _finish(self, **changes) -> None:
+        with self._lock:
+            self._state = replace(self._state, finished_at=time.time(), **changes)
+
+    def cancel(self, by: str | None = None) -> None:
+        """Ask the search to end at its next batch; nothing it found is kept. `by` says who asked."""
+        self._cancel.set()
+        with self._lock:
+            self._state.cancelled_by = self._state.cancelled_by or by
+
+    def snapshot(self) -> FinderState:
+        """A copy of the state that the worker will not change under the reader."""
+        with self._lock:
+            return replace(self._state)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the search ends (or timeout); True if it has ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+class FinderJobs:
+    """At most one search per dataset fingerprint in this process; the last one of each is remembered."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._jobs: dict[str, FinderJob] = {}
+
+    def start(
+        self,
+        source: str | os.PathLike,
+        fingerprint: str,
+        config: FinderConfig,
+        owner: str | None = None,
+        root: Path | None = None,
+    ) -> FinderJob:
+        """Start searching this dataset for `owner`, or raise FinderBusy if a search of it is still going."""
+        with self._lock:
+            job = self._jobs.get(fingerprint)
+            if job is not None and job.running:
+                state = job.snapshot()
+                started = time.strftime("%H:%M:%S", time.localtime(state.started_at))
+                by = "you" if owner is not None and state.owner == owner else owner_label(state.owner)
+                raise FinderBusy(
+                    f"This dataset is already being searched (started {started} by {by}): wait for it or cancel it."
+                )
+            job = self._jobs[fingerprint] = FinderJob(Path(source), fingerprint, config, owner, root)
+            job._thread.start()
+            return job
+
+    def get(self, fingerprint: str) -> FinderJob | None:
+        """The running search of this dataset, else its last one in this process, else None."""
+        return self._jobs.get(fingerprint)
+
+
+_FINDERS = FinderJobs()
+
+
+def finder_jobs() -> FinderJobs:
+    """The process-wide label-issue searches: shared by all sessions and tabs."""
+    return _FINDERS

@@ -22,19 +22,22 @@ How it works, in four steps (each a function below):
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core.config import CLASS_NAMES, temp_sibling
+from core.config import CLASS_NAMES, atomic_write, temp_sibling
+from core.corrections import corrections_path
 from core.data import LoadedDataset, Source, load_dataset
 from core.errors import DatasetError, SettingsError
 from core.pipeline import ImageError, PipelineConfig, decode_preview, to_model_input
@@ -437,3 +440,55 @@ def contact_sheet(
         return np.full((tile, tile, 3), 255, np.uint8)
     tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % columns)
     return np.vstack([np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)])
+
+
+# The finder's last result per dataset, on disk beside the dataset's corrections, for any session and after a restart.
+
+SAVED_COLUMNS = [*CSV_COLUMNS, "p_dog"]
+
+
+@dataclass(frozen=True)
+class SavedIssues:
+    """A finished search as saved: its suspects (most suspect first) and what it was computed on, and when."""
+
+    suspects: pd.DataFrame  # SAVED_COLUMNS
+    meta: dict  # finished_at, source, fingerprint, photos, counts, accuracy, fold_accuracy, wall_time_s, config
+
+
+def issues_paths(fingerprint: str, root: Path | None = None) -> tuple[Path, Path]:
+    """The saved suspects CSV and its JSON record of a dataset, beside its corrections file."""
+    path = corrections_path(fingerprint, root)
+    return path.with_name(f"{fingerprint}.label-issues.csv"), path.with_name(f"{fingerprint}.label-issues.json")
+
+
+def save_issues(result: LabelIssues, root: Path | None = None) -> Path:
+    """Save a finished search (the CSV first, then its record, each atomically); returns the record's path."""
+    csv_path, meta_path = issues_paths(result.fingerprint, root)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    suspects = result.photos.loc[result.photos.suspect, SAVED_COLUMNS]
+    atomic_write(csv_path, lambda tmp: suspects.to_csv(tmp, index=False, float_format="%.6f"))
+    meta = {
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "source": result.source,
+        "fingerprint": result.fingerprint,
+        "photos": len(result.photos),
+        "counts": result.counts(),
+        "accuracy": result.accuracy,
+        "fold_accuracy": result.fold_accuracy,
+        "wall_time_s": result.wall_time_s,
+        "config": asdict(result.config),
+    }
+    return atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8"))
+
+
+def load_issues(fingerprint: str, root: Path | None = None) -> SavedIssues | None:
+    """The last saved search of this dataset, or None if there is none (or it cannot be read)."""
+    csv_path, meta_path = issues_paths(fingerprint, root)
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        suspects = pd.read_csv(csv_path, dtype={"file": str, "given_label": str, "suggested": str, "kind": str})
+    except (OSError, ValueError):  # none yet, or damaged: the page offers a new search
+        return None
+    if not isinstance(meta, dict) or meta.get("fingerprint") != fingerprint or list(suspects) != SAVED_COLUMNS:
+        return None
+    return SavedIssues(suspects, meta)

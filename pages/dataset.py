@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import streamlit as st
 
 from core import catalog, config
+from core.corrections import MyPhotos, corrections_path
 from core.data import OK, DatasetError, summarize
-from core.jobs import dataset_scans
+from core.jobs import FinderBusy, dataset_scans, finder_jobs, owner_label, training_manager
+from core.label_issues import KINDS, FinderConfig, load_issues
 from core.pipeline import ImageError, PipelineConfig, decode, decode_preview
-from ui import charts
+from ui import charts, review
 from ui.navigation import run_through_entrypoint
 from ui.resources import (
     active_dataset,
     active_model,
+    dataset_fingerprint,
     dataset_name,
     dataset_notice,
     open_source,
@@ -25,7 +29,7 @@ from ui.resources import (
     session_uploads,
     set_active_dataset,
 )
-from ui.status import clock
+from ui.status import clock, duration, plural
 
 run_through_entrypoint()
 
@@ -263,6 +267,209 @@ def browse_ui(path: Path, manifest) -> None:
                 st.image(shown, caption=caption, width="stretch")
 
 
+# ---- Label issues: the finder in the background, then a review of its suspects ----------------------------------
+
+PHASES = {
+    "load": "Loading the photos",
+    "train": "Training the model of fold",
+    "score": "Scoring with the model of fold",
+}
+FINDER_HELP = (
+    "Each photo is scored by a model that never trained on it (2 folds, each model trains on the other half), and "
+    "cleanlab ranks the labels most likely wrong first; photos far from all the others are marked neither a cat "
+    "nor a dog. All 20,000 photos of train.zip take 25 minutes on 2 CPU cores; the default scales with the photos."
+)
+
+
+def _start_finder(path: Path, fingerprint: str) -> None:
+    budget = float(st.session_state.get("dataset_issues_budget", FinderConfig().time_budget_min))
+    try:
+        finder_jobs().start(path, fingerprint, FinderConfig(time_budget_min=budget), owner=session_owner())
+    except FinderBusy as err:
+        st.session_state["dataset_issues_busy"] = str(err)
+
+
+def _cancel_finder(fingerprint: str) -> None:
+    job = finder_jobs().get(fingerprint)
+    if job is not None:
+        job.cancel(by=session_owner())
+    st.session_state.pop("dataset_issues_cancel_asked", None)
+
+
+@st.fragment(run_every=1.0)
+def finder_progress_ui(fingerprint: str) -> None:
+    """The running search: phase, progress, time left, and Cancel (another session's only after a confirmation)."""
+    job = finder_jobs().get(fingerprint)
+    state = job.snapshot() if job is not None else None
+    if state is None or not state.running:
+        st.rerun()  # finished: the whole page redraws with the result
+    p = state.progress
+    what = "Starting" if p is None else PHASES.get(p.phase, "Ranking the labels")
+    if p is not None and p.fold:
+        what += f" {p.fold} of {p.folds}"
+    left = f" · about {duration(state.eta_s)} left" if state.eta_s is not None else ""
+    st.progress(state.fraction, text=f"{what}{left} · running for {duration(time.time() - state.started_at)}")
+    if state.owner == session_owner():
+        st.button("Cancel search", key="dataset_issues_cancel", on_click=_cancel_finder, args=(fingerprint,))
+        return
+    st.caption(f"Started by {owner_label(state.owner)} at {clock(state.started_at)}.")
+    if not st.session_state.get("dataset_issues_cancel_asked"):
+        st.button(
+            "Cancel another session's search…",
+            key="dataset_issues_cancel_other",
+            on_click=lambda: st.session_state.update(dataset_issues_cancel_asked=True),
+        )
+        return
+    st.warning(f"Cancel the search {owner_label(state.owner)} started? What it has found so far is lost.")
+    st.button(
+        "Yes, cancel it",
+        key="dataset_issues_cancel_confirm",
+        type="primary",
+        on_click=_cancel_finder,
+        args=(fingerprint,),
+    )
+
+
+def default_budget_min(photos: int) -> float:
+    """The finder's default budget (25 min for train.zip's 20,000 photos), scaled to this many, 1 to 25 minutes."""
+    full = FinderConfig().time_budget_min
+    return min(max(round(full * photos / 20_000 * 2) / 2, 1.0), full)
+
+
+def finder_ui(path: Path, fingerprint: str, photos: int, searched: bool) -> None:
+    """Start a search, or follow the running one; say how the last one in this server ended if it did not finish."""
+    job = finder_jobs().get(fingerprint)
+    if job is not None and job.running:
+        finder_progress_ui(fingerprint)
+        return
+    state = job.snapshot() if job is not None else None
+    if state is not None and state.status == "failed":
+        st.error(f"The last search failed: {state.error}")
+    elif state is not None and state.status == "cancelled":
+        by = "you" if state.cancelled_by == session_owner() else owner_label(state.cancelled_by)
+        st.info(f"The last search was cancelled by {by}; nothing it found was kept.")
+    if busy := st.session_state.pop("dataset_issues_busy", None):
+        st.warning(busy)
+    training = training_manager().current
+    if training is not None and training.running:
+        st.caption(
+            "A training run is in progress on this server: a search now shares the CPU with it, so in the same time "
+            "its models train less and rank less well."
+        )
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    left.number_input(
+        "Time budget (minutes)",
+        0.5,
+        600.0,
+        default_budget_min(photos),
+        0.5,
+        key="dataset_issues_budget",
+        help=FINDER_HELP,
+    )
+    right.button(
+        "Search again" if searched else "Find label issues",
+        key="dataset_issues_start",
+        on_click=_start_finder,
+        args=(path, fingerprint),
+    )
+
+
+def last_search_caption(saved) -> str:
+    """What the saved search found, on which photos, when, and how well its models did."""
+    meta = saved.meta
+    counts, photos = meta.get("counts", {}), meta.get("photos", 0)
+    folds = " and ".join(f"{a:.1%}" for a in meta.get("fold_accuracy", []))
+    when = str(meta.get("finished_at", "?"))[:16].replace("T", " ")
+    return (
+        f"Last search {when} UTC on the {photos:,} photos of {meta.get('source')}: "
+        f"{plural(counts.get('other-class', 0), 'photo')} probably of the other class, "
+        f"{counts.get('neither', 0):,} neither a cat nor a dog. Out-of-fold accuracy {meta.get('accuracy', 0):.1%} on "
+        f"those {photos:,} photos (folds {folds}); took {duration(meta.get('wall_time_s', 0))}."
+    )
+
+
+def label_issues_ui(path: Path, manifest) -> None:
+    """The finder, then its suspects, most suspect first, with one-click corrections saved for this dataset."""
+    fingerprint = dataset_fingerprint(path)
+    counts = summarize(manifest)
+    saved = load_issues(fingerprint)  # the last finished search (any session's, from disk), also while one runs
+    finder_ui(path, fingerprint, counts["cats"] + counts["dogs"], saved is not None)
+    if saved is None:
+        return
+    st.caption(last_search_caption(saved))
+    suspects = saved.suspects
+    left, right = st.columns(2)
+    kind = left.selectbox("Kind", ["all", *KINDS], key="dataset_issues_kind")
+    status = right.selectbox("Show", ["all", "to review", "reviewed"], key="dataset_issues_status")
+    if kind != "all":
+        suspects = suspects[suspects.kind == kind]
+    _, corrections = review.corrections_of(path)
+    if corrections is not None and corrections.photos:
+        done = corrections.summary()
+        st.caption(
+            f"Reviewed so far: {done['relabelled']:,} relabelled, {done['excluded']:,} excluded, {done['reviewed']:,} "
+            f"right, saved for training in `{corrections_path(fingerprint)}`."
+        )
+    if status != "all" and corrections is not None:
+        reviewed = suspects.file.isin(list(corrections.photos))
+        suspects = suspects[reviewed if status == "reviewed" else ~reviewed]
+    captions = [
+        f"**{Path(r.file).name}** · {r.kind} · given {r.given_label}, P(dog) {r.p_dog:.2f} · score {r.score:.4f}"
+        for r in suspects.itertuples()
+    ]
+    review.gallery_ui("dataset_issues", path, suspects, captions)
+
+
+# ---- My photos ------------------------------------------------------------------------------------------------
+
+
+def _prune(shas: list[str]) -> None:
+    removed = MyPhotos().prune(shas)
+    st.toast(f"Removed {plural(removed, 'photo')} from my photos")
+    st.session_state.pop("dataset_my_clear_asked", None)
+
+
+def my_photos_ui() -> None:
+    """The photos users labelled on the Predict page ("Wrong? Correct it."): browse and remove them."""
+    store = MyPhotos()
+    photos = store.list()
+    counts = {label: sum(p.label == label for p in photos) for label in config.CLASS_NAMES}
+    st.caption(
+        f"{plural(counts['cat'], 'cat')} and {plural(counts['dog'], 'dog')} labelled on the Predict page (by anyone "
+        "on this server), kept by content (the same photo twice is stored once), as cat/ and dog/ folders: a "
+        "dataset of their own that training can add."
+    )
+    if not photos:
+        st.caption("No photos yet: on the Predict page, “Wrong? Correct it.” adds a photo here with its right label.")
+        return
+    pages = math.ceil(len(photos) / PER_PAGE)
+    page = st.pagination(pages, key="dataset_my_page", max_visible_pages=9) if pages > 1 else 1
+    columns = st.columns(GRID_COLUMNS)
+    for i, photo in enumerate(photos[(page - 1) * PER_PAGE : page * PER_PAGE]):
+        with columns[i % GRID_COLUMNS]:
+            try:
+                st.image(decode_preview(photo.path.read_bytes(), THUMB_SIDE), width="stretch")
+            except (ImageError, OSError):
+                st.caption("(cannot be shown)")
+            st.caption(
+                f"**{photo.label}** · {photo.name or photo.sha256[:12]} · {photo.added_at[:16].replace('T', ' ')} UTC"
+            )
+            st.button("Remove", key=f"dataset_my_remove_{photo.sha256[:16]}", on_click=_prune, args=([photo.sha256],))
+    if not st.session_state.get("dataset_my_clear_asked"):
+        st.button(
+            "Remove all…", key="dataset_my_clear", on_click=lambda: st.session_state.update(dataset_my_clear_asked=True)
+        )
+        return
+    st.warning(f"Remove all {plural(len(photos), 'photo')} from my photos, for every session of this server?")
+    st.button(
+        "Yes, remove them all",
+        key="dataset_my_clear_confirm",
+        type="primary",
+        on_click=_prune,
+        args=([p.sha256 for p in photos],),
+    )
+
+
 st.title("Dataset")
 dataset = source_ui()
 if dataset is None:
@@ -271,8 +478,12 @@ if dataset is None:
     st.stop()
 
 manifest = manifest_of(dataset)
-summary_tab, browse_tab = st.tabs(["Summary", "Browse"])
+summary_tab, browse_tab, issues_tab, mine_tab = st.tabs(["Summary", "Browse", "Label issues", "My photos"])
 with summary_tab:
     summary_ui(dataset, manifest)
 with browse_tab:
     browse_ui(dataset, manifest)
+with issues_tab:
+    label_issues_ui(dataset, manifest)
+with mine_tab:
+    my_photos_ui()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import streamlit as st
 
 from core import catalog, config
 from core.catalog import ModelChoice
+from core.corrections import MyPhotos
 from core.data import DatasetError, Source
 from core.pipeline import ImageError, decode_preview
 from core.predict import Prediction, predictions_frame, submission_frame
@@ -125,7 +127,7 @@ def explain_files(model: ModelChoice, files: list) -> list:
     return _cached("gradcam", model, files, overlays)
 
 
-def card_ui(file, prediction: Prediction, picture) -> None:
+def card_ui(file, prediction: Prediction, picture, mine: dict[str, str]) -> None:
     """One file's card: the photo as decoded, its label and P(dog); or the reason it has none."""
     if prediction.error:
         st.error(f"**{file.name}**: {prediction.error}", icon=":material/block:")
@@ -134,14 +136,55 @@ def card_ui(file, prediction: Prediction, picture) -> None:
         st.image(picture, width="stretch")
     st.markdown(f"#### :{COLORS[prediction.label]}[:material/pets: {prediction.label}]")
     st.progress(prediction.prob_dog, text=f"P(dog) = {prediction.prob_dog:.3f} · {file.name}")
+    correct_ui(file, prediction, mine)
+
+
+def _content_hash(file) -> str:
+    # Per session and upload, so a rerun does not hash every photo again.
+    cache = st.session_state.setdefault("predict_sha_cache", {})
+    if file.file_id not in cache:
+        cache[file.file_id] = hashlib.sha256(file.getvalue()).hexdigest()
+    return cache[file.file_id]
+
+
+def _correct(file, label: str) -> None:
+    try:
+        MyPhotos().add(file.getvalue(), label, file.name)
+        st.toast(f"{file.name} is in my photos as a {label}")
+    except (ImageError, ValueError, OSError) as err:
+        st.session_state["predict_correct_error"] = f"{file.name} could not be added to my photos: {err}"
+
+
+def _uncorrect(sha: str) -> None:
+    MyPhotos().prune([sha])
+
+
+def correct_ui(file, prediction: Prediction, mine: dict[str, str]) -> None:
+    """ "Wrong? Correct it.": the photo goes into my photos (by content) with the other label; or Undo."""
+    sha = _content_hash(file)
+    if sha in mine:
+        st.caption(f":material/check_circle: In my photos as a {mine[sha]}, for training")
+        st.button("Undo", key=f"predict_uncorrect_{sha[:16]}", on_click=_uncorrect, args=(sha,))
+        return
+    right = config.CLASS_NAMES[1 - config.CLASS_NAMES.index(prediction.label)]
+    st.button(
+        f"Wrong? Correct it: a {right}",
+        key=f"predict_correct_{sha[:16]}",
+        on_click=_correct,
+        args=(file, right),
+        help=f"Adds this photo to my photos as a {right} (Dataset page), so training can learn from it",
+    )
 
 
 def gallery_ui(files: list, predictions: list[Prediction], pictures: list) -> None:
+    if error := st.session_state.pop("predict_correct_error", None):
+        st.error(error)
+    mine = {photo.sha256: photo.label for photo in MyPhotos().list()}
     columns = st.columns(COLUMNS)
     for i, (file, prediction, picture) in enumerate(zip(files[:GALLERY_MAX], predictions, pictures, strict=False)):
         with columns[i % COLUMNS], st.container(border=True):
             try:
-                card_ui(file, prediction, picture)
+                card_ui(file, prediction, picture, mine)
             except Exception:  # one card that cannot be drawn must not take the others, the table or the CSV down
                 st.warning(f"**{file.name}**: this card could not be drawn; its result is in the table below.")
     if len(files) > GALLERY_MAX:
@@ -260,6 +303,6 @@ if files:
     csv_download("Download results (CSV)", table, "predictions.csv", "predict_download")
 else:
     formats = ", ".join(ext.upper() for ext in IMAGE_TYPES if ext not in ("jpeg", "tiff"))
-    st.caption(f"{formats}; many at once. Nothing is stored.")
+    st.caption(f"{formats}; many at once. Nothing is stored unless you correct a prediction.")
 with st.expander("A whole zip of photos (results CSV, Kaggle submission)"):
     submission_ui(model)

@@ -14,7 +14,7 @@ from core.jobs import owner_label, source_version
 from core.metrics import held_out, percent
 from core.predict import Evaluation, evaluate
 from core.runs import Run, RunStore, model_history, model_meta, summary_row
-from ui import charts
+from ui import charts, review
 from ui.exports import export_downloads_ui
 from ui.navigation import run_through_entrypoint
 from ui.resources import (
@@ -348,6 +348,7 @@ def results_ui(model: ModelChoice, source: Path, result: Evaluation, on: str) ->
         bins = result.calibration()
         st.vega_lite_chart(*charts.reliability(bins), width="content")
         st.caption(reliability_sentence(bins))
+    review.confusion_cell_ui(source, result)
     misclassified_ui(model, source, result)
 
 

@@ -88,6 +88,8 @@ def isolated_app_dirs(tmp_path_factory, monkeypatch):
     monkeypatch.setattr(config, "RUNS_DIR", base / "runs")
     monkeypatch.setattr(config, "CACHE_DIR", base / "cache")
     monkeypatch.setattr(config, "UPLOADS_DIR", base / "uploads")
+    monkeypatch.setattr(config, "CORRECTIONS_DIR", base / "corrections")
+    monkeypatch.setattr(config, "MY_PHOTOS_DIR", base / "my-photos")
     monkeypatch.setenv("CVD_RUNS_DIR", str(base / "runs"))
     # In-process AppTests load models only when a test predicts; tests/test_app_pages.py tests the warm-up.
     monkeypatch.setattr(config, "WARM_UP_MODEL", False)
@@ -132,6 +134,8 @@ def isolated_session_dirs(tmp_path_factory):
         patch.setattr(config, "RUNS_DIR", base / "runs")
         patch.setattr(config, "CACHE_DIR", base / "cache")
         patch.setattr(config, "UPLOADS_DIR", base / "uploads")
+        patch.setattr(config, "CORRECTIONS_DIR", base / "corrections")
+        patch.setattr(config, "MY_PHOTOS_DIR", base / "my-photos")
         patch.setenv("CVD_RUNS_DIR", str(base / "runs"))
         yield
 
@@ -146,6 +150,8 @@ def app_dirs(tmp_path, monkeypatch):
         folder.mkdir()
     monkeypatch.setattr(config, "DATA_DIR", dirs.data)
     monkeypatch.setattr(config, "UPLOADS_DIR", dirs.data / "uploads")
+    monkeypatch.setattr(config, "CORRECTIONS_DIR", dirs.data / "corrections")
+    monkeypatch.setattr(config, "MY_PHOTOS_DIR", dirs.data / "my-photos")
     monkeypatch.setattr(config, "RUNS_DIR", dirs.runs)
     monkeypatch.setattr(config, "MODELS_DIR", dirs.models)
     monkeypatch.setattr(config, "DEFAULT_MODEL", dirs.models / "default.keras")

@@ -5,6 +5,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -183,9 +186,13 @@ def test_concurrent_clicks_are_all_kept(dataset, tmp_path):
     assert chosen[0] not in load_corrections(fingerprint, tmp_path).photos
 
 
-def test_default_folder_is_under_the_data_dir():
-    assert config.CORRECTIONS_DIR == config.DATA_DIR / "corrections"
-    assert config.MY_PHOTOS_DIR == config.DATA_DIR / "my-photos"
+def test_default_folder_is_under_the_data_dir(tmp_path):
+    # In a fresh process: this one's tests point both folders at a temp folder (tests/conftest.py).
+    code = "from core import config; print(config.CORRECTIONS_DIR); print(config.MY_PHOTOS_DIR)"
+    env = {**os.environ, "CVD_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(tmp_path / "corrections"), str(tmp_path / "my-photos")]
+    assert config.CORRECTIONS_DIR != config.DATA_DIR / "corrections"  # never the project's own folder in a test
 
 
 # "My photos".

@@ -338,6 +338,11 @@ def _fingerprint(path: str, version: tuple) -> str:
     return Source(path).fingerprint()
 
 
+def dataset_fingerprint(path: Path) -> str:
+    """The content fingerprint of a dataset, once per version of it: what its corrections file is named by."""
+    return _fingerprint(str(path), source_version(path))
+
+
 def training_source(meta: dict) -> Path | None:
     """The dataset a run was trained on, found by content fingerprint among this session's datasets."""
     wanted = meta.get("dataset", {}).get("fingerprint")

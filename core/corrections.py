@@ -219,6 +219,18 @@ def load_corrections(fingerprint: str, root: Path | None = None, source: str = "
     return found
 
 
+def usable_corrections(fingerprint: str, root: Path | None = None) -> tuple[Path | None, dict]:
+    """A dataset's corrections file if training has something to apply from it (a relabel or an exclusion),
+    else None; with its summary (counts per action)."""
+    try:
+        found = load_corrections(fingerprint, root)
+    except CorrectionsError:  # unreadable or another dataset's: nothing training may apply
+        return None, {}
+    summary = found.summary()
+    useful = summary["relabelled"] or summary["excluded"]
+    return (corrections_path(fingerprint, root) if useful else None), summary
+
+
 def save_corrections(corrections: Corrections, root: Path | None = None) -> Path:
     """Write the dataset's corrections file atomically; returns its path."""
     path = corrections_path(corrections.fingerprint, root)

@@ -63,6 +63,14 @@ def fractions(text: str) -> tuple[float, ...]:
     return _numbers(text, float, lambda s: 0 < s <= 1, "fractions of the image size, like 0.67,0.83,1")
 
 
+def paths(text: str) -> tuple[str, ...]:
+    """Comma-separated dataset paths, as typed."""
+    found = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not found:
+        raise ValueError(f"{text!r} names no dataset")
+    return found
+
+
 def widths(text: str) -> tuple[int, ...]:
     """Comma-separated filter counts, each at least 1, as typed: 32,64,128."""
     return _numbers(text, int, lambda w: w >= 1, "filter counts, like 32,64,128,256")
@@ -145,6 +153,19 @@ class TrainConfig:
     # Never the validation photos, which report the accuracy.
     calibration_split: float = setting(
         0.0, "share of the training photos held out to fit a calibration folded into the model (0: none)"
+    )
+    # Corrections and extras: relabelled photos train with their new label, excluded ones not at all, and the
+    # extras' photos (e.g. My photos) are added; all of those always train, never validate, so validation stays
+    # the photos (less the corrected ones) that a run without them validates on (core.corrections).
+    corrections: str | None = setting(
+        None, "a corrections file (JSON) for the dataset: its relabels and exclusions are applied", metavar="PATH"
+    )
+    extras: tuple[str, ...] = setting(
+        (),
+        "more labeled photos that always train, never validate: datasets (zips or folders), comma-separated",
+        flag="extra",
+        parse=paths,
+        metavar="DATASET[,DATASET...]",
     )
     net: NetConfig = setting(NetConfig(), "the network")
     optimizer: OptimizerConfig = setting(OptimizerConfig(), "the optimiser")

@@ -161,8 +161,10 @@ def _data_record(config: TrainConfig, dataset: LoadedDataset, split: Split, plac
 def _train_run(t: Training, source: str | os.PathLike | LoadedDataset, strategy) -> RunResult:
     # The steps of a run, in order, each a named function; a new step is one more line here. Photos that must
     # train (never held out) belong in _split; a calibration of the saved model goes between _save_best and _measure.
-    dataset = _load(t, source)
-    split = _split(t.config, dataset)
+    base = _load(t, source)
+    dataset, forced, training_data = _with_corrections(t.config, base)
+    split = _split(t.config, base, dataset, forced)
+    t.run.update_meta(training_data=training_data)
     placement = _place(t.config, strategy)
     t.run.update_meta(**_data_record(t.config, dataset, split, placement))
     feeds = Feeds(dataset, split, t.config, placement)
@@ -187,13 +189,29 @@ def _load(t: Training, source: str | os.PathLike | LoadedDataset) -> LoadedDatas
     return dataset
 
 
-def _split(config: TrainConfig, dataset: LoadedDataset) -> Split:
-    """The stratified split of the dataset into the photos to train on and those held out."""
-    train_idx, val_idx = split_indices(dataset.y, config.validation_split, config.seed)
+def _with_corrections(config: TrainConfig, base: LoadedDataset) -> tuple[LoadedDataset, np.ndarray, dict | None]:
+    """The photos to train on: the dataset with its corrections applied and the extras added, the mask of those
+    that must train (never validate), and what run.json records of it (None without corrections or extras)."""
+    if not config.corrections and not config.extras:
+        return base, np.zeros(len(base), bool), None
+    from core.corrections import prepare_training_data, read_corrections
+
+    corrections = read_corrections(config.corrections) if config.corrections else None
+    extras = [load_dataset(extra, config.pipeline) for extra in config.extras]
+    return prepare_training_data(base, corrections, extras)
+
+
+def _split(config: TrainConfig, base: LoadedDataset, dataset: LoadedDataset, forced: np.ndarray) -> Split:
+    """The stratified split into the photos to train on and those held out (the uncorrected dataset's, less the
+    photos forced to train), and the share of the training photos held out for calibration."""
+    from core.corrections import split_for_training
+
+    train_idx, val_idx = split_for_training(base, dataset, forced, config.validation_split, config.seed)
     if not config.calibration_split:
         return Split(train_idx, val_idx, train_idx[:0])
-    kept, held = split_indices(dataset.y[train_idx], config.calibration_split, config.seed + 1)
-    return Split(train_idx[kept], val_idx, train_idx[held])
+    plain = train_idx[~forced[train_idx]]  # calibrated on photos as the dataset gave them, never on the extras
+    kept, held = split_indices(dataset.y[plain], config.calibration_split, config.seed + 1)
+    return Split(np.sort(np.concatenate([plain[kept], train_idx[forced[train_idx]]])), val_idx, plain[held])
 
 
 def _place(config: TrainConfig, strategy) -> Placement:

@@ -7,6 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import config
+from core.corrections import MyPhotos, usable_corrections
 from core.data import summarize
 from core.estimate import estimate_training
 from core.jobs import TrainingBusy, TrainingJob, TrainingState, dataset_scans, owner_label, training_manager
@@ -15,7 +16,14 @@ from core.runs import RunStore
 from core.settings import PRESETS, Setting, TrainConfig, help_of, settings
 from ui import charts
 from ui.navigation import run_through_entrypoint
-from ui.resources import active_dataset, active_model, dataset_name, session_owner, set_session_model
+from ui.resources import (
+    active_dataset,
+    active_model,
+    dataset_fingerprint,
+    dataset_name,
+    session_owner,
+    set_session_model,
+)
 from ui.status import accuracy_text, clock, duration, plural, run_settings, started_by, training_line
 
 run_through_entrypoint()
@@ -89,14 +97,52 @@ def controls_ui() -> None:
     c2.toggle("Early stopping", key="train_early_stopping", help=_help("early_stopping"), **keep)
     c3.number_input("Seed", 0, 2**31 - 1, step=1, key="train_seed", help=_help("seed"), **keep)
     c4.number_input("Photos to use (0 = all)", 0, None, step=100, key="train_limit", help=_help("limit"), **keep)
+    fixes_ui()
     cfg = chosen_config()
     photos = f"{cfg.limit:,} photos" if cfg.limit else "all photos"
+    photos += " with its corrections" if cfg.corrections else ""
+    photos += " plus my photos" if cfg.extras else ""
     length = plural(cfg.epochs, "epoch") + (f" or {cfg.time_budget_min:g} minutes" if cfg.time_budget_min else "")
     st.caption(
         f"Start trains the {cfg.preset} preset for {length} in batches of {cfg.batch_size} on {photos}, "
         f"{cfg.image_size}x{cfg.image_size} {cfg.color_mode}, holding out {cfg.validation_split:.0%} for validation.",
         help="What Start will run, as the server sees the controls",
     )
+
+
+def fixes_ui() -> None:
+    """Offer what the Dataset, Runs and Predict pages corrected: this dataset's corrections, and My photos."""
+    dataset = active_dataset()
+    path, counts = usable_corrections(dataset_fingerprint(dataset)) if dataset is not None else (None, {})
+    mine = MyPhotos().list()
+    if path is not None:
+        what = f"{plural(counts['relabelled'], 'photo')} relabelled, {counts['excluded']:,} excluded"
+        st.toggle(
+            f"Train with this dataset's corrections ({what})",
+            value=True,
+            key="train_use_corrections",
+            help="Saved from the Label issues review and the Runs page. Corrected photos always train and never "
+            "validate, so validation stays the photos a run without corrections validates on, less those.",
+        )
+    if mine:
+        dogs = sum(p.label == "dog" for p in mine)
+        st.toggle(
+            f"Add my photos ({len(mine) - dogs:,} cats, {dogs:,} dogs)",
+            key="train_use_my_photos",
+            help="The photos corrected on the Predict page (Dataset page, My photos). They always train, never "
+            "validate.",
+        )
+
+
+def _fixes() -> dict:
+    # The corrections and extras the toggles above chose, as settings; only what exists now is applied.
+    state, dataset, chosen = st.session_state, active_dataset(), {}
+    if dataset is not None and state.get("train_use_corrections"):
+        path, _ = usable_corrections(dataset_fingerprint(dataset))
+        chosen["corrections"] = str(path) if path else None
+    if state.get("train_use_my_photos") and MyPhotos().list():
+        chosen["extras"] = (str(MyPhotos().root),)
+    return chosen
 
 
 def estimate_ui(cfg: TrainConfig, dataset: Path | None) -> None:
@@ -126,7 +172,7 @@ def chosen_config() -> TrainConfig:
     """The TrainConfig the controls show now (read from session state, so a callback sees fresh values)."""
     state = st.session_state
     chosen = {s.name: _from_control(s, state[_key(s.name)]) for s in settings() if _key(s.name) in state}
-    return TrainConfig.for_preset(state.get("train_preset", "seed"), **chosen)
+    return TrainConfig.for_preset(state.get("train_preset", "seed"), **(chosen | _fixes()))
 
 
 def _from_control(setting: Setting, value):

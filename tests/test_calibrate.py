@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from core.calibrate import cross_fits, fit_calibration, fold_into, logit
-from core.data import load_dataset
+from core.corrections import Corrections
+from core.data import Source, load_dataset
 from core.metrics import expected_calibration_error
 from core.model import build_model, load_model
 from core.pipeline import PipelineConfig, to_model_input
@@ -100,3 +105,44 @@ def test_the_saved_model_is_calibrated_on_photos_it_neither_trained_nor_validate
     prob = load_model(result.run.model_path).predict(to_model_input(data.x[idx]), verbose=0).reshape(-1)
     expected = record["ece_after"] if record["folded"] else record["ece_before"]
     assert expected_calibration_error(prob, data.y[idx]) == pytest.approx(expected, abs=2e-3)
+
+
+@pytest.fixture(scope="module")
+def corrected_run(small_zip, tmp_path_factory):
+    """A short run with a corrections file touching both parts, an extra dataset and a calibration part."""
+    data = load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False)
+    train_idx, val_idx = split_indices(data.y, 0.2, 42)
+    fingerprint = Source(small_zip).fingerprint()
+    corrections = Corrections(fingerprint, "small-train.zip")
+    picked = {
+        "relabel_val": str(data.names[val_idx[0]]),
+        "exclude_val": str(data.names[val_idx[1]]),
+        "exclude_train": str(data.names[train_idx[0]]),
+    }
+    corrections.set(picked["relabel_val"], "dog" if "/cat." in picked["relabel_val"] else "cat")
+    corrections.set(picked["exclude_val"], "exclude")
+    corrections.set(picked["exclude_train"], "exclude")
+    path = tmp_path_factory.mktemp("corrections") / f"{fingerprint}.json"
+    path.write_text(json.dumps(corrections.to_json()))
+    extra = tmp_path_factory.mktemp("my-photos")  # My photos' layout: cat/<sha>.jpg, dog/<sha>.jpg
+    with zipfile.ZipFile(small_zip) as z:
+        for name in [n for n in z.namelist() if n.endswith(".jpg")][-6:]:
+            (extra / ("dog" if "/dog." in name else "cat")).mkdir(exist_ok=True)
+            (extra / ("dog" if "/dog." in name else "cat") / Path(name).name).write_bytes(z.read(name))
+    cfg = TrainConfig(epochs=1, limit=SLICE, calibration_split=0.25, corrections=str(path), extras=(str(extra),))
+    result = train(small_zip, cfg, runs_dir=tmp_path_factory.mktemp("runs"))
+    return result, picked, (len(train_idx), len(val_idx))
+
+
+def test_corrections_and_extras_train_and_corrected_photos_never_validate(corrected_run):
+    result, picked, (n_train, n_val) = corrected_run
+    meta = result.run.meta
+    validation = set(meta["validation_names"])
+    assert picked["relabel_val"] not in validation and picked["exclude_val"] not in validation
+    assert meta["n_val"] == n_val - 2  # the uncorrected run's validation photos, less the two corrected ones
+    # training: the uncorrected part, less the excluded photo, plus the relabelled one and the 6 extras
+    assert meta["n_train"] + meta["n_calibration"] == n_train - 1 + 1 + 6
+    assert not {n for n in meta["calibration_names"] if ":" in n}  # never calibrated on an extra
+    record = meta["training_data"]
+    assert record["corrections"]["excluded"] == 2 and record["corrections"]["relabelled"] == 1
+    assert [e["photos"] for e in record["extras"]] == [6] and record["forced_train"] == 1 + 6

@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -262,3 +263,25 @@ def test_a_search_that_cannot_run_says_why_in_words(small_zip, tmp_path):
     state = job.snapshot()
     assert state.status == "failed" and state.error.startswith("finding label issues with 2 folds needs at least 10")
     assert "Error" not in state.error and load_issues(Source(tiny).fingerprint(), tmp_path) is None
+
+
+def test_the_train_page_trains_with_the_corrections_and_my_photos_it_offers(small_zip, app_dirs):
+    """The Train page offers what was corrected, and Start's config carries it (core.train applies it)."""
+    from core.corrections import record
+
+    link = app_dirs.data / "train.zip"
+    link.symlink_to(small_zip)
+    fingerprint = Source(small_zip).fingerprint()
+    with zipfile.ZipFile(small_zip) as z:
+        photos = [n for n in z.namelist() if n.endswith(".jpg")]
+        MyPhotos().add(z.read(photos[0]), "dog", "mine.jpg")
+    record(fingerprint, {photos[1]: "exclude", photos[2]: "keep"}, source="train.zip")
+    at = open_app("pages/train.py")
+    offered = at.toggle(key="train_use_corrections")
+    assert "0 photos relabelled, 1 excluded" in offered.label and offered.value is True
+    assert "1 dogs" in at.toggle(key="train_use_my_photos").label
+    at.toggle(key="train_use_my_photos").set_value(True).run()
+    caption = texts(at.caption)
+    assert "with its corrections plus my photos" in caption
+    at.toggle(key="train_use_corrections").set_value(False).run()
+    assert "all photos plus my photos" in texts(at.caption)

@@ -160,6 +160,16 @@ def _result(p: Prediction) -> dict:
     return {"file": p.file, "label": p.label, "prob_dog": p.prob_dog, "error": p.error}
 
 
+def _many_uploads(req: Request) -> list[tuple[str, bytes, None]]:
+    """(name, bytes, no refusal) of every file of a multipart batch request; BadRequest if there are none."""
+    if req.mimetype != "multipart/form-data":
+        raise BadRequest("send the images as multipart files (field 'files', repeated)")
+    uploads = [f for field in req.files for f in req.files.getlist(field)]
+    if not uploads:
+        raise BadRequest("no files: send the images as multipart files (field 'files', repeated)")
+    return [(f.filename or f"{f.name}[{i}]", f.read(), None) for i, f in enumerate(uploads)]
+
+
 def create_app(
     model: str | os.PathLike | BasePredictor,
     max_content_length: int | None = None,
@@ -195,13 +205,7 @@ def create_app(
 
     @app.post("/predict/batch")
     def predict_batch():
-        if request.mimetype != "multipart/form-data":
-            raise BadRequest("send the images as multipart files (field 'files', repeated)")
-        uploads = [f for field in request.files for f in request.files.getlist(field)]
-        if not uploads:
-            raise BadRequest("no files: send the images as multipart files (field 'files', repeated)")
-        items = [(f.filename or f"{f.name}[{i}]", f.read(), None) for i, f in enumerate(uploads)]
-        results = [_result(p) for p in predictor.predict_many(items)]
+        results = [_result(p) for p in predictor.predict_many(_many_uploads(request))]
         errors = sum(r["error"] is not None for r in results)
         return {"model": info["name"], "count": len(results), "errors": errors, "results": results}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +10,7 @@ import pytest
 
 from core.data import Source
 from core.label_issues import FinderConfig, find_label_issues, save_issues
-from ui.harness import IDLE, launch_chromium, running_server, screenshot
+from ui.harness import IDLE, launch_chromium, running_server, screenshot, server_dirs
 
 pytestmark = pytest.mark.browser
 
@@ -24,11 +23,7 @@ QUICK = FinderConfig(image_size=32, train_scales=(1.0,), epochs=2, batch_size=16
 def server(small_zip, tiny_model, tmp_path_factory):
     """A server whose default dataset is small_zip, with the tiny model's run and a saved label-issue search."""
     base = tmp_path_factory.mktemp("browser-review")
-    dirs = SimpleNamespace(data=base / "data", runs=base / "runs", models=base / "models")
-    for folder in vars(dirs).values():
-        folder.mkdir()
-    (dirs.data / "train.zip").symlink_to(small_zip)
-    shutil.copytree(tiny_model.parent, dirs.runs / tiny_model.parent.name)
+    dirs = server_dirs(base, small_zip, tiny_model.parent)
     save_issues(find_label_issues(small_zip, QUICK, cache_dir=False), dirs.data / "corrections")
     env = {"CVD_DATA_DIR": str(dirs.data), "CVD_RUNS_DIR": str(dirs.runs), "CVD_MODELS_DIR": str(dirs.models)}
     with running_server(env, base / "server.log") as url:
@@ -103,7 +98,8 @@ def test_a_search_shows_its_progress_and_time_left_and_cancels(page, server):
     open_page(page, server)
     page.get_by_role("tab", name="Label issues").click()
     page.get_by_role("button", name="Search again").click()
-    page.get_by_text(re.compile(r"about .* left \(running for")).wait_for()
+    page.get_by_text(re.compile(r"· running for")).wait_for()  # the search is running
+    page.get_by_text(re.compile(r"about .+ left · running for")).wait_for()  # and knows its time left
     screenshot(page, ARTIFACTS / "dataset-label-issues-running.png")
     page.get_by_role("button", name="Cancel search").click()
     page.get_by_text("The last search was cancelled by you").wait_for()

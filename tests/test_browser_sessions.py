@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ui.harness import IDLE, launch_chromium, running_server, screenshot
+from ui.harness import IDLE, launch_chromium, running_server, screenshot, server_dirs
 
 pytestmark = pytest.mark.browser
 
@@ -29,11 +29,7 @@ OLD_RUN = "20000101-000000-seed-0ld1"
 def server(small_zip, tiny_model, tmp_path_factory):
     """A server whose default dataset is small_zip, with the tiny model's run and a symlinked run folder."""
     base = tmp_path_factory.mktemp("browser-sessions")
-    dirs = SimpleNamespace(data=base / "data", runs=base / "runs", models=base / "models")
-    for folder in vars(dirs).values():
-        folder.mkdir()
-    (dirs.data / "train.zip").symlink_to(small_zip)
-    shutil.copytree(tiny_model.parent, dirs.runs / tiny_model.parent.name)
+    dirs = server_dirs(base, small_zip, tiny_model.parent)
     shutil.copytree(tiny_model.parent, dirs.runs / OLD_RUN)
     (dirs.runs / "server-default.json").write_text(json.dumps({"model": OLD_RUN}))  # not the newest run
     shutil.copytree(tiny_model.parent, base / "elsewhere")

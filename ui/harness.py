@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"  # Playwright's own browser download does not work here
@@ -94,3 +96,14 @@ def screenshot(page, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path))
     page.set_viewport_size(size)
+
+
+def server_dirs(base: Path, dataset: Path, run: Path) -> SimpleNamespace:
+    """Empty data, runs and models folders under base for a test server: dataset linked in as its train.zip
+    (the default dataset) and a copy of one run folder."""
+    dirs = SimpleNamespace(data=base / "data", runs=base / "runs", models=base / "models")
+    for folder in vars(dirs).values():
+        folder.mkdir()
+    (dirs.data / "train.zip").symlink_to(dataset)
+    shutil.copytree(run, dirs.runs / run.name)
+    return dirs

@@ -127,7 +127,7 @@ def fixes_ui() -> None:
     if mine:
         dogs = sum(p.label == "dog" for p in mine)
         st.toggle(
-            f"Add my photos ({len(mine) - dogs:,} cats, {dogs:,} dogs)",
+            f"Add my photos ({plural(len(mine) - dogs, 'cat')}, {plural(dogs, 'dog')})",
             key="train_use_my_photos",
             help="The photos corrected on the Predict page (Dataset page, My photos). They always train, never "
             "validate.",

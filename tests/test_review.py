@@ -279,7 +279,7 @@ def test_the_train_page_trains_with_the_corrections_and_my_photos_it_offers(smal
     at = open_app("pages/train.py")
     offered = at.toggle(key="train_use_corrections")
     assert "0 photos relabelled, 1 excluded" in offered.label and offered.value is True
-    assert "1 dogs" in at.toggle(key="train_use_my_photos").label
+    assert "(0 cats, 1 dog)" in at.toggle(key="train_use_my_photos").label
     at.toggle(key="train_use_my_photos").set_value(True).run()
     caption = texts(at.caption)
     assert "with its corrections plus my photos" in caption

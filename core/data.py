@@ -144,9 +144,10 @@ class Source:
     def _by_name(self) -> dict[str, Listed]:
         found = self._names
         if found is None:  # later entries of a duplicated name are refused, so the first is the one that counts
-            found = self._names = {}
+            found = {}
             for item in self.listing:
                 found.setdefault(item.name, item)
+            self._names = found  # published whole: decoder threads read it while another may still be building
         return found
 
     def read_item(self, item: Listed) -> bytes:

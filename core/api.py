@@ -15,6 +15,7 @@ from flask import Flask, Request, Response, jsonify, request
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from core import config
+from core.data import Input
 from core.fastpath import open_predictor
 from core.pipeline import PipelineConfig
 from core.predict import BasePredictor, Prediction
@@ -160,14 +161,14 @@ def _result(p: Prediction) -> dict:
     return {"file": p.file, "label": p.label, "prob_dog": p.prob_dog, "error": p.error}
 
 
-def _many_uploads(req: Request) -> list[tuple[str, bytes, None]]:
-    """(name, bytes, no refusal) of every file of a multipart batch request; BadRequest if there are none."""
+def _many_uploads(req: Request) -> list[Input]:
+    """An Input of the bytes of every file of a multipart batch request; BadRequest if there are none."""
     if req.mimetype != "multipart/form-data":
         raise BadRequest("send the images as multipart files (field 'files', repeated)")
     uploads = [f for field in req.files for f in req.files.getlist(field)]
     if not uploads:
         raise BadRequest("no files: send the images as multipart files (field 'files', repeated)")
-    return [(f.filename or f"{f.name}[{i}]", f.read(), None) for i, f in enumerate(uploads)]
+    return [Input.of_bytes(f.filename or f"{f.name}[{i}]", f.read()) for i, f in enumerate(uploads)]
 
 
 def create_app(

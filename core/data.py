@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import lzma
 import os
 import posixpath
@@ -13,8 +14,9 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -85,15 +87,20 @@ class Listed:
 
 
 class Source:
-    """A dataset source read in place: a folder, a zip, or a single image file."""
+    """A dataset source read in place: a folder, a zip, or a single image file; or a zip held in memory."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, data: bytes | None = None):
         self.path = Path(path).expanduser()
+        self._data = data
+        self._local = threading.local()
+        self._names: dict[str, Listed] | None = None
+        if data is not None:  # the same listing, caps and per-entry reasons as a zip on disk, from the one buffer
+            self.is_zip = True
+            self.listing = list(_list_zip_entries(io.BytesIO(data), self.path.name))
+            return
         if not self.path.exists():
             raise DatasetError(f"{self.path}: no such file or folder")
         self.is_zip = self.path.is_file() and self.path.suffix.lower() == ".zip"
-        self._local = threading.local()
-        self._names: dict[str, Listed] | None = None
         if self.is_zip:
             self.listing = self._list_zip()
         elif self.path.is_dir():
@@ -102,9 +109,18 @@ class Source:
             stat = self.path.stat()
             self.listing = [Listed(self.path.name, stat.st_size, stat.st_mtime_ns, self._type_refusal(self.path.name))]
 
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes) -> Source:
+        """A zip held in memory (an upload), listed and read from that buffer: nothing is written, nothing copied."""
+        return cls(Path(name).name or "upload.zip", data)
+
     @property
     def label(self) -> str:
         return self.path.name
+
+    @property
+    def in_memory(self) -> bool:
+        return self._data is not None
 
     @staticmethod
     def _type_refusal(name: str) -> str | None:
@@ -129,8 +145,7 @@ class Source:
         return found
 
     def _list_zip(self) -> list[Listed]:
-        stat = self.path.stat()
-        return list(_zip_listing(str(self.path.resolve()), stat.st_size, stat.st_mtime_ns))
+        return list(_zip_listing(str(self.path.resolve()), dataset_version(self.path)))
 
     def read(self, name: str) -> bytes:
         """The bytes of the listed file of that name: in a zip, the entry of that name that counts (the first)."""
@@ -167,8 +182,8 @@ class Source:
 
     def _read_entry(self, item: Listed) -> bytes:
         zf = getattr(self._local, "zf", None)
-        if zf is None:  # one handle per thread: zip reads then run in parallel
-            zf = self._local.zf = zipfile.ZipFile(self.path)
+        if zf is None:  # one handle per thread: zip reads then run in parallel (a BytesIO shares the one buffer)
+            zf = self._local.zf = zipfile.ZipFile(self.path if self._data is None else io.BytesIO(self._data))
         infos = zf.infolist()
         info = infos[item.index] if 0 <= item.index < len(infos) else None
         if info is None or (info.filename, info.file_size, info.CRC) != (item.name, item.size, item.token):
@@ -185,6 +200,28 @@ class Source:
         for item in sorted(self.listing, key=lambda x: x.name):
             digest.update(f"{item.name}\0{item.size}\0{item.token}\n".encode())
         return digest.hexdigest()
+
+    def inputs(self, items: Iterable[Listed] | None = None) -> Iterator[Input]:
+        """Each listed file (or only the given ones) as an Input named by its name in the source."""
+        for item in self.listing if items is None else items:
+            reader = None if item.refusal else functools.partial(self.read_item, item)
+            yield Input(item.name, reader, item.refusal)
+
+
+def dataset_version(path: str | os.PathLike) -> str:
+    """The one version of a dataset on disk that every cache of it is keyed on; OSError when it is gone.
+
+    A zip or a single file: its resolved path, size and mtime_ns, from one stat (a zip rewritten in place changes
+    them). A folder: its path and a digest of its listing (names, sizes, mtimes), which a file added, removed or
+    rewritten anywhere under it changes. Where a content key is needed (the .npz cache, corrections), the version
+    maps to Source.fingerprint().
+    """
+    path = Path(path).expanduser()
+    resolved = path.resolve()
+    if path.is_dir():
+        return f"{resolved}/@{Source(path).fingerprint()}"
+    stat = path.stat()
+    return f"{resolved}@{stat.st_size}:{stat.st_mtime_ns}"
 
 
 # What zipfile and its decompressors raise on a damaged, encrypted or exotic entry (RuntimeError: encrypted).
@@ -206,20 +243,25 @@ def _zip_reason(err: Exception, info: zipfile.ZipInfo) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _zip_listing(path: str, size: int, mtime_ns: int) -> tuple[Listed, ...]:
+def _zip_listing(path: str, version: str) -> tuple[Listed, ...]:
     # Listing 25,000 entries costs ~0.2 s; a cached reload must not pay it again for an unchanged file.
+    return _list_zip_entries(path, Path(path).name)
+
+
+def _list_zip_entries(file: str | io.BytesIO, label: str) -> tuple[Listed, ...]:
+    # The one place a zip's entries get their caps and refusals, whether the zip is on disk or in memory.
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(file) as zf:
             infos = zf.infolist()
     except zipfile.BadZipFile as err:
         detail = str(err) if re.fullmatch(r"[A-Za-z0-9 ,.:-]{1,80}", str(err)) else "its directory is damaged"
-        raise DatasetError(f"{Path(path).name}: not a readable zip file ({detail})") from None
+        raise DatasetError(f"{label}: not a readable zip file ({detail})") from None
     except OSError as err:
-        raise DatasetError(f"{Path(path).name}: not a readable zip file ({err.strerror or 'unreadable'})") from None
+        raise DatasetError(f"{label}: not a readable zip file ({err.strerror or 'unreadable'})") from None
     total = sum(i.file_size for i in infos)
     if total > config.MAX_ZIP_TOTAL_BYTES:
         raise DatasetError(
-            f"{Path(path).name}: refused as a zip bomb: it expands to {total / 2**30:.1f} GB, "
+            f"{label}: refused as a zip bomb: it expands to {total / 2**30:.1f} GB, "
             f"over the {config.MAX_ZIP_TOTAL_BYTES / 2**30:.0f} GB cap"
         )
     found = []
@@ -447,17 +489,61 @@ def _write_cache(cache_file: Path, dataset: LoadedDataset) -> None:
     os.replace(tmp, cache_file)
 
 
-def iter_inputs(paths: Iterable[str | os.PathLike]) -> Iterator[tuple[str, Callable[[], bytes] | None, str | None]]:
-    """Each image among files, folders and zips, as (display name, reader, refusal) for prediction."""
-    for path in paths:
-        try:
-            source = Source(path)
-        except DatasetError as err:
-            yield str(path), None, str(err)
-            continue
-        for item in source.listing:
-            shown = str(source.path) if not source.is_zip and source.path.is_file() else f"{source.path}/{item.name}"
-            if item.refusal:
-                yield shown, None, item.refusal
-            else:
-                yield shown, (lambda s=source, it=item: s.read_item(it)), None
+@dataclass(frozen=True)
+class Input:
+    """One thing to predict: the name it is shown by, how to get its bytes, or why it is refused unread."""
+
+    name: str
+    reader: Callable[[], bytes] | None = None
+    refusal: str | None = None
+
+    @classmethod
+    def of_bytes(cls, name: str, data: bytes) -> Input:
+        """Bytes already in memory (an upload), shown by name."""
+        return cls(name, lambda: data)
+
+    def read(self) -> bytes:
+        """The bytes; ImageError with the refusal for an input refused unread."""
+        if self.refusal or self.reader is None:
+            raise ImageError(self.refusal or "nothing to read")
+        return self.reader()
+
+
+class Uploaded(Protocol):
+    """A file held in memory, as Streamlit's UploadedFile is: a name and its bytes."""
+
+    name: str
+
+    def getvalue(self) -> bytes: ...
+
+
+def iter_inputs(sources: Iterable[str | os.PathLike | Uploaded], zip_refusal: str | None = None) -> Iterator[Input]:
+    """Each image among files, folders and zips on disk and files held in memory (uploads), as Inputs.
+
+    An uploaded zip is listed from memory with exactly the guards of one on disk and its photos are named as in
+    the zip, unless zip_refusal is given: then it is one Input refused with that reason.
+    """
+    for source in sources:
+        if isinstance(source, str | os.PathLike):
+            yield from _path_inputs(source)
+        elif not source.name.lower().endswith(".zip"):
+            yield Input.of_bytes(source.name, source.getvalue())
+        elif zip_refusal is not None:
+            yield Input(source.name, None, zip_refusal)
+        else:
+            try:
+                yield from Source.from_bytes(source.name, source.getvalue()).inputs()
+            except DatasetError as err:
+                yield Input(source.name, None, str(err))
+
+
+def _path_inputs(path: str | os.PathLike) -> Iterator[Input]:
+    # Named by path: the file itself, or the folder or zip, a slash, and the name inside it.
+    try:
+        source = Source(path)
+    except DatasetError as err:
+        yield Input(str(path), None, str(err))
+        return
+    single = not source.is_zip and source.path.is_file()
+    for found in source.inputs():
+        yield replace(found, name=str(source.path) if single else f"{source.path}/{found.name}")

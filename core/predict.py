@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import CLASS_NAMES, TTA_MODES, UNSURE_MARGIN
-from core.data import iter_inputs
+from core.data import Input, iter_inputs
 from core.errors import ModelMissing, SettingsError
 from core.metrics import AS_THE_APP_PREDICTS, Accuracy, expected_calibration_error, reliability_bins
 from core.pipeline import ImageError, PipelineConfig, decode, to_model_input
@@ -80,19 +80,18 @@ class BasePredictor:
 
     def predict_many(
         self,
-        items: Iterable[tuple[str, Callable[[], bytes] | bytes | None, str | None]],
+        items: Iterable[Input],
         batch_size: int = 128,
         progress: Callable[[int], None] | None = None,
     ) -> list[Prediction]:
         """Label many images: decode in parallel threads, infer in batches, per-file errors kept in order."""
         pool = self._decoder_pool()
 
-        def prepare(item) -> np.ndarray | str:
-            _, reader, refusal = item
-            if refusal:
-                return refusal
+        def prepare(item: Input) -> np.ndarray | str:
+            if item.refusal:
+                return item.refusal
             try:  # uint8 here, scaled per batch below: a quarter of the bytes to copy into the batch
-                return decode(reader() if callable(reader) else reader, self.pipeline)
+                return decode(item.read(), self.pipeline)
             except ImageError as err:
                 return str(err)
 
@@ -103,11 +102,11 @@ class BasePredictor:
             good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
             probs = self.pixel_probabilities(np.stack([prepared[i] for i in good])) if good else []
             by_index = dict(zip(good, probs, strict=True))
-            for i, (file, _, _) in enumerate(chunk):
+            for i, item in enumerate(chunk):
                 if i in by_index:
-                    results.append(self._labelled(file, by_index[i]))
+                    results.append(self._labelled(item.name, by_index[i]))
                 else:
-                    results.append(Prediction(file, None, None, prepared[i]))
+                    results.append(Prediction(item.name, None, None, prepared[i]))
             if progress:
                 progress(len(results))
 
@@ -280,11 +279,8 @@ def evaluate(
 
     src = Source(source)
     wanted = set(names) if names is not None else None
-    items = [
-        (it.name, (lambda n=it.name: src.read(n)), it.refusal)
-        for it in src.listing
-        if label_from_name(it.name) is not None and (wanted is None or it.name in wanted)
-    ]
+    labeled = (it for it in src.listing if label_from_name(it.name) is not None)
+    items = list(src.inputs(it for it in labeled if wanted is None or it.name in wanted))
     report = (lambda done: progress(done, len(items))) if progress else None
     preds = predictor.predict_many(items, progress=report)
     frame = predictions_frame(preds)

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from pathlib import Path
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
@@ -12,7 +11,7 @@ import streamlit as st
 from core import catalog, config
 from core.catalog import ModelChoice
 from core.corrections import MyPhotos
-from core.data import DatasetError, Source
+from core.data import DatasetError, Source, dataset_version, iter_inputs
 from core.pipeline import ImageError, decode_preview
 from core.predict import Prediction, predictions_frame, submission_frame
 from ui.navigation import run_through_entrypoint
@@ -69,7 +68,7 @@ def model_ui() -> ModelChoice | None:
 
 def _cached(kind: str, model: ModelChoice, files: list, compute) -> list:
     # Per session and per model, so toggling an option or adding one photo does not redo the others.
-    version = (kind, model.key, model.path.stat().st_mtime_ns)
+    version = (kind, model.key, dataset_version(model.path))  # an upload's own version is its file_id
     cache = st.session_state.setdefault(f"predict_{kind}_cache", {})
     if cache.get("version") != version:
         cache.clear()
@@ -89,9 +88,7 @@ def predict_files(model: ModelChoice, files: list) -> list[Prediction]:
     """One prediction per file, in order; a hostile file gets its own error and the others still run."""
 
     def labels(todo: list) -> list[Prediction]:
-        refusals = {f.file_id: ZIP_HERE for f in todo if f.name.lower().endswith(".zip")}
-        items = [(f.name, f.getvalue, refusals.get(f.file_id)) for f in todo]
-        return predictor(model.path).predict_many(items)
+        return predictor(model.path).predict_many(iter_inputs(todo, zip_refusal=ZIP_HERE))
 
     return _cached("labels", model, files, labels)
 
@@ -225,7 +222,17 @@ def submission_ui(model: ModelChoice) -> None:
     )
     if archive is None:
         return
-    predictions = _cached("submission", model, [archive], lambda todo: [predict_archive(model, todo[0])])[0]
+    bar = st.empty()
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Predicted {done:,} / {total:,}")
+
+    def labels(todo: list) -> list:
+        bar.progress(0.0, text="Reading the zip…")
+        return [predict_archive(model, todo[0], progress)]
+
+    predictions = _cached("submission", model, [archive], labels)[0]
+    bar.empty()
     if isinstance(predictions, str):
         st.error(predictions)
         return
@@ -251,23 +258,14 @@ def submission_ui(model: ModelChoice) -> None:
         table_ui(table[table.error != ""])
 
 
-def predict_archive(model: ModelChoice, archive) -> list[Prediction] | str:
-    """Every photo in an uploaded zip, or the reason the zip cannot be read."""
-    bar = st.progress(0.0, text="Reading the zip…")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{Path(archive.name).stem or 'upload'}.zip"  # messages name the user's file
-        path.write_bytes(archive.getvalue())
-        try:
-            source = Source(path)
-        except DatasetError as err:
-            bar.empty()
-            return str(err)
-        items = [(item.name, lambda n=item.name: source.read(n), item.refusal) for item in source.listing]
-        predictions = predictor(model.path).predict_many(
-            items, progress=lambda done: bar.progress(done / len(items), text=f"Predicted {done:,} / {len(items):,}")
-        )
-    bar.empty()
-    return predictions
+def predict_archive(model: ModelChoice, archive, progress: Callable[[int, int], None]) -> list[Prediction] | str:
+    """Every photo in an uploaded zip, read from memory as a zip on disk is; or the reason the zip cannot be read."""
+    try:
+        source = Source.from_bytes(archive.name, archive.getvalue())  # the upload's own buffer, never a temp file
+    except DatasetError as err:
+        return str(err)
+    items = list(source.inputs())
+    return predictor(model.path).predict_many(items, progress=lambda done: progress(done, len(items)))
 
 
 st.title("Predict")

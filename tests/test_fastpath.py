@@ -205,9 +205,9 @@ def fast(first_use) -> FastPredictor:
 def test_the_fast_path_predicts_what_the_keras_path_predicts_on_500_real_photos(fast, keras_path, test_zip, train_zip):
     test1 = Source(test_zip)
     train = Source(train_zip)
-    items = [(n, (lambda n=n: test1.read(n)), None) for n in sorted(it.name for it in test1.listing)[:300]]
-    names = sorted(it.name for it in train.listing)
-    items += [(n, (lambda n=n: train.read(n)), None) for n in names[:100] + names[-100:]]  # cats and dogs
+    items = list(test1.inputs(sorted(test1.listing, key=lambda it: it.name)[:300]))
+    listed = sorted(train.listing, key=lambda it: it.name)
+    items += list(train.inputs(listed[:100] + listed[-100:]))  # cats and dogs
     got = pd.DataFrame([vars(p) for p in fast.predict_many(items)]).set_index("file")
     expected = pd.DataFrame([vars(p) for p in keras_path.predict_many(items)]).set_index("file")
     assert len(got) == 500 and got.error.isna().all(), got.error.dropna().value_counts().head().to_dict()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from core import config
-from core.data import iter_inputs
+from core.data import Input, iter_inputs
 from core.model import build_model, load_model, save_model
 from core.pipeline import PipelineConfig, preprocess
 from core.predict import Prediction, Predictor, evaluate, predictions_frame, submission_frame
@@ -37,7 +37,7 @@ def test_predictor_loads_the_model_once_and_is_warm(predictor, photos):
     assert predictor._infer.experimental_get_tracing_count() == 1
     for _, data in photos[:5]:
         predictor.predict_bytes(data)
-    predictor.predict_many([(name, data, None) for name, data in photos], batch_size=7)
+    predictor.predict_many([Input.of_bytes(name, data) for name, data in photos], batch_size=7)
     assert predictor._infer.experimental_get_tracing_count() == 1
 
 
@@ -88,22 +88,22 @@ def test_predict_path_reads_a_file_or_reports_why_it_cannot(predictor, photos, t
 def test_predict_many_keeps_order_and_per_file_errors_across_batches(predictor, photos):
     items = []
     for i, (name, data) in enumerate(photos[:10]):
-        items.append((name, (lambda d=data: d) if i % 2 else data, None))
+        items.append(Input(name, lambda d=data: d) if i % 2 else Input.of_bytes(name, data))
         if i % 3 == 0:
-            items.append((f"bad-{i}.jpg", b"", None))
-    items.append(("refused.jpg", None, "refused: unsafe path in zip (absolute or '..')"))
+            items.append(Input.of_bytes(f"bad-{i}.jpg", b""))
+    items.append(Input("refused.jpg", None, "refused: unsafe path in zip (absolute or '..')"))
     seen: list[int] = []
 
     results = predictor.predict_many(items, batch_size=3, progress=seen.append)
 
-    assert [r.file for r in results] == [name for name, _, _ in items]
-    for (name, data, refusal), result in zip(items, results, strict=True):
-        if name.startswith("bad-"):
+    assert [r.file for r in results] == [item.name for item in items]
+    for item, result in zip(items, results, strict=True):
+        if item.name.startswith("bad-"):
             assert result.error == "empty file (0 bytes)"
-        elif refusal:
-            assert result.error == refusal and result.prob_dog is None
+        elif item.refusal:
+            assert result.error == item.refusal and result.prob_dog is None
         else:
-            single = predictor.predict_bytes(data() if callable(data) else data)
+            single = predictor.predict_bytes(item.read())
             assert result.error is None and result.prob_dog == pytest.approx(single.prob_dog, abs=1e-5)
     assert seen == sorted(seen) and seen[-1] == len(items)
     assert predictor.predict_many([]) == []
@@ -125,7 +125,7 @@ def test_predict_many_over_files_folders_and_zips(predictor, photos, bad_inputs,
 
 def test_many_threads_predicting_at_once_get_the_same_answers_as_one(predictor, photos):
     serial = [predictor.predict_bytes(data, file=name) for name, data in photos]
-    batch_serial = predictor.predict_many([(name, data, None) for name, data in photos])
+    batch_serial = predictor.predict_many([Input.of_bytes(name, data) for name, data in photos])
     start = threading.Barrier(8)
     answers: dict[int, list[Prediction]] = {}
 
@@ -134,7 +134,7 @@ def test_many_threads_predicting_at_once_get_the_same_answers_as_one(predictor, 
         if k % 2:
             answers[k] = [predictor.predict_bytes(data, file=name) for name, data in photos]
         else:
-            answers[k] = predictor.predict_many([(name, data, None) for name, data in photos], batch_size=5 + k)
+            answers[k] = predictor.predict_many([Input.of_bytes(name, data) for name, data in photos], batch_size=5 + k)
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
     for t in threads:
@@ -176,7 +176,7 @@ def test_evaluation_counts_labeled_images_and_skips_unusable_ones(predictor, pho
     assert ev.accuracy == pytest.approx((ev.confusion[0][0] + ev.confusion[1][1]) / 40)
     assert ev.per_class["cat"] == pytest.approx(ev.confusion[0][0] / 20)
     assert ev.per_class["dog"] == pytest.approx(ev.confusion[1][1] / 20)
-    predicted_dog = [p.prob_dog >= 0.5 for p in predictor.predict_many([(n, d, None) for n, d in photos])]
+    predicted_dog = [p.prob_dog >= 0.5 for p in predictor.predict_many([Input.of_bytes(n, d) for n, d in photos])]
     assert ev.confusion[0][1] + ev.confusion[1][1] == sum(predicted_dog)
     assert list(ev.predictions.columns) == ["file", "label", "prob_dog", "error", "true"]
 

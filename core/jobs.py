@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from core.data import DatasetError, scan
+from core.data import DatasetError, dataset_version, scan
 from core.errors import UserError
 from core.label_issues import FinderConfig, FinderProgress
 from core.runs import RunStore, TrainingInProgress
@@ -286,25 +286,20 @@ class ScanState:
         return self.done_event.wait(timeout)
 
 
-def source_version(path: Path) -> tuple:
-    """What identifies one version of a source: a replaced zip changes size or mtime, a folder its mtime."""
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size if path.is_file() else 0)
-
-
 class DatasetScans:
-    """Scans run in background threads and are kept per source version, so switching pages never rescans."""
+    """Scans run in background threads and are kept per dataset version (core.data.dataset_version), so switching
+    pages never rescans and a zip rewritten in place is scanned afresh."""
 
     def __init__(self, keep: int = 8):
         self._lock = threading.Lock()
-        self._scans: OrderedDict[tuple, ScanState] = OrderedDict()
+        self._scans: OrderedDict[tuple[str, str], ScanState] = OrderedDict()  # (resolved path, version)
         self._keep = keep
 
     def get(self, path: str | os.PathLike) -> ScanState:
         """The scan of this version of the source, started now if it never ran."""
         path = Path(path)
         try:
-            key = source_version(path)
+            key = (str(path.resolve()), dataset_version(path))
         except OSError as err:
             failed = ScanState(path, error=f"{path}: {err.strerror or err}")
             failed.done_event.set()

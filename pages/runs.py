@@ -10,7 +10,8 @@ import streamlit as st
 from core import catalog, config
 from core.catalog import ModelChoice
 from core.config import CLASS_NAMES
-from core.jobs import owner_label, source_version
+from core.data import dataset_version
+from core.jobs import owner_label
 from core.metrics import held_out, percent
 from core.predict import Evaluation, evaluate
 from core.runs import Run, RunStore, model_history, model_meta, summary_row
@@ -49,17 +50,17 @@ METRICS = {
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _evaluation(model: str, model_version: int, source: str, version: tuple, names: tuple[str, ...] | None):
+def _evaluation(model: str, model_version: int, source: str, version: str, names: tuple[str, ...] | None):
     return evaluate(predictor(Path(model)), source, names)
 
 
 def evaluation_of(model: ModelChoice, source: Path, names: tuple[str, ...] | None) -> Evaluation:
     """A model on a dataset (all its labeled photos, or only the named ones), once per model and dataset version."""
-    return _evaluation(str(model.path), _version(model.path), str(source), source_version(source), names)
+    return _evaluation(str(model.path), _version(model.path), str(source), dataset_version(source), names)
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _overlay(model: str, model_version: int, source: str, version: tuple, name: str):
+def _overlay(model: str, model_version: int, source: str, version: str, name: str):
     from core.gradcam import explain
 
     return explain(predictor(Path(model)), open_source(Path(source)).read(name)).overlay
@@ -390,7 +391,7 @@ def misclassified_ui(model: ModelChoice, source: Path, result: Evaluation) -> No
     if st.toggle("Show where the model looked", key="runs_gradcam"):
         from core.gradcam import LEGEND, legend
 
-        model_key = (str(model.path), _version(model.path), str(source), source_version(source))
+        model_key = (str(model.path), _version(model.path), str(source), dataset_version(source))
         try:
             photos = [_overlay(*model_key, name) for name in shown.file]
             st.image(legend(512, 14), width=512)

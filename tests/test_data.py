@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import struct
@@ -22,7 +23,9 @@ from core.data import (
     OK,
     UNLABELED,
     DatasetError,
+    Input,
     Source,
+    dataset_version,
     iter_inputs,
     label_from_name,
     load_dataset,
@@ -243,7 +246,7 @@ def test_zip_slip_entries_are_refused_and_nothing_is_written_anywhere(tmp_path, 
     dataset = load_dataset(zpath, cache_dir=tmp_path / "cache")
     assert dataset.names.tolist() == ["train/cat.5.jpg"]
     assert set(UNSAFE_NAMES) <= set(dataset.skipped.name)
-    refused = [name for name, read, refusal in iter_inputs([zpath]) if refusal and read is None]
+    refused = [found.name for found in iter_inputs([zpath]) if found.refusal and found.reader is None]
     assert len(refused) == len(UNSAFE_NAMES)
 
     assert files_under(tmp_path) == {"slip.zip"} | {f"cache/{p.name}" for p in (tmp_path / "cache").iterdir()}
@@ -554,7 +557,7 @@ def test_iter_inputs_walks_files_folders_and_zips_with_refusals(tmp_path):
     folder = write_folder(tmp_path / "folder", {"a.png": image(".png"), "notes.txt": b"hi", ".DS_Store": b"x"})
     zpath = write_zip(tmp_path / "z.zip", {"test1/1.jpg": image(), "../evil.jpg": image()})
     rows = list(iter_inputs([single, folder, zpath, tmp_path / "missing.jpg"]))
-    shown = [name for name, _, _ in rows]
+    shown = [found.name for found in rows]
     assert shown == [
         str(single),
         f"{folder}/a.png",
@@ -563,10 +566,10 @@ def test_iter_inputs_walks_files_folders_and_zips_with_refusals(tmp_path):
         f"{zpath}/../evil.jpg",
         str(tmp_path / "missing.jpg"),
     ]
-    readable = {name: read for name, read, refusal in rows if refusal is None}
-    assert readable[str(single)]() == single.read_bytes()
-    assert readable[f"{zpath}/test1/1.jpg"]() == image()
-    refusals = {name: refusal for name, _, refusal in rows if refusal}
+    readable = {found.name: found for found in rows if found.refusal is None}
+    assert readable[str(single)].read() == single.read_bytes()
+    assert readable[f"{zpath}/test1/1.jpg"].read() == image()
+    refusals = {found.name: found.refusal for found in rows if found.refusal}
     assert refusals[f"{folder}/notes.txt"] == "skipped: not an image file type"
     assert refusals[f"{zpath}/../evil.jpg"].startswith("refused: unsafe path")
     assert "no such file or folder" in refusals[str(tmp_path / "missing.jpg")]
@@ -615,8 +618,8 @@ def test_a_duplicated_name_never_shadows_the_first_entry_and_counts_once(tmp_pat
     assert dataset.skipped.status.str.startswith("refused: duplicate name").sum() == 2
 
     rows = list(iter_inputs([zpath]))
-    assert [refusal for _, _, refusal in rows].count(None) == 3
-    assert rows[0][1]() == cat
+    assert [found.refusal for found in rows].count(None) == 3
+    assert rows[0].read() == cat
 
 
 def test_paths_that_extract_to_one_file_are_duplicates_too(tmp_path):
@@ -683,6 +686,175 @@ def test_no_reason_shows_a_python_repr(tmp_path, bad_inputs):
     files = {f"cat.{i}.jpg": data for i, data in enumerate([b"", b"GIF89a" + bytes(20), b"\x89PNG\r\n\x1a\n", b"BM"])}
     folder = write_folder(tmp_path / "bad", files)
     reasons = [*scan(folder).status, *scan(bad_inputs / "class-folders.zip").status]
-    reasons += [refusal for _, _, refusal in iter_inputs([bad_inputs / "zip-slip.zip", tmp_path / "nope.zip"])]
+    reasons += [found.refusal for found in iter_inputs([bad_inputs / "zip-slip.zip", tmp_path / "nope.zip"])]
     for reason in filter(None, reasons):
         assert not re.search(r"<\w[^>]* at 0x|object at|b'|\\x[0-9a-f]{2}|Traceback|Error\(", reason), reason
+
+
+# --- zips held in memory (uploads) ------------------------------------------------------------------------------
+
+
+class Uploaded(io.BytesIO):
+    """An upload as Streamlit hands it over: a BytesIO over the bytes, with the name it was dropped as."""
+
+    def __init__(self, name: str, data: bytes):
+        super().__init__(data)
+        self.name = name
+
+
+def hostile_zips(tmp_path: Path, bad_inputs: Path) -> list[Path]:
+    """Real zips that trip every per-entry guard: unsafe paths, duplicates, a bomb-like ratio, the per-file cap,
+    damaged and encrypted entries, junk, class folders."""
+    ratio = write_zip(tmp_path / "ratio.zip", {"dog.1.jpg": bytes(3 * 2**20), "cat.1.jpg": image()}, 8)
+    dupes = write_zip_entries(
+        tmp_path / "dupes.zip", [("cat.1.jpg", image()), ("cat.1.jpg", b"x"), ("a//cat.1.jpg", b"")]
+    )
+    big = write_zip(tmp_path / "big.zip", {"cat.1.jpg": image() + bytes(5 * 2**20), "notes.txt": b"hi"})
+    damaged = write_zip(tmp_path / "damaged.zip", {"dog.1.jpg": image(width=300, height=200), "cat.1.jpg": image()}, 8)
+    raw = bytearray(damaged.read_bytes())
+    local = raw.index(b"PK\x03\x04")
+    data_at = local + 30 + struct.unpack_from("<H", raw, local + 26)[0]
+    raw[data_at : data_at + 8] = b"\xff" * 8
+    raw[raw.index(b"PK\x03\x04", data_at) + 6] |= 0x1  # the second entry marked encrypted
+    raw[raw.index(b"PK\x01\x02", raw.index(b"PK\x01\x02") + 4) + 8] |= 0x1
+    damaged.write_bytes(bytes(raw))
+    shipped = [bad_inputs / name for name in ("zip-slip.zip", "class-folders.zip", "macos-made.zip")]
+    return [ratio, dupes, big, damaged, *shipped]
+
+
+def test_a_zip_read_from_memory_gets_exactly_the_guards_and_reasons_of_the_same_zip_on_disk(
+    tmp_path, bad_inputs, monkeypatch
+):
+    monkeypatch.setattr(config, "MAX_FILE_BYTES", 4 * 2**20)
+    reasons = []
+    for zpath in hostile_zips(tmp_path, bad_inputs):
+        on_disk, in_memory = Source(zpath), Source.from_bytes(zpath.name, zpath.read_bytes())
+        assert in_memory.listing == on_disk.listing, zpath.name
+        for disk_input, memory_input in zip(on_disk.inputs(), in_memory.inputs(), strict=True):
+            assert (memory_input.name, memory_input.refusal) == (disk_input.name, disk_input.refusal)
+            outcomes = []
+            for found in (disk_input, memory_input):
+                try:
+                    outcomes.append(found.read())
+                except ImageError as err:  # refused when listed, or a damaged or encrypted entry: its reason
+                    outcomes.append(str(err))
+            assert outcomes[0] == outcomes[1], (zpath.name, disk_input.name)
+            reasons += [outcomes[0]] if isinstance(outcomes[0], str) else []
+    guards = ["unsafe path", "duplicate name", "compression ratio", "per-file cap", "not an image file type"]
+    guards += ["compressed data is corrupt", "encrypted"]
+    assert [guard for guard in guards if not any(guard in reason for reason in reasons)] == []
+
+
+def test_a_zip_bomb_or_a_broken_zip_in_memory_is_refused_with_the_reason_one_on_disk_gets(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "MAX_ZIP_TOTAL_BYTES", 200_000)
+    rng = np.random.default_rng(0)
+    bomb = write_zip(tmp_path / "total.zip", {f"cat.{i}.jpg": rng.bytes(90_000) for i in range(3)})
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"plain text, not a zip")
+    for zpath in (bomb, broken):
+        with pytest.raises(DatasetError) as on_disk:
+            Source(zpath)
+        with pytest.raises(DatasetError) as in_memory:
+            Source.from_bytes(zpath.name, zpath.read_bytes())
+        assert str(in_memory.value) == str(on_disk.value)
+    (refused,) = iter_inputs([Uploaded("total.zip", bomb.read_bytes())])
+    assert refused.reader is None and "refused as a zip bomb" in refused.refusal
+    assert files_under(tmp_path) == {"total.zip", "broken.zip"}  # nothing written
+
+
+def test_reading_every_entry_of_a_zip_in_memory_never_copies_the_zip(tmp_path):
+    files = {f"cat.{i}.jpg": image(seed=i, width=200, height=150) for i in range(40)}
+    data = write_zip(tmp_path / "photos.zip", files).read_bytes()
+    upload = Uploaded("photos.zip", data)
+    tracemalloc.start()
+    try:
+        same = [found.read() == files[found.name] for found in iter_inputs([upload])]  # each read, then let go
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert same == [True] * len(files)
+    assert peak < len(data) // 2  # every entry read from the one upload buffer: no copy of it, per entry or at all
+
+
+def test_iter_inputs_takes_uploads_photos_and_zips_as_one_kind_of_input(tmp_path):
+    photo = image(seed=5)
+    zdata = write_zip(tmp_path / "z.zip", {"test1/1.jpg": image(), "../evil.jpg": image()}).read_bytes()
+    rows = list(iter_inputs([Uploaded("me.jpg", photo), Uploaded("z.zip", zdata), tmp_path / "z.zip"]))
+    assert all(isinstance(found, Input) for found in rows)
+    assert [found.name for found in rows] == [
+        "me.jpg",
+        "test1/1.jpg",
+        "../evil.jpg",
+        f"{tmp_path / 'z.zip'}/test1/1.jpg",
+        f"{tmp_path / 'z.zip'}/../evil.jpg",
+    ]
+    assert rows[0].read() == photo and rows[1].read() == image() == rows[3].read()
+    assert rows[2].refusal == rows[4].refusal == "refused: unsafe path in zip (absolute or '..')"
+    with pytest.raises(ImageError, match="unsafe path"):
+        rows[2].read()
+    (refused,) = iter_inputs([Uploaded("z.zip", zdata)], zip_refusal="a zip: not here")
+    assert (refused.name, refused.reader, refused.refusal) == ("z.zip", None, "a zip: not here")
+
+
+# --- one version of a dataset -------------------------------------------------------------------------------------
+
+
+def stored_png(seed: int) -> bytes:
+    """A real PNG whose size depends only on its dimensions (no compression), so two seeds give equal sizes."""
+    pixels = cv2.imdecode(np.frombuffer(make_jpeg(64, 48, seed), np.uint8), cv2.IMREAD_COLOR)
+    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 0])
+    assert ok
+    return buf.tobytes()
+
+
+def test_a_zip_rewritten_in_place_is_a_new_version_for_the_listing_the_npz_cache_and_the_scans(tmp_path):
+    from core.jobs import DatasetScans
+
+    zpath = tmp_path / "data.zip"
+    write_zip(zpath, {"cat.1.png": stored_png(1), "dog.1.png": stored_png(2)})
+    stat = zpath.stat()
+    scans = DatasetScans()
+    versions = [dataset_version(zpath)]
+    listings = [Source(zpath).listing]
+    loads = [load_dataset(zpath, cache_dir=tmp_path / "cache")]
+    manifests = [scans.get(zpath)]
+    assert manifests[0].wait(60)  # the scan reads the zip in a thread: done before the zip is rewritten
+    # Rewritten in place twice: once to another size with the old mtime, once to the same size with a later one.
+    rewrites = [
+        ({"cat.1.png": stored_png(1), "dog.1.png": stored_png(2), "dog.2.png": stored_png(3)}, stat.st_mtime_ns),
+        (
+            {"cat.1.png": stored_png(4), "dog.1.png": stored_png(5), "dog.2.png": stored_png(6)},
+            stat.st_mtime_ns + 10**9,
+        ),
+    ]
+    for files, mtime_ns in rewrites:
+        write_zip(zpath, files)
+        os.utime(zpath, ns=(mtime_ns, mtime_ns))
+        versions.append(dataset_version(zpath))
+        listings.append(Source(zpath).listing)
+        loads.append(load_dataset(zpath, cache_dir=tmp_path / "cache"))
+        manifests.append(scans.get(zpath))
+        assert manifests[-1].wait(60)
+    assert zpath.stat().st_size == tmp_path.joinpath("data.zip").stat().st_size
+    assert len(set(versions)) == 3
+    assert [len(listing) for listing in listings] == [2, 3, 3] and listings[1] != listings[2]
+    assert [loaded.from_cache for loaded in loads] == [False, False, False]
+    assert len({loaded.fingerprint for loaded in loads}) == 3
+    assert not np.array_equal(loads[1].x, loads[2].x)
+    assert len({id(state) for state in manifests}) == 3
+    for state, listing in zip(manifests, listings, strict=True):
+        assert state.error is None
+        assert state.manifest.name.tolist() == [item.name for item in listing]
+    assert load_dataset(zpath, cache_dir=tmp_path / "cache").from_cache  # the same version again: a cache hit
+    assert scans.get(zpath) is manifests[-1] and dataset_version(zpath) == versions[-1]
+
+
+def test_a_folder_is_a_new_version_when_a_file_deep_inside_it_is_rewritten(tmp_path):
+    folder = write_folder(tmp_path / "photos", {"cats/cat.1.jpg": image(), "dogs/deep/dog.1.jpg": image(seed=1)})
+    before = dataset_version(folder)
+    deep = folder / "dogs" / "deep" / "dog.1.jpg"
+    mtime = deep.stat().st_mtime_ns
+    deep.write_bytes(image(seed=2))
+    os.utime(deep, ns=(mtime + 10**9, mtime + 10**9))
+    assert dataset_version(folder) != before
+    assert dataset_version(folder) == dataset_version(folder)

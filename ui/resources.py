@@ -20,8 +20,8 @@ from streamlit.runtime.scriptrunner import script_runner
 
 from core import catalog, config
 from core.catalog import ModelChoice, Upload
-from core.data import DatasetError, Source
-from core.jobs import dataset_scans, owner_label, source_version, training_manager
+from core.data import DatasetError, Source, dataset_version
+from core.jobs import dataset_scans, owner_label, training_manager
 
 if TYPE_CHECKING:  # core.predict pulls in TensorFlow when a Keras Predictor is built, never at import
     from core.predict import BasePredictor
@@ -320,27 +320,28 @@ def wait_for_warm_up(timeout: float | None = None) -> bool:
 
 
 @st.cache_resource(max_entries=4)
-def _open_source(path: str, version: tuple) -> Source:
+def _open_source(path: str, version: str) -> Source:
     return Source(path)
 
 
 def open_source(path: Path) -> Source:
-    """A dataset source listed once per version, for reading thumbnails without relisting 25,000 names."""
+    """A dataset source listed once per version (core.data.dataset_version), for reading thumbnails without
+    relisting 25,000 names."""
     try:
-        return _open_source(str(path), source_version(path))
+        return _open_source(str(path), dataset_version(path))
     except (OSError, DatasetError):
         st.warning(f"{dataset_name(path)} is no longer there: choose a dataset on the Dataset page.")
         st.stop()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _fingerprint(path: str, version: tuple) -> str:
+def _fingerprint(path: str, version: str) -> str:
     return Source(path).fingerprint()
 
 
 def dataset_fingerprint(path: Path) -> str:
     """The content fingerprint of a dataset, once per version of it: what its corrections file is named by."""
-    return _fingerprint(str(path), source_version(path))
+    return _fingerprint(str(path), dataset_version(path))
 
 
 def training_source(meta: dict) -> Path | None:
@@ -349,7 +350,7 @@ def training_source(meta: dict) -> Path | None:
     candidates = [p for p in (active_dataset(),) if p] + catalog.dataset_candidates(session_owner())
     for path in dict.fromkeys(candidates):
         try:
-            if wanted and _fingerprint(str(path), source_version(path)) == wanted:
+            if wanted and dataset_fingerprint(path) == wanted:
                 return path
         except (OSError, DatasetError):  # removed or unreadable since it was listed
             continue

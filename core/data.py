@@ -90,7 +90,7 @@ class Source:
     """A dataset source read in place: a folder, a zip, or a single image file; or a zip held in memory."""
 
     def __init__(self, path: str | os.PathLike, data: bytes | None = None):
-        self.path = Path(path).expanduser()
+        self.path = Path(path) if data is not None else Path(path).expanduser()  # an upload's name is just a name
         self._data = data
         self._local = threading.local()
         self._names: dict[str, Listed] | None = None

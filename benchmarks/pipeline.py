@@ -26,11 +26,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core import config  # noqa: E402
-from core.data import load_dataset, load_images  # noqa: E402
-from core.pipeline import PipelineConfig  # noqa: E402
+from core import config
+from core.data import load_dataset, load_images
+from core.pipeline import PipelineConfig
 
 SEED = PipelineConfig(80, "grayscale")
 

@@ -74,9 +74,8 @@ def test_the_downloaded_onnx_zip_loads_in_onnx_runtime_and_its_script_predicts_w
     saved_run, app_dirs, small_zip, tmp_path
 ):
     import onnxruntime as ort
+    from harness import IDLE, launch_chromium, running_server, screenshot
     from playwright.sync_api import sync_playwright
-
-    from ui.harness import IDLE, launch_chromium, running_server, screenshot
 
     env = {
         "CVD_DATA_DIR": str(app_dirs.data),

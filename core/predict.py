@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from core.config import CLASS_NAMES, TTA_MODES, UNSURE_MARGIN
-from core.data import iter_inputs
 from core.errors import ModelMissing, SettingsError
 from core.metrics import AS_THE_APP_PREDICTS, Accuracy, expected_calibration_error, reliability_bins
 from core.pipeline import ImageError, PipelineConfig, decode, to_model_input
@@ -67,10 +66,6 @@ class BasePredictor:
         except ImageError as err:
             return Prediction(file, None, None, str(err))
         return self._labelled(file, self.pixel_probabilities(x[None])[0])
-
-    def predict_path(self, path: str | os.PathLike) -> Prediction:
-        """Label one image file."""
-        return self.predict_many(iter_inputs([path]))[0]
 
     def _decoder_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.data import Source
+from core.data import Source, iter_inputs
 from core.export import FORMATS, export_bundle, export_path, verify_export
 from core.fastpath import current_export, open_predictor
 
@@ -116,7 +116,6 @@ def test_the_downloaded_onnx_zip_loads_in_onnx_runtime_and_its_script_predicts_w
     assert proc.returncode == 0, proc.stderr
     rows = [line.split(",") for line in proc.stdout.splitlines()[1:]]
     app = open_predictor(saved_run.model_path)
-    for file, label, prob, _ in rows:
-        expected = app.predict_path(file)
-        assert label == expected.label and abs(float(prob) - expected.prob_dog) <= 1e-4
+    for (file, label, prob, _), expected in zip(rows, app.predict_many(iter_inputs(r[0] for r in rows)), strict=True):
+        assert expected.file == file and label == expected.label and abs(float(prob) - expected.prob_dog) <= 1e-4
     assert len(rows) == 3

@@ -349,6 +349,18 @@ def _subset(items: list[Listed], limit: int | None, seed: int) -> list[Listed]:
     return sorted(picked, key=lambda it: it.name)
 
 
+def split_indices(labels: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified train/validation split that is the same for the same labels and seed."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(idx) * validation_split))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
 def load_dataset(
     path: str | os.PathLike,
     cfg: PipelineConfig = PipelineConfig(),

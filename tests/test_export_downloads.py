@@ -10,22 +10,18 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from app_session import open_app
 from streamlit.testing.v1 import AppTest
 
 from core.data import Source, iter_inputs
 from core.export import FORMATS, export_bundle, export_path, verify_export
 from core.fastpath import current_export, open_predictor
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 def open_runs() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=600)
-    at.run()
-    at.switch_page("pages/runs.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app("pages/runs.py", timeout=600)
 
 
 def downloads(at: AppTest) -> list[str]:

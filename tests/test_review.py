@@ -224,6 +224,7 @@ def test_the_finder_runs_in_the_background_and_only_its_session_cancels_it_with_
         assert "Started by session" in texts(other.caption)
         other.button(key="dataset_issues_cancel_other").click().run()
         assert "What it has found so far is lost" in texts(other.warning)
+        assert other.button(key="dataset_issues_cancel_other_confirm").label == "Yes, cancel it"
         at.button(key="dataset_issues_cancel").click().run()
         assert job.wait(300)
     finally:

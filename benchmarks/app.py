@@ -27,10 +27,13 @@ import time
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core import catalog, config
+from core.config import ROOT
 
-from core import catalog, config  # noqa: E402
-from ui.harness import IDLE, launch_chromium, start_server, wait_healthy  # noqa: E402
+# The browser harness is test infrastructure (tests/harness.py): tests/ is not installed with core and ui,
+# so this script, like pytest, finds it on the path.
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import IDLE, launch_chromium, start_server, wait_healthy  # noqa: E402
 
 FIRST_RENDER_TARGET_S = 3.0
 DROP_TO_LABEL_TARGET_MS = 300.0

@@ -11,13 +11,19 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import waitress
 from flask import Flask, Request, Response, jsonify, request
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from core import config
 from core.fastpath import open_predictor
+from core.metrics import recorded_accuracies
 from core.pipeline import PipelineConfig
 from core.predict import BasePredictor, Prediction
+from core.runs import model_meta
 
 # The request size cap, the same in Flask and in waitress: waitress refuses a bigger body as it arrives (from its
 # Content-Length, or as soon as a chunked body passes it), so a client can never make the server spool more.
@@ -37,8 +43,6 @@ OPEN_PATHS = ("/health",)  # answered without the token, so a load balancer can 
 
 def model_info(predictor: BasePredictor) -> dict:
     """What /health reports about the model: name, a content hash as its version, file, preset and accuracy."""
-    from core.runs import model_meta
-
     path = predictor.path
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -68,8 +72,6 @@ def model_info(predictor: BasePredictor) -> dict:
 def _accuracy_details(meta: dict) -> dict:
     # The reported accuracy's 95% interval, its photo count and how it was predicted; the training's own
     # one-look figure beside it when both are known.
-    from core.metrics import recorded_accuracies
-
     app, single = recorded_accuracies(meta)
     score = app or single
     if score is None:
@@ -256,8 +258,6 @@ def serve(
     model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, threads: int = SERVER_THREADS
 ) -> None:
     """Serve the API with waitress (a production WSGI server) until interrupted; port 0 picks a free one."""
-    import waitress
-
     app = create_app(Path(model_path))
     settings = _waitress_settings(app.config["MAX_CONTENT_LENGTH"], threads)
     _raise_open_files_limit(settings["connection_limit"] + 256)
@@ -282,9 +282,6 @@ def answer_waitress_errors_in_json(sockets: dict, too_large: str) -> None:
     internals (pinned `waitress>=3.0,<4` in requirements.txt, with this function named there): each listening
     server's `channel_class`, whose `error_task_class` makes those answers. tests/test_api.py checks it.
     """
-    from waitress.channel import HTTPChannel
-    from waitress.server import BaseWSGIServer
-    from waitress.task import ErrorTask
 
     class JsonErrorTask(ErrorTask):
         def execute(self):

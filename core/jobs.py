@@ -9,19 +9,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from core.data import DatasetError, scan
 from core.errors import UserError
-from core.label_issues import FinderConfig, FinderProgress
+from core.label_issues import Cancelled, FinderConfig, FinderProgress, find_label_issues, save_issues
+from core.progress import ProgressEvent
 from core.runs import RunStore, TrainingInProgress
-
-if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state without it
-    from core.progress import ProgressEvent
-    from core.settings import TrainConfig
-    from core.train import RunResult
+from core.settings import TrainConfig
+from core.train import RunResult, train
 
 RUNNING = ("loading", "training", "stopping")
 BATCH_COLUMNS = ["step", "epoch", "batch", "loss", "accuracy", "batch_loss", "learning_rate"]
@@ -143,8 +140,6 @@ class TrainingJob:
 
     def _run(self) -> None:
         try:
-            from core.train import train
-
             result = train(self.source, self.config, progress=self._on_progress, cancel=self._cancel, **self._dirs())
         except _Cancelled:
             self._finish(status="stopped")
@@ -421,8 +416,6 @@ class FinderJob:
         self._thread = threading.Thread(target=self._run, name="label-issue-finder", daemon=True)
 
     def _run(self) -> None:
-        from core.label_issues import Cancelled, find_label_issues, save_issues
-
         try:
             result = find_label_issues(self.source, self.config, progress=self._on_progress, cancel=self._cancel)
             if result.fingerprint != self._state.fingerprint:

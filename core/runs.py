@@ -20,7 +20,9 @@ from filelock import FileLock, Timeout
 
 from core import config
 from core.config import atomic_write, write_error
+from core.data import label_from_name
 from core.errors import DatasetError, NotFound, RunError, TrainingInProgress
+from core.metrics import held_out, recorded_accuracies
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -231,8 +233,6 @@ SUMMARY_COLUMNS = ["run", "epochs", "accuracy", "95% CI", "held out", "settings"
 
 def summary_row(name: str, meta: dict) -> dict:
     """A model's row for the Runs table: epochs done of those asked, accuracy and its interval, settings, time."""
-    from core.metrics import recorded_accuracies
-
     cfg, metrics = meta.get("config", {}), meta.get("metrics", {})
     app, single = recorded_accuracies(meta)
     score = app or single
@@ -287,8 +287,6 @@ def model_meta(model_path: Path) -> dict:
 
 def regression_sample(validation_names: list[str], n: int = 400, seed: int = 0) -> list[str]:
     """A fixed, class-balanced sample of a model's own validation images for the CI accuracy check."""
-    from core.data import label_from_name
-
     rng = random.Random(seed)
     picked: list[str] = []
     for label in (0, 1):
@@ -335,8 +333,7 @@ def record_accuracy(target: Path, source: str | os.PathLike) -> dict:
     they are unsure about a second, mirrored look. This records the accuracy users get (metrics.accuracy, with
     metrics.accuracy_n and metrics.measured_on), beside the training figure (metrics.best_val_accuracy).
     """
-    from core.metrics import held_out
-    from core.predict import Predictor, evaluate
+    from core.predict import Predictor, evaluate  # core.predict is a layer above the run store
 
     target = Path(target)
     meta = model_meta(target)

@@ -13,6 +13,7 @@ from core import catalog, config
 from core.catalog import ModelChoice
 from core.corrections import MyPhotos
 from core.data import DatasetError, Source
+from core.gradcam import LEGEND, explain, legend
 from core.pipeline import ImageError, decode_preview
 from core.predict import Prediction, predictions_frame, submission_frame
 from ui.navigation import run_through_entrypoint
@@ -113,7 +114,6 @@ def preview_files(model: ModelChoice, files: list) -> list:
 
 def explain_files(model: ModelChoice, files: list) -> list:
     """Grad-CAM overlays at the photos' original size (None for a file that cannot be explained)."""
-    from core.gradcam import explain
 
     def overlays(todo: list) -> list:
         found = []
@@ -206,8 +206,6 @@ def table_ui(table) -> None:
 
 
 def legend_ui() -> None:
-    from core.gradcam import LEGEND, legend
-
     st.image(legend(512, 14), width=512)
     st.caption(f"Where the model looked (Grad-CAM, last convolutional layer): {LEGEND}.")
 

@@ -10,6 +10,7 @@ import streamlit as st
 from core import catalog, config
 from core.catalog import ModelChoice
 from core.config import CLASS_NAMES
+from core.gradcam import LEGEND, explain, legend
 from core.jobs import owner_label, source_version
 from core.metrics import held_out, percent
 from core.predict import Evaluation
@@ -51,8 +52,6 @@ METRICS = {
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _overlay(model: str, model_mtime: int, source: str, version: tuple, name: str):
-    from core.gradcam import explain
-
     return explain(predictor(Path(model)), open_source(Path(source)).read(name)).overlay
 
 
@@ -384,8 +383,6 @@ def misclassified_ui(model: ModelChoice, source: Path, result: Evaluation) -> No
     reader = open_source(source)
     photos = [reader.read(name) for name in shown.file]
     if st.toggle("Show where the model looked", key="runs_gradcam"):
-        from core.gradcam import LEGEND, legend
-
         model_key = (str(model.path), model_version(model.path), str(source), source_version(source))
         try:
             photos = [_overlay(*model_key, name) for name in shown.file]

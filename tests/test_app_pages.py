@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from streamlit.testing.v1 import AppTest
+from app_session import APP, open_app, texts
 
 from core import catalog, config
 from core.data import Source
@@ -23,18 +23,8 @@ from core.metrics import recorded_accuracies
 from core.runs import RunStore, promote_run
 from ui.status import duration
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["pages/dataset.py", "pages/train.py", "pages/predict.py", "pages/runs.py"]
 HOSTILE = {"zero-byte.jpg": "empty file", "text-named.jpg": "not an image", "truncated.jpg": "truncated"}
-
-
-def open_app(page: str = "pages/dataset.py") -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    if page != "pages/dataset.py":
-        at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def sidebar() -> str:
@@ -42,10 +32,6 @@ def sidebar() -> str:
     at = open_app()
     progress = "\n".join(p.text for p in at.get("progress"))
     return "\n".join([texts(at.sidebar.get("markdown")), texts(at.caption), progress])
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def photo(name: str, source: Path) -> bytes:

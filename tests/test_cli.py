@@ -232,7 +232,7 @@ def test_predict_writes_csv_to_stdout_without_csv_option(cli_home, model_path, t
 
 
 def test_predict_gives_the_dashboards_p_dog_by_default_and_tta_is_one_of_three_modes(cli_home, train_zip, tmp_path):
-    from core.data import Source
+    from core.data import Source, iter_inputs
     from core.predict import Predictor
 
     src = Source(train_zip)
@@ -249,8 +249,10 @@ def test_predict_gives_the_dashboards_p_dog_by_default_and_tta_is_one_of_three_m
         assert proc.returncode == 0, proc.stderr
         runs[mode] = pd.read_csv(out).set_index("file").prob_dog
     in_process = Predictor(config.DEFAULT_MODEL)  # the Predict page's and the API's predictor
-    for file, prob in runs["default"].items():
-        assert prob == pytest.approx(in_process.predict_path(file).prob_dog, abs=1e-5)
+    for (file, prob), pred in zip(
+        runs["default"].items(), in_process.predict_many(iter_inputs(runs["default"].index)), strict=True
+    ):
+        assert pred.file == file and prob == pytest.approx(pred.prob_dog, abs=1e-5)
     assert (runs["default"] != runs["off"]).any()  # some photo was unsure enough for a second look
 
     refused = run_cli(cli_home, "predict", photos, "--tta", "sometimes")

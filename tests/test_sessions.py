@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from app_session import open_app, texts
 from conftest import make_jpeg
 from streamlit.testing.v1 import AppTest
 
@@ -23,24 +24,6 @@ from core import catalog, config
 from core.data import DatasetError, Source
 from core.jobs import DatasetScans, dataset_scans, owner_label, training_manager
 from core.runs import RunStore, promote_run
-
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-
-
-def open_app(page: str = "pages/dataset.py", owner: str | None = None) -> AppTest:
-    """A new session; with owner, one of the browser that owns that id (as a reload of that browser is)."""
-    at = AppTest.from_file(APP, default_timeout=180)
-    if owner is not None:
-        at.session_state["session_owner"] = owner
-    at.run()
-    if page != "pages/dataset.py":
-        at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
 
 
 def owner_of(at: AppTest) -> str:

@@ -189,7 +189,7 @@ def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike
 
 
 def _accuracy(model_path: Path) -> dict:
-    from core.catalog import describe
+    from core.registry import describe
     from core.runs import model_meta
 
     choice = describe("export", model_path)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import catalog, config
+from core import config, datasets
 from core.corrections import MyPhotos, corrections_path
 from core.data import OK, DatasetError, summarize
 from core.jobs import FinderBusy, dataset_scans, finder_jobs, owner_label, training_manager
 from core.label_issues import KINDS, FinderConfig, load_issues
 from core.pipeline import ImageError, PipelineConfig, decode, decode_preview
+from core.uploads import dataset_candidates
 from ui import charts, review
 from ui.navigation import run_through_entrypoint
 from ui.resources import (
@@ -90,7 +91,7 @@ def source_ui() -> Path | None:
         st.warning(notice)
     mine = session_uploads()
     uploaded = {str(u.path): u.name for u in mine}
-    candidates = [str(p) for p in catalog.dataset_candidates(session_owner())]
+    candidates = [str(p) for p in dataset_candidates(session_owner())]
     current = active_dataset()
     options = [*candidates, UPLOAD, FOLDER]
     if current is not None and str(current) in candidates:
@@ -140,11 +141,11 @@ def folder_ui(current: Path | None, candidates: list[str]) -> Path | None:
     if not typed:
         return None
     try:
-        path = catalog.check_dataset(typed)
+        path = datasets.check_dataset(typed)
     except DatasetError as err:
         st.error(str(err))
         return None
-    if problem := catalog.missing_classes(path.name, catalog.manifest_entries(manifest_of(path))):
+    if problem := datasets.missing_classes(path.name, datasets.manifest_entries(manifest_of(path))):
         st.error(problem)
         return None
     set_active_dataset(path)
@@ -473,7 +474,7 @@ def my_photos_ui() -> None:
 st.title("Dataset")
 dataset = source_ui()
 if dataset is None:
-    if not catalog.dataset_candidates(session_owner()):
+    if not dataset_candidates(session_owner()):
         st.info(HOW_TO_GET_DATA)
     st.stop()
 

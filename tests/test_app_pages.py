@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import catalog, config
+from core import config, registry
 from core.data import Source
 from core.jobs import dataset_scans, training_manager
 from core.metrics import recorded_accuracies
@@ -279,10 +279,10 @@ def test_the_shipped_default_comes_first_and_a_pick_sets_this_sessions_model_onl
     promote_run(saved_run, config.DEFAULT_MODEL)
     at = open_app("pages/predict.py")
     assert at.selectbox(key="predict_model").options[0].startswith("Shipped default")
-    assert at.selectbox(key="predict_model").value == catalog.DEFAULT_KEY
+    assert at.selectbox(key="predict_model").value == registry.DEFAULT_KEY
     assert "Shipped default" in sidebar()
     at.selectbox(key="predict_model").set_value(saved_run.id).run()
-    assert catalog.server_default().key == catalog.DEFAULT_KEY  # the server's default is untouched
+    assert registry.default_model().key == registry.DEFAULT_KEY  # the server's default is untouched
     assert "**Shipped default**" in sidebar()  # and a fresh tab (a new session) still gets it
     at.switch_page("pages/runs.py").run()  # while this session keeps its pick on every page
     assert f"This session predicts with **{saved_run.id}**" in texts(at.caption)
@@ -344,14 +344,14 @@ def test_runs_page_evaluates_activates_and_deletes_a_run(saved_run, dataset, app
     assert len(wrong) == min(len(at.image), 24)
 
     at.button(key="runs_use").click().run()
-    assert at.button(key="runs_use").disabled and catalog.server_default().key == second.name  # this session only
+    assert at.button(key="runs_use").disabled and registry.default_model().key == second.name  # this session only
     at.button(key="runs_make_default").click().run()
-    assert "default model for everyone" in texts(at.warning) and catalog.server_default().key == second.name
+    assert "default model for everyone" in texts(at.warning) and registry.default_model().key == second.name
     at.button(key="runs_make_default_cancel").click().run()
-    assert not at.warning and catalog.server_default().key == second.name
+    assert not at.warning and registry.default_model().key == second.name
     at.button(key="runs_make_default").click().run()
     at.button(key="runs_make_default_confirm").click().run()
-    assert catalog.server_default().key == saved_run.id and at.button(key="runs_make_default").disabled
+    assert registry.default_model().key == saved_run.id and at.button(key="runs_make_default").disabled
     assert "Default model for everyone: **" + saved_run.id in texts(at.caption)
 
     at.button(key="runs_delete").click().run()
@@ -460,7 +460,7 @@ def test_runs_page_evaluates_the_shipped_model_on_a_small_labeled_zip(shipped, d
     at = open_app("pages/runs.py")
     table = at.dataframe[0].value
     assert table.run.tolist() == ["Shipped default"] and table.epochs[0] == "32 / 50"  # listed beside the runs
-    assert at.selectbox(key="runs_selected").value == catalog.DEFAULT_KEY
+    assert at.selectbox(key="runs_selected").value == registry.DEFAULT_KEY
     # The session's dataset is not the one it trained on, so it is offered whole.
     assert at.selectbox(key="runs_eval_dataset").value == str(dataset)
     at.toggle(key="runs_evaluate").set_value(True).run()

@@ -11,7 +11,7 @@ import streamlit as st
 from core import config, datasets
 from core.corrections import MyPhotos, corrections_path
 from core.data import OK, DatasetError, summarize
-from core.jobs import FinderBusy, dataset_scans, finder_jobs, owner_label, training_manager
+from core.jobs import FinderBusy, owner_label
 from core.label_issues import KINDS, FinderConfig, load_issues
 from core.pipeline import ImageError, PipelineConfig, decode, decode_preview
 from core.uploads import dataset_candidates
@@ -23,12 +23,15 @@ from ui.resources import (
     dataset_fingerprint,
     dataset_name,
     dataset_notice,
+    dataset_scans,
+    finder_jobs,
     open_source,
     remove_upload,
     save_upload,
     session_owner,
     session_uploads,
     set_active_dataset,
+    training_manager,
 )
 from ui.status import clock, duration, plural
 

@@ -18,9 +18,9 @@ from streamlit.testing.v1 import AppTest
 
 from core import config, registry
 from core.data import Source
-from core.jobs import dataset_scans, training_manager
 from core.metrics import recorded_accuracies
 from core.runs import RunStore, promote_run
+from ui.resources import dataset_scans
 from ui.status import duration
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
@@ -50,16 +50,6 @@ def texts(elements) -> str:
 
 def photo(name: str, source: Path) -> bytes:
     return Source(source).read(name)
-
-
-@pytest.fixture(autouse=True)
-def no_run_left_behind():
-    """The training manager is per process: never let one test's run leak into the next."""
-    yield
-    job = training_manager().current
-    if job is not None and job.running:
-        job.stop()
-        job.wait(300)
 
 
 @pytest.fixture
@@ -189,13 +179,13 @@ def test_choosing_a_preset_loads_its_settings(dataset):
 
 
 @pytest.mark.slow
-def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(dataset, app_dirs):
+def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(dataset, app_dirs, training):
     at = open_app("pages/train.py")
     at.slider(key="train_epochs").set_value(1)
     at.slider(key="train_batch_size").set_value(16)
     at.slider(key="train_validation_split").set_value(0.25)
     at.button(key="train_start").click().run()
-    job = training_manager().current
+    job = training.current
     assert (job.config.preset, job.config.epochs, job.config.batch_size) == ("seed", 1, 16)
     assert job.config.validation_split == 0.25 and job.config.image_size == 80 and job.config.limit is None
     assert job.wait(300)
@@ -222,17 +212,17 @@ def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(datas
 
 
 @pytest.mark.slow
-def test_a_second_start_from_another_tab_gets_a_clear_message_and_stop_ends_the_run(dataset):
+def test_a_second_start_from_another_tab_gets_a_clear_message_and_stop_ends_the_run(dataset, training):
     at, other_tab = open_app("pages/train.py"), open_app("pages/train.py")
     at.slider(key="train_epochs").set_value(50)
     at.number_input(key="train_limit").set_value(100)
     at.button(key="train_start").click().run()
-    job = training_manager().current
+    job = training.current
     assert job.running and not at.button(key="train_stop").disabled
 
     other_tab.button(key="train_start").click().run()
     assert "already in progress" in texts(other_tab.warning) and not other_tab.exception
-    assert training_manager().current is job
+    assert training.current is job
 
     at.button(key="train_stop").click().run()
     assert job.wait(300)
@@ -372,10 +362,10 @@ def test_a_run_trained_elsewhere_says_where_to_find_its_dataset(saved_run, app_d
 
 
 @pytest.mark.slow
-def test_the_sidebar_shows_a_run_in_progress(dataset):
+def test_the_sidebar_shows_a_run_in_progress(dataset, training):
     from core.settings import TrainConfig
 
-    job = training_manager().start(dataset, TrainConfig(epochs=50, limit=100, batch_size=8), runs_dir=config.RUNS_DIR)
+    job = training.start(dataset, TrainConfig(epochs=50, limit=100, batch_size=8), runs_dir=config.RUNS_DIR)
     deadline = time.time() + 120
     while not job.snapshot().batch_log and time.time() < deadline:
         time.sleep(0.05)

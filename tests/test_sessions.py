@@ -21,8 +21,9 @@ from streamlit.testing.v1 import AppTest
 
 from core import config, datasets, registry, uploads
 from core.data import DatasetError, Source
-from core.jobs import DatasetScans, dataset_scans, owner_label, training_manager
+from core.jobs import DatasetScans, TrainingManager, owner_label
 from core.runs import RunStore, promote_run
+from ui.resources import dataset_scans
 
 APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 
@@ -58,16 +59,6 @@ def zip_bytes(entries: dict[str, bytes]) -> bytes:
 def drop(at: AppTest, name: str, data: bytes) -> AppTest:
     at.radio(key="dataset_choice").set_value("upload").run()
     return at.file_uploader(key="dataset_upload").set_value((name, data, "application/zip")).run()
-
-
-@pytest.fixture(autouse=True)
-def no_run_left_behind():
-    """The training manager is per process: never let one test's run leak into the next."""
-    yield
-    job = training_manager().current
-    if job is not None and job.running:
-        job.stop()
-        job.wait(300)
 
 
 @pytest.fixture
@@ -208,20 +199,20 @@ def test_the_default_for_everyone_changes_only_through_its_confirmation(saved_ru
 # ---- Runs -------------------------------------------------------------------------------------------------------
 
 
-def start_long_run(at: AppTest):
+def start_long_run(at: AppTest, training: TrainingManager):
     """Start a run that lasts far longer than the test (50 epochs of a 100-photo slice, batches of 8)."""
     at.slider(key="train_epochs").set_value(50)
     at.slider(key="train_batch_size").set_value(8)
     at.number_input(key="train_limit").set_value(100)
     at.button(key="train_start").click().run()
-    job = training_manager().current
+    job = training.current
     assert job.running and job.owner == owner_of(at)
     return job
 
 
-def test_a_non_owner_sees_the_run_read_only_and_stops_it_only_after_confirming(dataset):
+def test_a_non_owner_sees_the_run_read_only_and_stops_it_only_after_confirming(dataset, training):
     alice = open_app("pages/train.py")
-    job = start_long_run(alice)
+    job = start_long_run(alice, training)
     assert alice.button(key="train_stop").label == "Stop" and not alice.info
 
     bob = open_app("pages/train.py")
@@ -249,23 +240,23 @@ def test_a_non_owner_sees_the_run_read_only_and_stops_it_only_after_confirming(d
     assert f"Stopped by {owner_label(owner_of(bob))}" in texts(alice.caption)
 
 
-def test_a_confirmation_never_stops_a_run_started_after_it(dataset):
+def test_a_confirmation_never_stops_a_run_started_after_it(dataset, training):
     alice, bob = open_app("pages/train.py"), open_app("pages/train.py")
-    first = start_long_run(alice)
+    first = start_long_run(alice, training)
     bob.run()
     bob.button(key="train_stop").click().run()  # bob is asked about alice's first run ...
     first.stop()
     assert first.wait(300)
-    second = start_long_run(alice)  # ... which ends; alice starts another before bob answers
+    second = start_long_run(alice, training)  # ... which ends; alice starts another before bob answers
     bob.button(key="train_stop_confirm").click().run()
     assert second.running and second.snapshot().status != "stopping"
 
 
-def test_a_reload_of_the_owners_browser_shows_its_runs_own_settings(dataset):
+def test_a_reload_of_the_owners_browser_shows_its_runs_own_settings(dataset, training):
     alice = open_app("pages/train.py")
     alice.selectbox(key="train_preset").set_value("improved").run()
     alice.slider(key="train_epochs").set_value(40)
-    job = start_long_run(alice)
+    job = start_long_run(alice, training)
     # A reload is a new session of the same browser: the same owner id (from the browser's cookie), empty state.
     reloaded = open_app("pages/train.py", owner=owner_of(alice))
     assert reloaded.button(key="train_stop").label == "Stop" and not reloaded.info

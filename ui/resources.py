@@ -3,6 +3,9 @@
 Everything a visitor chooses lives in st.session_state (or, for uploads, on disk under the visitor's id), never in
 the process, so one visitor's choice never becomes another's. The server-wide defaults are the configured
 dataset and the model made "default for everyone" on the Runs page.
+
+What is the server's alone (its training manager, dataset scans and label-issue searches, loaded predictors) is
+built once per process here with st.cache_resource: core has the classes, never the instances.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from streamlit.runtime.scriptrunner import script_runner
 
 from core import config, registry, uploads
 from core.data import DatasetError, Source
-from core.jobs import dataset_scans, owner_label, source_version, training_manager
+from core.jobs import DatasetScans, FinderJobs, TrainingManager, owner_label, source_version
 from core.registry import ModelChoice
 from core.uploads import Upload
 
@@ -53,6 +56,27 @@ def keep_keras_state() -> None:
     """
     if hasattr(script_runner, "_clean_problem_modules"):
         script_runner._clean_problem_modules = _keep_keras_state
+
+
+# ---- The server's background work: one of each per process, shared by every session and tab ----------------
+
+
+@st.cache_resource(show_spinner=False)
+def training_manager() -> TrainingManager:
+    """The one training manager of this server: every session sees (and may be refused by) the same run."""
+    return TrainingManager()
+
+
+@st.cache_resource(show_spinner=False)
+def dataset_scans() -> DatasetScans:
+    """This server's dataset scans, kept per version of a source, so no page or session scans one twice."""
+    return DatasetScans()
+
+
+@st.cache_resource(show_spinner=False)
+def finder_jobs() -> FinderJobs:
+    """This server's label-issue searches, one at a time per dataset, shared by every session."""
+    return FinderJobs()
 
 
 # ---- Who this session is --------------------------------------------------------------------------------------

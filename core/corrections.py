@@ -86,10 +86,10 @@ class Corrections:
 
     def set(self, name: str, action: str, given: str | None = None, at: str | None = None) -> None:
         """Record an action for one photo (replacing any earlier one)."""
-        if not isinstance(action, str) or action not in ACTIONS:
-            raise CorrectionsError(f"unknown action {action!r}: choose from {', '.join(ACTIONS)}")
         if not isinstance(name, str) or not name:
             raise CorrectionsError("a correction needs the photo's name in its dataset")
+        if not isinstance(action, str) or action not in ACTIONS:
+            raise CorrectionsError(f"{name!r}: unknown action {action!r}: choose from {', '.join(ACTIONS)}")
         if given is not None and given not in CLASS_NAMES:
             raise CorrectionsError(f"a given label is cat or dog, not {given!r}")
         self.photos[name] = Correction(action, given, _now() if at is None else str(at))

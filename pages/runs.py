@@ -11,11 +11,12 @@ from core import config, registry
 from core.config import CLASS_NAMES
 from core.jobs import owner_label, source_version
 from core.metrics import held_out, percent
-from core.predict import Evaluation, evaluate
+from core.predict import Evaluation
 from core.registry import ModelChoice
 from core.runs import Run, RunStore, model_history, model_meta, odd_run_folders, summary_row
 from core.uploads import dataset_candidates
 from ui import charts, review
+from ui.evaluation import evaluation_of, model_version, side_by_side_ui
 from ui.exports import export_downloads_ui
 from ui.navigation import run_through_entrypoint
 from ui.resources import (
@@ -49,25 +50,11 @@ METRICS = {
 }
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def _evaluation(model: str, model_version: int, source: str, version: tuple, names: tuple[str, ...] | None):
-    return evaluate(predictor(Path(model)), source, names)
-
-
-def evaluation_of(model: ModelChoice, source: Path, names: tuple[str, ...] | None) -> Evaluation:
-    """A model on a dataset (all its labeled photos, or only the named ones), once per model and dataset version."""
-    return _evaluation(str(model.path), _version(model.path), str(source), source_version(source), names)
-
-
 @st.cache_data(show_spinner=False, max_entries=256)
-def _overlay(model: str, model_version: int, source: str, version: tuple, name: str):
+def _overlay(model: str, model_mtime: int, source: str, version: tuple, name: str):
     from core.gradcam import explain
 
     return explain(predictor(Path(model)), open_source(Path(source)).read(name)).overlay
-
-
-def _version(path: Path) -> int:
-    return path.stat().st_mtime_ns
 
 
 def table_ui(store: RunStore) -> None:
@@ -231,6 +218,15 @@ def model_options(store: RunStore) -> dict[str, ModelChoice | Run]:
     return found | {run.id: run for run in store.runs()}
 
 
+def comparable(options: dict[str, ModelChoice | Run]) -> dict[str, ModelChoice]:
+    """The models to put side by side: the shipped one, and every run that saved a model."""
+    return {
+        key: o if isinstance(o, ModelChoice) else registry.describe(o.id, o.model_path, o.meta)
+        for key, o in options.items()
+        if isinstance(o, ModelChoice) or o.has_model
+    }
+
+
 def batches_ui(run: Run) -> None:
     """A run that saved no model still shows the loss of every batch it trained."""
     batches, meta = run.batches, run.meta
@@ -391,7 +387,7 @@ def misclassified_ui(model: ModelChoice, source: Path, result: Evaluation) -> No
     if st.toggle("Show where the model looked", key="runs_gradcam"):
         from core.gradcam import LEGEND, legend
 
-        model_key = (str(model.path), _version(model.path), str(source), source_version(source))
+        model_key = (str(model.path), model_version(model.path), str(source), source_version(source))
         try:
             photos = [_overlay(*model_key, name) for name in shown.file]
             st.image(legend(512, 14), width=512)
@@ -441,3 +437,5 @@ if model is not None:
     export_downloads_ui(model)
     st.divider()
     evaluate_ui(model)
+    st.divider()
+    side_by_side_ui(model, comparable(options))

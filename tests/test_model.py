@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -249,3 +253,23 @@ def test_loading_a_file_that_is_not_a_keras_zip_says_so(tmp_path):
     fake.write_text("not a model")
     with pytest.raises(ValueError, match="not a Keras model"):
         load_model(fake)
+
+
+ONEDNN = (
+    "import core.model, tensorflow\n"
+    "from tensorflow.python.util import _pywrap_util_port as port\n"  # TensorFlow's own record of its kernels
+    "print(port.IsMklEnabled())"
+)
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "True"), ("0", "False")])
+def test_tensorflow_runs_its_onednn_kernels_unless_the_user_says_not(given, expected):
+    # TensorFlow enables oneDNN by itself only on newer Intel CPUs: importing core turns it on everywhere, but a
+    # TF_ENABLE_ONEDNN_OPTS the user set is theirs.
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"} | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    if given is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = given
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", ONEDNN], cwd=root, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == expected

@@ -284,3 +284,36 @@ def test_the_train_page_trains_with_the_corrections_and_my_photos_it_offers(smal
     assert "with its corrections plus my photos" in caption
     at.toggle(key="train_use_corrections").set_value(False).run()
     assert "all photos plus my photos" in texts(at.caption)
+
+
+def test_a_run_trained_with_corrections_is_shown_beside_the_one_without_on_the_same_photos(saved_run, opened):
+    from core.corrections import record
+    from core.predict import Predictor, evaluate
+    from core.settings import TrainConfig
+    from core.train import train
+
+    held, fingerprint = saved_run.meta["validation_names"], Source(opened).fingerprint()
+    trained = [it.name for it in Source(opened).listing if it.name not in set(held) and "/cat." in it.name]
+    record(fingerprint, {held[0]: "exclude", trained[0]: "dog"}, source="train.zip")
+    path = corrections_path(fingerprint)
+    fixed = train(opened, TrainConfig(epochs=1, corrections=str(path)), runs_dir=config.RUNS_DIR).run
+    assert fixed.meta["validation_names"] == held[1:]  # its split is the uncorrected run's, less the excluded photo
+
+    at = open_app("pages/runs.py")
+    at.selectbox(key="runs_selected").set_value(fixed.id).run()
+    assert at.selectbox(key="runs_beside").value == saved_run.id  # the run without corrections, by default
+    assert f"They both held out the same {len(held) - 1} photos of train.zip." in texts(at.caption)
+    at.toggle(key="runs_side_by_side").set_value(True).run()
+    assert not at.exception
+    table = at.dataframe[-1].value
+    assert table.model.tolist() == [fixed.id, saved_run.id] and table.photos.tolist() == [len(held) - 1] * 2
+    assert table["trained with"].tolist() == ["corrections (1 relabelled, 1 excluded)", "its dataset as given"]
+    right = [
+        evaluate(Predictor(run.model_path), opened, held[1:])
+        .predictions.set_index("file")
+        .pipe(lambda f: (f.prob_dog >= 0.5).astype(int) == f.true)
+        for run in (fixed, saved_run)
+    ]
+    both, only_fixed = int((right[0] & right[1]).sum()), int((right[0] & ~right[1]).sum())
+    said = f"On the same {len(held) - 1} photos: both right on {both}, only {fixed.id} on {only_fixed}, "
+    assert said in texts(at.caption)

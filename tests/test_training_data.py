@@ -140,4 +140,4 @@ def test_the_cli_records_a_review_as_the_datasets_corrections(base, small_zip, t
 
     review.write_text(json.dumps({cat: "wolf"}))
     assert main(["corrections", str(review), str(small_zip), "--dir", str(tmp_path / "corr")]) == 2
-    assert "unknown action 'wolf'" in capsys.readouterr().err
+    assert f"{str(cat)!r}: unknown action 'wolf'" in capsys.readouterr().err  # which photo, and what was wrong

@@ -10,6 +10,7 @@ nor the validation photos that report the accuracy (that would grade the model o
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -120,3 +121,72 @@ def cross_fits(
         )
         for part in parts
     ]
+
+
+def split_held_out(names: list[str], share: float, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A model's held-out photos in two, per class: `share` of them to fit a calibration, the rest to report on."""
+    from core.data import label_from_name
+    from core.errors import SettingsError
+
+    if not 0 < share < 1:
+        raise SettingsError(f"the share of held-out photos to fit on lies between 0 and 1, not {share}")
+    rng = np.random.default_rng(seed)
+    fit: list[str] = []
+    for label in (0, 1):
+        group = sorted(n for n in names if label_from_name(n) == label)
+        fit += [group[i] for i in rng.permutation(len(group))[: round(share * len(group))]]
+    chosen = set(fit)
+    return sorted(fit), [n for n in names if n not in chosen]
+
+
+def calibrate_saved(target, source, share: float = 0.5, method: str = "platt", seed: int = 0) -> Calibration:
+    """Calibrate a saved model that trained without a calibration split, on part of its own held-out photos.
+
+    The photos its training held out are split in two per class (`split_held_out`): the calibration is fitted on
+    one part (single looks), folded into the model file, and from then on the model reports its accuracy on the
+    other part only, so no reported number is measured on the photos that fitted it. Its JSON keeps both lists,
+    the calibration, and training's own one-look figure under `before_calibration`.
+    """
+    from pathlib import Path
+
+    from core.data import Source
+    from core.errors import DatasetError, ModelError
+    from core.model import load_model, save_model
+    from core.predict import Predictor, evaluate
+    from core.runs import model_meta, record_accuracy, regression_sample, write_json
+
+    target, meta = Path(target), model_meta(Path(target))
+    names = list(meta.get("validation_names") or [])
+    if meta.get("calibration") or meta.get("calibration_names"):
+        raise ModelError(
+            f"{target.name} is calibrated already ({meta.get('calibration', {}).get('on', 'in training')})"
+        )
+    if not names or Source(source).fingerprint() != meta.get("dataset", {}).get("fingerprint"):
+        raise DatasetError(f"{source}: not the dataset {target.name} was trained on, or it records no held-out photos")
+    fit, report = split_held_out(names, share, seed)
+    found = evaluate(Predictor(target, tta="off"), source, fit).predictions.dropna(subset=["prob_dog"])
+    on = f"{len(found):,} of the {len(names):,} photos of {Path(source).name} its training held out"
+    calibration = fit_calibration(found.prob_dog.to_numpy(), found.true.to_numpy(), on, method)
+    if not calibration.usable:
+        raise ModelError(f"{target.name}: its P(dog) carries no signal on those photos, so it cannot be calibrated")
+    model = load_model(target)
+    fold_into(model, calibration)
+    save_model(model, target)
+    if "model_sha256" in meta:  # a promoted model's record of its own file
+        data = target.read_bytes()
+        meta.update(model_sha256=hashlib.sha256(data).hexdigest(), model_bytes=len(data))
+    metrics = meta.get("metrics", {})
+    before = {k: metrics.pop(k) for k in ("best_val_accuracy", "best_val_loss") if k in metrics}
+    meta.update(
+        calibration=calibration.record() | {"folded": True, "after_training": True},
+        calibration_names=fit,
+        n_calibration=len(fit),
+        validation_names=report,
+        n_val=len(report),
+        regression_sample=regression_sample(report),
+        before_calibration=before | {"n_val": len(names), "accuracy": metrics.get("accuracy")},
+        metrics=metrics,
+    )
+    write_json(target.with_suffix(".json"), meta)
+    record_accuracy(target, source)
+    return calibration

@@ -321,6 +321,22 @@ def cmd_corrections(args) -> int:
     return 0
 
 
+def cmd_calibrate(args) -> int:
+    from core.calibrate import calibrate_saved
+    from core.metrics import percent
+    from core.runs import model_meta
+
+    found = calibrate_saved(_model_path(args.model), args.source, args.share, args.method)
+    metrics = model_meta(Path(args.model)).get("metrics", {})
+    print(
+        f"{found.method} scaling fitted on {found.on} (scale {found.scale:.3f}, shift {found.shift:+.3f}): ECE there "
+        f"{percent(found.ece_before)} -> {percent(found.ece_after)}; folded into {Path(args.model).name}. It now "
+        f"reports on the other {metrics.get('accuracy_n', 0):,}: {percent(metrics.get('accuracy') or 0)} as the app "
+        f"predicts, ECE {percent(metrics.get('calibration_error') or 0)}"
+    )
+    return 0
+
+
 def cmd_export(args) -> int:
     path = export_model(_model_path(args.model), args.format, args.out)
     print(f"wrote the {args.format} export and its metadata {sidecar_path(path).name}", file=sys.stderr)
@@ -370,6 +386,7 @@ def parser() -> argparse.ArgumentParser:
     _add_label_issues(sub)
     _add_corrections(sub)
     _add_export(sub)
+    _add_calibrate(sub)
     return p
 
 
@@ -421,6 +438,19 @@ def _add_export(sub) -> None:
         " a metadata sidecar (the export's name + .json) is written beside it",
     )
     ex.set_defaults(func=cmd_export)
+
+
+def _add_calibrate(sub) -> None:
+    ca = sub.add_parser(
+        "calibrate", help="calibrate a saved model on part of its own held-out photos, folded into the file"
+    )
+    ca.add_argument("source", help="the dataset the model was trained on (its fingerprint is checked)")
+    ca.add_argument("--model", required=True, help="the .keras file to calibrate, in place")
+    ca.add_argument(
+        "--share", type=float, default=0.5, help="of its held-out photos, per class, to fit on (default 0.5)"
+    )
+    ca.add_argument("--method", choices=("platt", "temperature"), default="platt")
+    ca.set_defaults(func=cmd_calibrate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,7 +194,14 @@ def _accuracy(model_path: Path) -> dict:
 
     choice = describe("export", model_path)
     accuracy = {"value": choice.accuracy, "measured_on": choice.measured_on}
-    metrics = model_meta(model_path).get("metrics", {})
+    meta = model_meta(model_path)
+    metrics, calibration = meta.get("metrics", {}), meta.get("calibration") or {}
+    if calibration.get("folded"):  # prob_dog is calibrated: the export outputs it as the app does
+        accuracy["calibration"] = {
+            "method": calibration["method"],
+            "fitted_on": calibration["on"],
+            "calibration_error": metrics.get("calibration_error"),
+        }
     if "accuracy" in metrics and "best_val_accuracy" in metrics:
         accuracy["single_look"] = {
             "value": metrics["best_val_accuracy"],

@@ -146,3 +146,51 @@ def test_corrections_and_extras_train_and_corrected_photos_never_validate(correc
     record = meta["training_data"]
     assert record["corrections"]["excluded"] == 2 and record["corrections"]["relabelled"] == 1
     assert [e["photos"] for e in record["extras"]] == [6] and record["forced_train"] == 1 + 6
+
+
+def test_a_saved_model_is_calibrated_after_training_on_half_its_held_out_photos_and_reports_on_the_rest(
+    saved_run, small_zip
+):
+    from core.calibrate import calibrate_saved
+    from core.errors import DatasetError, ModelError
+    from core.predict import Predictor, evaluate
+    from core.runs import model_meta
+
+    path, before = saved_run.model_path, saved_run.meta
+    held = before["validation_names"]
+    single = evaluate(Predictor(path, tta="off"), small_zip, held).predictions.set_index("file").prob_dog
+    found = calibrate_saved(path, small_zip)
+    meta = model_meta(path)
+    fit, report = meta["calibration_names"], meta["validation_names"]
+    assert sorted(fit + report) == sorted(held) and not set(fit) & set(report)  # the same photos, in two parts
+    for kind in ("/cat.", "/dog."):  # half of each class fits
+        assert sum(kind in n for n in fit) == round(sum(kind in n for n in held) / 2)
+    assert meta["n_val"] == len(report) and meta["metrics"]["accuracy_n"] == len(report)  # reports on the rest
+    assert set(meta["regression_sample"]) <= set(report)
+    assert meta["calibration"]["n"] == len(fit) and meta["before_calibration"]["n_val"] == len(held)
+    after = evaluate(Predictor(path, tta="off"), small_zip, held).predictions.set_index("file").prob_dog
+    np.testing.assert_allclose(after, found.apply(single.to_numpy()), atol=2e-5)  # folded into the file itself
+
+    with pytest.raises(ModelError, match="calibrated already"):
+        calibrate_saved(path, small_zip)
+    other = small_zip.with_name("other.zip")
+    with zipfile.ZipFile(small_zip) as src, zipfile.ZipFile(other, "w") as dst:
+        for name in src.namelist()[:40]:
+            dst.writestr(name, src.read(name))
+    meta_path = path.with_suffix(".json") if path.with_suffix(".json").exists() else path.parent / "run.json"
+    meta_path.write_text(json.dumps(before))  # as it was, then asked to calibrate on another dataset
+    with pytest.raises(DatasetError, match="not the dataset"):
+        calibrate_saved(path, other)
+
+
+def test_the_cli_calibrates_a_saved_model_and_refuses_to_do_it_twice(saved_run, small_zip, capsys):
+    from core.cli import main
+    from core.runs import model_meta
+
+    argv = ["calibrate", str(small_zip), "--model", str(saved_run.model_path)]
+    assert main(argv) == 0
+    said, meta = capsys.readouterr().out, model_meta(saved_run.model_path)
+    assert said.startswith(f"platt scaling fitted on {len(meta['calibration_names'])} of the ")
+    assert f"It now reports on the other {len(meta['validation_names'])}: " in said
+    assert main(argv) == 2
+    assert "is calibrated already" in capsys.readouterr().err

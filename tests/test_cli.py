@@ -333,6 +333,7 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
     # Every field the shipped model's run.json has (default.json adds the promotion's), and the whole settings tree.
     shipped = json.loads(config.DEFAULT_MODEL_META.read_text())
     promoted = {"model_file", "source_run", "model_bytes", "model_sha256", "regression_sample"}
+    promoted |= {"calibration", "before_calibration"}  # `python -m core calibrate` after training
     assert set(meta) >= set(shipped) - promoted
     added_since = {"net", "optimizer", "calibration_split", "corrections", "extras"}  # the shipped run predates them
     assert set(meta["config"]) == set(shipped["config"]) | added_since

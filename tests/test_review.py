@@ -286,6 +286,7 @@ def test_the_train_page_trains_with_the_corrections_and_my_photos_it_offers(smal
     assert "all photos plus my photos" in texts(at.caption)
 
 
+@pytest.mark.slow  # trains a second run
 def test_a_run_trained_with_corrections_is_shown_beside_the_one_without_on_the_same_photos(saved_run, opened):
     from core.corrections import record
     from core.predict import Predictor, evaluate

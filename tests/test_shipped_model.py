@@ -45,7 +45,9 @@ def test_shipped_model_loads_in_safe_mode_and_its_metadata_matches_the_file(ship
     assert shipped_meta["model_bytes"] == len(data) <= 20 * 2**20
     assert shipped_meta["config"]["preset"] == "best"
     assert PipelineConfig(**{k: shipped_meta["pipeline"][k] for k in ("size", "color_mode")}) == model_pipeline(model)
-    assert shipped_meta["metrics"]["best_val_accuracy"] >= 0.9
+    assert shipped_meta["metrics"]["accuracy"] >= 0.95 and shipped_meta["metrics"]["calibration_error"] <= 0.015
+    assert shipped_meta["calibration"]["folded"]  # fitted on held-out photos it no longer reports on
+    assert not set(shipped_meta["calibration_names"]) & set(shipped_meta["validation_names"])
     for key in ("fingerprint", "source"):
         assert shipped_meta["dataset"][key]
     assert {"tensorflow", "keras", "opencv"} <= set(shipped_meta["versions"])
@@ -61,14 +63,15 @@ def test_the_shipped_model_is_the_default_of_the_cli_the_api_and_the_dashboard(t
     assert registry.default_model().path == config.DEFAULT_MODEL  # the one rule of the CLI, the API and the dashboard
 
 
-def test_shipped_model_is_at_least_90_percent_accurate_on_its_fixed_validation_sample(shipped_meta, train_zip):
+def test_shipped_model_is_at_least_93_percent_accurate_on_its_fixed_validation_sample(shipped_meta, train_zip):
     sample = shipped_meta["regression_sample"]
     assert len(sample) == 400
     assert set(sample) <= set(shipped_meta["validation_names"])
     assert shipped_meta["dataset"]["fingerprint"] == Source(train_zip).fingerprint()
     result = evaluate(Predictor(config.DEFAULT_MODEL), train_zip, names=sample)
     assert result.n == 400 and result.skipped == 0
-    assert result.accuracy >= 0.90, result.per_class
+    # 96.3% on its 1,000 report photos: 93% leaves the 95% interval of 400 photos (about ±1.9 points) and more.
+    assert result.accuracy >= 0.93, result.per_class
 
 
 def test_predictor_gives_unsure_photos_a_second_mirrored_look_by_default(shipped_meta, train_zip):
@@ -98,7 +101,10 @@ def test_predictor_refuses_an_unknown_tta_mode():
 
 def test_shipped_metadata_records_the_accuracy_users_get_and_where_it_was_measured(shipped_meta):
     metrics = shipped_meta["metrics"]
-    assert metrics["accuracy"] >= metrics["best_val_accuracy"] - 0.005
+    # Training's own one look was on all its held-out photos, before half of them went to fit the calibration.
+    before = shipped_meta["before_calibration"]
+    assert before["n_val"] == len(shipped_meta["validation_names"]) + len(shipped_meta["calibration_names"])
+    assert metrics["accuracy"] >= before["best_val_accuracy"] - 0.01
     assert metrics["measured_on"] == f"the {shipped_meta['n_val']:,} photos of train.zip held out from training"
     assert metrics["accuracy_n"] == shipped_meta["n_val"] == sum(map(sum, metrics["confusion"]))
     assert metrics["predicted"].startswith("as the app predicts") and "TTA" not in metrics["predicted"]

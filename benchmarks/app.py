@@ -27,7 +27,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from core import catalog, config
+from core import config, registry
 from core.config import ROOT
 
 # The browser harness is test infrastructure (tests/harness.py): tests/ is not installed with core and ui,
@@ -103,7 +103,7 @@ def photos(out: Path, n: int) -> list[Path]:
 def runs_with_a_model(runs_dir: Path, spare: Path) -> Path:
     """runs_dir if the app has a model there (or a shipped default); else a tiny seed model trained into spare."""
     config.RUNS_DIR = runs_dir
-    if catalog.choices():
+    if registry.choices():
         return runs_dir
     from core.settings import TrainConfig
     from core.train import train
@@ -180,7 +180,7 @@ def main() -> int:
             browser = launch_chromium(playwright)
             found = measure(browser, env, tmp, dropped, args.starts, args.pause)
             browser.close()
-        model = catalog.server_default()
+        model = registry.default_model()
     print(f"data: {data}  model: {model.name if model else '?'}  cpus: {os.cpu_count()}")
     report(found, args.pause)
     return 0

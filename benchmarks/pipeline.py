@@ -114,10 +114,10 @@ def loading(label: str, path: Path, limit: int | None, rounds: int) -> dict:
 
 
 def resolve_model(arg: str | None) -> Path:
-    """--model, else the default model (shipped, or the newest run)."""
-    from core.runs import default_model_path
+    """--model, else the default model, as the CLI picks it (core.registry.default_model)."""
+    from core.registry import default_model
 
-    path = Path(arg) if arg else default_model_path()
+    path = Path(arg) if arg else getattr(default_model(), "path", None)
     if path is None:
         sys.exit("no model: pass --model or train one with `python -m core train SOURCE`")
     return path

@@ -20,10 +20,9 @@ from werkzeug.exceptions import BadRequest, HTTPException
 
 from core import config
 from core.fastpath import open_predictor
-from core.metrics import recorded_accuracies
 from core.pipeline import PipelineConfig
 from core.predict import BasePredictor, Prediction
-from core.runs import model_meta
+from core.registry import ModelChoice, describe
 
 # The request size cap, the same in Flask and in waitress: waitress refuses a bigger body as it arrives (from its
 # Content-Length, or as soon as a chunked body passes it), so a client can never make the server spool more.
@@ -42,15 +41,17 @@ OPEN_PATHS = ("/health",)  # answered without the token, so a load balancer can 
 
 
 def model_info(predictor: BasePredictor) -> dict:
-    """What /health reports about the model: name, a content hash as its version, file, preset and accuracy."""
+    """What /health reports about the model: name, a content hash as its version, file, preset and accuracy.
+
+    What its JSON says is read by core.registry.describe, as the dashboard's sidebar reads it.
+    """
     path = predictor.path
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     stat = path.stat()
-    meta = model_meta(path)
-    metrics = meta.get("metrics", {})
+    choice = describe(predictor.name, path)
     pipeline: PipelineConfig = predictor.pipeline
     return {
         "name": predictor.name,
@@ -58,26 +59,25 @@ def model_info(predictor: BasePredictor) -> dict:
         "file": path.name,
         "bytes": stat.st_size,
         "modified": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds"),
-        "preset": meta.get("config", {}).get("preset"),
-        "accuracy": metrics.get("accuracy", metrics.get("best_val_accuracy")),
-        "accuracy_measured_on": metrics.get("measured_on"),
-        **_accuracy_details(meta),
+        "preset": choice.preset,
+        "accuracy": choice.accuracy,
+        "accuracy_measured_on": choice.measured_on,
+        **_accuracy_details(choice),
         "tta": predictor.tta,
         "engine": predictor.engine,
-        "trained_at": meta.get("finished_at"),
+        "trained_at": choice.trained_at,
         "input": {"size": pipeline.size, "color_mode": pipeline.color_mode},
     }
 
 
-def _accuracy_details(meta: dict) -> dict:
+def _accuracy_details(choice: ModelChoice) -> dict:
     # The reported accuracy's 95% interval, its photo count and how it was predicted; the training's own
     # one-look figure beside it when both are known.
-    app, single = recorded_accuracies(meta)
-    score = app or single
+    score, single = choice.score, choice.single_look
     if score is None:
         return {}
     details = {"accuracy_ci95": list(score.interval), "accuracy_n": score.n, "accuracy_predicted": score.how}
-    if app is not None and single is not None:
+    if single is not None and single is not score:
         details["accuracy_one_look"] = single.value
     return details
 

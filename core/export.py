@@ -33,7 +33,7 @@ from core.errors import ExportError
 from core.tta import flip_tta
 
 # The CLI imports this module at start-up: keras, TensorFlow, the converters and runtimes load in the functions
-# that need them, and so do core.runs and core.catalog (they bring pandas).
+# that need them, and so do core.runs and core.registry (they bring pandas).
 if TYPE_CHECKING:
     import keras
 
@@ -193,7 +193,7 @@ def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike
 
 
 def _accuracy(model_path: Path) -> dict:
-    from core.catalog import describe
+    from core.registry import describe
     from core.runs import model_meta
 
     choice = describe("export", model_path)

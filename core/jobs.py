@@ -1,4 +1,9 @@
-"""Background work the dashboard polls: one training run per process, and dataset scans kept per version."""
+"""Background work the dashboard polls: training runs one at a time, dataset scans kept per version, and
+label-issue searches one per dataset.
+
+These are the classes; the dashboard holds one instance of each per server process (ui/resources.py builds them
+with st.cache_resource), and tests build their own.
+"""
 
 from __future__ import annotations
 
@@ -212,7 +217,7 @@ class TrainingJob:
 
 
 class TrainingManager:
-    """Starts runs one at a time and remembers the latest, so every session sees the same run."""
+    """Starts runs one at a time and remembers the latest; the dashboard's one instance lets every session see it."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -250,14 +255,6 @@ class TrainingManager:
     def current(self) -> TrainingJob | None:
         """The running job, else the last one started in this process, else None."""
         return self._job
-
-
-_TRAINING = TrainingManager()
-
-
-def training_manager() -> TrainingManager:
-    """The process-wide manager: one per server, shared by all sessions and tabs."""
-    return _TRAINING
 
 
 @dataclass
@@ -350,14 +347,6 @@ class DatasetScans:
         with self._lock:
             for key in [k for k in self._scans if k[0] == resolved]:
                 del self._scans[key]
-
-
-_SCANS = DatasetScans()
-
-
-def dataset_scans() -> DatasetScans:
-    """The process-wide scan cache."""
-    return _SCANS
 
 
 # ---- The label-issue finder, one search per dataset per process --------------------------------------------------
@@ -460,7 +449,7 @@ class FinderJob:
 
 
 class FinderJobs:
-    """At most one search per dataset fingerprint in this process; the last one of each is remembered."""
+    """At most one search per dataset fingerprint at a time; the last one of each is remembered."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -491,11 +480,3 @@ class FinderJobs:
     def get(self, fingerprint: str) -> FinderJob | None:
         """The running search of this dataset, else its last one in this process, else None."""
         return self._jobs.get(fingerprint)
-
-
-_FINDERS = FinderJobs()
-
-
-def finder_jobs() -> FinderJobs:
-    """The process-wide label-issue searches: shared by all sessions and tabs."""
-    return _FINDERS

@@ -228,6 +228,24 @@ class RunStore:
         return pd.DataFrame([summary_row(run.id, run.meta) for run in self.runs()], columns=SUMMARY_COLUMNS)
 
 
+def odd_run_folders() -> list[tuple[str, str]]:
+    """Entries of the runs folder that are not listed as runs, with why: symlinks, half-written folders."""
+    root = Path(config.RUNS_DIR)
+    if not root.is_dir():
+        return []
+    odd = []
+    for path in sorted(root.iterdir()):
+        if path.is_symlink():
+            odd.append((path.name, "a symbolic link, which is never followed"))
+        elif not path.is_dir() or path.name.startswith("."):
+            continue
+        elif RUN_ID.fullmatch(path.name) is None:
+            odd.append((path.name[:60], "not a run folder name"))
+        elif not (path / "run.json").is_file():
+            odd.append((path.name, "no run.json yet: a run being written, or one that crashed before saving"))
+    return odd
+
+
 SUMMARY_COLUMNS = ["run", "epochs", "accuracy", "95% CI", "held out", "settings", "time_s", "status"]
 
 
@@ -250,14 +268,6 @@ def summary_row(name: str, meta: dict) -> dict:
         "time_s": meta.get("wall_time_s"),
         "status": status_of(meta),
     }
-
-
-def default_model_path() -> Path | None:
-    """The model used when none is named: the shipped default, else the newest run, else none."""
-    if config.DEFAULT_MODEL.exists():
-        return config.DEFAULT_MODEL
-    runs = RunStore().with_models()
-    return runs[0].model_path if runs else None
 
 
 def model_history(model_path: Path) -> pd.DataFrame:

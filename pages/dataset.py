@@ -8,12 +8,13 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import catalog, config
+from core import config, datasets
 from core.corrections import MyPhotos, corrections_path
 from core.data import OK, DatasetError, summarize
-from core.jobs import FinderBusy, dataset_scans, finder_jobs, owner_label, training_manager
+from core.jobs import FinderBusy, owner_label
 from core.label_issues import KINDS, FinderConfig, load_issues
 from core.pipeline import ImageError, PipelineConfig, decode, decode_preview
+from core.uploads import dataset_candidates
 from ui import charts, review
 from ui.confirm import confirm_button, forget
 from ui.navigation import run_through_entrypoint
@@ -23,12 +24,15 @@ from ui.resources import (
     dataset_fingerprint,
     dataset_name,
     dataset_notice,
+    dataset_scans,
+    finder_jobs,
     open_source,
     remove_upload,
     save_upload,
     session_owner,
     session_uploads,
     set_active_dataset,
+    training_manager,
 )
 from ui.status import clock, duration, plural
 
@@ -91,7 +95,7 @@ def source_ui() -> Path | None:
         st.warning(notice)
     mine = session_uploads()
     uploaded = {str(u.path): u.name for u in mine}
-    candidates = [str(p) for p in catalog.dataset_candidates(session_owner())]
+    candidates = [str(p) for p in dataset_candidates(session_owner())]
     current = active_dataset()
     options = [*candidates, UPLOAD, FOLDER]
     if current is not None and str(current) in candidates:
@@ -141,11 +145,11 @@ def folder_ui(current: Path | None, candidates: list[str]) -> Path | None:
     if not typed:
         return None
     try:
-        path = catalog.check_dataset(typed)
+        path = datasets.check_dataset(typed)
     except DatasetError as err:
         st.error(str(err))
         return None
-    if problem := catalog.missing_classes(path.name, catalog.manifest_entries(manifest_of(path))):
+    if problem := datasets.missing_classes(path.name, datasets.manifest_entries(manifest_of(path))):
         st.error(problem)
         return None
     set_active_dataset(path)
@@ -459,7 +463,7 @@ def my_photos_ui() -> None:
 st.title("Dataset")
 dataset = source_ui()
 if dataset is None:
-    if not catalog.dataset_candidates(session_owner()):
+    if not dataset_candidates(session_owner()):
         st.info(HOW_TO_GET_DATA)
     st.stop()
 

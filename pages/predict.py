@@ -9,13 +9,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import catalog, config
-from core.catalog import ModelChoice
+from core import config, registry
 from core.corrections import MyPhotos
 from core.data import DatasetError, Source
 from core.gradcam import LEGEND, explain, legend
 from core.pipeline import ImageError, decode_preview
 from core.predict import Prediction, predictions_frame, submission_frame
+from core.registry import ModelChoice
 from ui.navigation import run_through_entrypoint
 from ui.resources import active_model, model_notice, predictor, set_session_model
 from ui.status import accuracy_text, plural
@@ -40,7 +40,7 @@ def model_ui() -> ModelChoice | None:
     """The model picker: the shipped default, if any, then saved runs; a pick is this session's, nobody else's."""
     if notice := model_notice():
         st.warning(notice)
-    available = {choice.key: choice for choice in catalog.choices()}
+    available = {choice.key: choice for choice in registry.choices()}
     if not available:
         st.info(
             "No model yet. Train one on the Train page (a few minutes on a CPU), or ship one as "

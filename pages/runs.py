@@ -7,14 +7,15 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import catalog, config
-from core.catalog import ModelChoice
+from core import config, registry
 from core.config import CLASS_NAMES
 from core.gradcam import LEGEND, explain, legend
 from core.jobs import owner_label, source_version
 from core.metrics import held_out, percent
 from core.predict import Evaluation
-from core.runs import Run, RunStore, model_history, model_meta, summary_row
+from core.registry import ModelChoice
+from core.runs import Run, RunStore, model_history, model_meta, odd_run_folders, summary_row
+from core.uploads import dataset_candidates
 from ui import charts, review
 from ui.evaluation import evaluation_of, model_version, side_by_side_ui
 from ui.exports import export_downloads_ui
@@ -135,7 +136,7 @@ def _ask_default(key: str) -> None:
 
 def _make_default(key: str) -> None:
     try:
-        choice = catalog.set_server_default(key, by=session_owner())
+        choice = registry.set_default_model(key, by=session_owner())
         st.toast(f"{choice.name} is now the default model for everyone")
     except KeyError:
         st.toast(f"{key} is no longer on this server")
@@ -148,10 +149,10 @@ def _cancel_default() -> None:
 
 def server_default_ui() -> None:
     """Which model every session gets until it picks its own, who made it so, and this session's own."""
-    default = catalog.server_default()
+    default = registry.default_model()
     if default is None:
         return
-    record = catalog.server_default_record()
+    record = registry.default_model_record()
     who = ""
     if record.get("model") == default.key and isinstance(record.get("set_at"), int | float):
         who = f" (made so by {owner_label(record.get('set_by'))} at {clock(record['set_at'])})"
@@ -185,7 +186,7 @@ def actions_ui(store: RunStore, run: Run) -> None:
         c1.button("Used in this session", key="runs_use", disabled=True)
     else:
         c1.button("Use in this session", key="runs_use", on_click=_use, args=(run.id,))
-    default = catalog.server_default()
+    default = registry.default_model()
     is_default = default is not None and default.key == run.id
     if is_default:
         c2.button("Default for everyone", key="runs_make_default", disabled=True)
@@ -212,14 +213,14 @@ def actions_ui(store: RunStore, run: Run) -> None:
 
 def model_options(store: RunStore) -> dict[str, ModelChoice | Run]:
     """Everything to inspect: the shipped model, then every run, with or without a saved model."""
-    found: dict[str, ModelChoice | Run] = {c.key: c for c in catalog.choices() if c.key == catalog.DEFAULT_KEY}
+    found: dict[str, ModelChoice | Run] = {c.key: c for c in registry.choices() if c.key == registry.DEFAULT_KEY}
     return found | {run.id: run for run in store.runs()}
 
 
 def comparable(options: dict[str, ModelChoice | Run]) -> dict[str, ModelChoice]:
     """The models to put side by side: the shipped one, and every run that saved a model."""
     return {
-        key: o if isinstance(o, ModelChoice) else catalog.describe(o.id, o.model_path, o.meta)
+        key: o if isinstance(o, ModelChoice) else registry.describe(o.id, o.model_path, o.meta)
         for key, o in options.items()
         if isinstance(o, ModelChoice) or o.has_model
     }
@@ -244,7 +245,7 @@ def inspect_ui(store: RunStore, picked: ModelChoice | Run) -> ModelChoice | None
         st.warning(f"{run.id}: its run.json cannot be read (half-written, or damaged): nothing to show.")
         return None
     cfg, metrics = meta.get("config", {}), meta.get("metrics", {})
-    choice = catalog.describe(run.id, run.model_path, meta) if run else picked
+    choice = registry.describe(run.id, run.model_path, meta) if run else picked
     accuracy, tip = accuracy_text(choice.score, choice.single_look)
     epochs = f"{metrics.get('epochs_completed', 0)} of {plural(cfg.get('epochs', 0), 'epoch')}"
     scored = f"  \nAccuracy {accuracy}" if choice.score is not None else ""
@@ -278,7 +279,7 @@ def dataset_options(model: ModelChoice) -> tuple[dict[str, str], Path | None]:
     options = {}
     if trained_on and names:
         options[HELD_OUT] = f"the {len(names):,} photos of {trained_on.name} it never trained on"
-    for path in dict.fromkeys([p for p in (active_dataset(),) if p] + catalog.dataset_candidates(session_owner())):
+    for path in dict.fromkeys([p for p in (active_dataset(),) if p] + dataset_candidates(session_owner())):
         note = ", some of which it trained on" if path == trained_on else ""
         options[str(path)] = f"every labeled photo of {path.name}{note}"
     return options, trained_on
@@ -399,7 +400,7 @@ def misclassified_ui(model: ModelChoice, source: Path, result: Evaluation) -> No
 
 def odd_folders_ui() -> None:
     """Folders in the runs folder that are not listed, and why: a symlink, a run still being written."""
-    odd = catalog.odd_run_folders()
+    odd = odd_run_folders()
     if odd:
         names = "; ".join(f"`{name.replace('`', '')}`: {why}" for name, why in odd)
         st.warning(f"Not listed as runs: {names}.", icon=":material/folder_off:")
@@ -426,7 +427,7 @@ overlay_ui(store)
 st.divider()
 server_default_ui()
 key = st.selectbox(
-    "Inspect", list(options), format_func=lambda k: SHIPPED if k == catalog.DEFAULT_KEY else k, key="runs_selected"
+    "Inspect", list(options), format_func=lambda k: SHIPPED if k == registry.DEFAULT_KEY else k, key="runs_selected"
 )
 model = inspect_ui(store, options[key])
 if model is not None:

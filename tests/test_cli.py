@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -157,6 +158,21 @@ def test_model_defaults_to_the_newest_run_until_a_model_ships(cli_home, model_pa
     assert proc.returncode == 0, proc.stderr
     assert last_json(proc.stdout)["model"] == str(model_path)
     assert last_json(proc.stdout)["n"] == 3
+
+
+def test_without_a_model_the_cli_uses_the_one_made_default_for_everyone(model_path, bad_inputs, tmp_path, monkeypatch):
+    from core import registry
+
+    for sub in ("runs", "data", "models"):
+        (tmp_path / sub).mkdir()
+    chosen = tmp_path / "runs" / model_path.parent.name
+    shutil.copytree(model_path.parent, chosen)
+    shutil.copytree(model_path.parent, tmp_path / "runs" / f"{chosen.name[:-5]}-zzzz")  # newer: the default so far
+    monkeypatch.setattr(config, "RUNS_DIR", tmp_path / "runs")
+    registry.set_default_model(chosen.name, by="a session on the Runs page")
+    proc = run_cli(tmp_path, "evaluate", bad_inputs / "macos-made.zip")
+    assert proc.returncode == 0, proc.stderr
+    assert last_json(proc.stdout)["model"] == str(chosen / "model.keras")  # the dashboard's rule, not the newest run
 
 
 def test_train_out_saves_the_model_with_its_accuracy_as_the_app_predicts(cli_home, model_path):

@@ -15,8 +15,9 @@ from app_session import open_app, texts
 from core import config
 from core.corrections import MyPhotos, corrections_path, load_corrections
 from core.data import Source
-from core.jobs import FinderBusy, FinderJobs, dataset_scans
+from core.jobs import FinderBusy, FinderJobs
 from core.label_issues import SAVED_COLUMNS, FinderConfig, issues_paths, load_issues
+from ui.resources import dataset_scans, finder_jobs
 from ui.review import action_key
 from ui.status import plural
 
@@ -208,8 +209,6 @@ def test_my_photos_are_browsed_and_pruned_on_the_dataset_page(opened, small_zip)
 
 
 def test_the_finder_runs_in_the_background_and_only_its_session_cancels_it_with_one_click(opened):
-    from core.jobs import finder_jobs
-
     fingerprint = Source(opened).fingerprint()
     at = open_app()
     assert at.button(key="dataset_issues_start").label == "Find label issues"

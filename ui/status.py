@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.data import summarize
-from core.jobs import TrainingState, dataset_scans, owner_label, training_manager
+from core.jobs import TrainingState, owner_label
 from core.metrics import Accuracy, percent
 from core.runs import RunStore
 from core.settings import NetConfig, OptimizerConfig
@@ -17,9 +17,11 @@ from ui.resources import (
     active_model,
     dataset_name,
     dataset_notice,
+    dataset_scans,
     model_notice,
     session_label,
     session_owner,
+    training_manager,
 )
 
 

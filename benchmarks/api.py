@@ -44,19 +44,17 @@ import numpy as np
 import requests
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core import config
+from core.config import ROOT
 
-from core import config  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
 JPEG = {"Content-Type": "image/jpeg"}
 
 
 def resolve_model(arg: str | None) -> Path:
-    """--model, else the default model (shipped, or the newest run)."""
-    from core.runs import default_model_path
+    """--model, else the default model, as the CLI picks it (core.registry.default_model)."""
+    from core.registry import default_model
 
-    path = Path(arg) if arg else default_model_path()
+    path = Path(arg) if arg else getattr(default_model(), "path", None)
     if path is None:
         sys.exit("no model: pass --model or train one with `python -m core train SOURCE`")
     return path
@@ -76,7 +74,7 @@ class Server:
         fd, name = tempfile.mkstemp(prefix="api-bench-", suffix=".log")
         os.close(fd)
         self.log = Path(name)
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         command = [sys.executable, "-m", "core", "serve", "--port", "0", "--model", str(model)]
         with open(self.log, "w") as err:  # the child keeps its own copy of the handle
             self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)

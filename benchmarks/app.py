@@ -27,10 +27,13 @@ import time
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core import config, registry
+from core.config import ROOT
 
-from core import catalog, config  # noqa: E402
-from ui.harness import IDLE, launch_chromium, start_server, wait_healthy  # noqa: E402
+# The browser harness is test infrastructure (tests/harness.py): tests/ is not installed with core and ui,
+# so this script, like pytest, finds it on the path.
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import IDLE, launch_chromium, start_server, wait_healthy  # noqa: E402
 
 FIRST_RENDER_TARGET_S = 3.0
 DROP_TO_LABEL_TARGET_MS = 300.0
@@ -100,7 +103,7 @@ def photos(out: Path, n: int) -> list[Path]:
 def runs_with_a_model(runs_dir: Path, spare: Path) -> Path:
     """runs_dir if the app has a model there (or a shipped default); else a tiny seed model trained into spare."""
     config.RUNS_DIR = runs_dir
-    if catalog.choices():
+    if registry.choices():
         return runs_dir
     from core.settings import TrainConfig
     from core.train import train
@@ -177,7 +180,7 @@ def main() -> int:
             browser = launch_chromium(playwright)
             found = measure(browser, env, tmp, dropped, args.starts, args.pause)
             browser.close()
-        model = catalog.server_default()
+        model = registry.default_model()
     print(f"data: {data}  model: {model.name if model else '?'}  cpus: {os.cpu_count()}")
     report(found, args.pause)
     return 0

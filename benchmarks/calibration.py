@@ -13,20 +13,16 @@ Usage: python benchmarks/calibration.py [--model models/default.keras] [--folds 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from core import config  # noqa: E402
-from core.calibrate import cross_fits  # noqa: E402
-from core.config import UNSURE_MARGIN  # noqa: E402
-from core.metrics import expected_calibration_error  # noqa: E402
-from core.predict import Predictor, evaluate  # noqa: E402
-from core.runs import model_meta  # noqa: E402
+from core import config
+from core.calibrate import cross_fits
+from core.config import UNSURE_MARGIN
+from core.metrics import expected_calibration_error
+from core.predict import Predictor, evaluate
+from core.runs import model_meta
 
 
 def _looks(model: Path, names: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -29,15 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from core import config  # noqa: E402
-from core.data import Source  # noqa: E402
-from core.export import export_model, load_export  # noqa: E402
-from core.pipeline import ImageError, decode, to_model_input  # noqa: E402
-from core.predict import Predictor  # noqa: E402
-from core.tta import flip_tta  # noqa: E402
+from core import config
+from core.config import ROOT
+from core.data import Source
+from core.export import export_model, load_export
+from core.pipeline import ImageError, decode, to_model_input
+from core.predict import Predictor
+from core.tta import flip_tta
 
 TODAY = "TF tf.function (today)"
 SHIPPED_PATH = "Predictor.predict_many (today, as shipped)"

@@ -32,13 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this process loads TensorFlow too, for today's latency
 
-from core import config  # noqa: E402
-from core.fastpath import ENGINE_ENV, ensure_export_in_child  # noqa: E402
-from core.predict import BasePredictor  # noqa: E402
+from core import config
+from core.config import ROOT
+from core.fastpath import ENGINE_ENV, ensure_export_in_child
+from core.predict import BasePredictor
 
 TODAY, FAST = "tensorflow", "onnxruntime"
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -30,14 +30,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from core import config
+from core.config import ROOT
+from core.pipeline import DECODE_BUDGET, ImageError, PipelineConfig, decode, decode_preview
+
+# The fuzz corpus is test infrastructure (tests/fuzzing.py): tests/ is not installed with core and ui, so this
+# script, like pytest, finds it on the path.
 sys.path.insert(0, str(ROOT / "tests"))
-
 from fuzzing import corpus, hostile_files, measure_decode  # noqa: E402
-
-from core import config  # noqa: E402
-from core.pipeline import DECODE_BUDGET, ImageError, PipelineConfig, decode, decode_preview  # noqa: E402
 
 CONFIGS = (PipelineConfig(), PipelineConfig(96, "rgb"))
 MB = 10**6

@@ -15,15 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core import config  # noqa: E402
-from core.label_issues import FinderConfig, contact_sheet, find_label_issues  # noqa: E402
+from core import config
+from core.label_issues import FinderConfig, contact_sheet, find_label_issues
 
 TARGET_MIN = 30.0  # the issue's bound for all of train.zip on this 2-core CPU
 

@@ -11,20 +11,17 @@ the share of confident answers (P(dog) under 0.1 or over 0.9) at each size.
 from __future__ import annotations
 
 import argparse
-import sys
 import zipfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from core import config  # noqa: E402
-from core.data import label_from_name  # noqa: E402
-from core.pipeline import preprocess  # noqa: E402
-from core.predict import Predictor  # noqa: E402
-from core.runs import model_meta  # noqa: E402
+from core import config
+from core.data import label_from_name
+from core.pipeline import preprocess
+from core.predict import Predictor
+from core.runs import model_meta
 
 SIDES = (200, 64, 32, 24, 16, 12, 8, 4, 1)
 

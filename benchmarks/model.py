@@ -22,15 +22,13 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from core import config  # noqa: E402
-from core.data import iter_inputs  # noqa: E402
-from core.predict import Predictor, evaluate  # noqa: E402
-from core.runs import RunStore  # noqa: E402
-from core.settings import TrainConfig  # noqa: E402
-from core.train import train  # noqa: E402
+from core import config
+from core.config import ROOT
+from core.data import iter_inputs
+from core.predict import Predictor, evaluate
+from core.runs import RunStore
+from core.settings import TrainConfig
+from core.train import train
 
 
 def _time_to_reach(history: pd.DataFrame, target: float) -> float | None:

@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from core import config  # noqa: E402
-from core.config import TTA_MODES, UNSURE_MARGIN  # noqa: E402
-from core.data import Source, label_from_name  # noqa: E402
-from core.pipeline import ImageError, preprocess  # noqa: E402
-from core.predict import Predictor  # noqa: E402
-from core.runs import model_meta  # noqa: E402
+from core import config
+from core.config import TTA_MODES, UNSURE_MARGIN
+from core.data import Source, label_from_name
+from core.pipeline import ImageError, preprocess
+from core.predict import Predictor
+from core.runs import model_meta
 
 
 def train_zip_style(data: bytes) -> bytes:

@@ -15,10 +15,13 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from core import config
+from core.config import ROOT
 
-from core import config  # noqa: E402
-from ui.harness import IDLE, ROOT, launch_chromium, running_server, screenshot  # noqa: E402
+# The browser harness is test infrastructure (tests/harness.py): tests/ is not installed with core and ui,
+# so this script, like pytest, finds it on the path.
+sys.path.insert(0, str(ROOT / "tests"))
+from harness import IDLE, launch_chromium, running_server, screenshot  # noqa: E402
 
 VIEWPORT = {"width": 1400, "height": 1000}
 WAIT = 600_000  # ms: training on a shared 2-core CPU

@@ -12,19 +12,13 @@ to see whether this CPU's bfloat16 support speeds training up.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
+from experiments import BASE, CANDIDATES
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from experiments import BASE, CANDIDATES  # noqa: E402
-
-from core.model import build_model, compile_model  # noqa: E402
+from core.model import build_model, compile_model
 
 
 def main() -> None:

@@ -11,7 +11,11 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import waitress
 from flask import Flask, Request, Response, jsonify, request
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer
+from waitress.task import ErrorTask
 from werkzeug.exceptions import BadRequest, HTTPException
 
 from core import config
@@ -19,6 +23,7 @@ from core.data import Input
 from core.fastpath import open_predictor
 from core.pipeline import PipelineConfig
 from core.predict import BasePredictor, Prediction
+from core.registry import ModelChoice, describe
 
 # The request size cap, the same in Flask and in waitress: waitress refuses a bigger body as it arrives (from its
 # Content-Length, or as soon as a chunked body passes it), so a client can never make the server spool more.
@@ -37,17 +42,17 @@ OPEN_PATHS = ("/health",)  # answered without the token, so a load balancer can 
 
 
 def model_info(predictor: BasePredictor) -> dict:
-    """What /health reports about the model: name, a content hash as its version, file, preset and accuracy."""
-    from core.runs import model_meta
+    """What /health reports about the model: name, a content hash as its version, file, preset and accuracy.
 
+    What its JSON says is read by core.registry.describe, as the dashboard's sidebar reads it.
+    """
     path = predictor.path
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     stat = path.stat()
-    meta = model_meta(path)
-    metrics = meta.get("metrics", {})
+    choice = describe(predictor.name, path)
     pipeline: PipelineConfig = predictor.pipeline
     return {
         "name": predictor.name,
@@ -55,28 +60,25 @@ def model_info(predictor: BasePredictor) -> dict:
         "file": path.name,
         "bytes": stat.st_size,
         "modified": datetime.fromtimestamp(stat.st_mtime, UTC).isoformat(timespec="seconds"),
-        "preset": meta.get("config", {}).get("preset"),
-        "accuracy": metrics.get("accuracy", metrics.get("best_val_accuracy")),
-        "accuracy_measured_on": metrics.get("measured_on"),
-        **_accuracy_details(meta),
+        "preset": choice.preset,
+        "accuracy": choice.accuracy,
+        "accuracy_measured_on": choice.measured_on,
+        **_accuracy_details(choice),
         "tta": predictor.tta,
         "engine": predictor.engine,
-        "trained_at": meta.get("finished_at"),
+        "trained_at": choice.trained_at,
         "input": {"size": pipeline.size, "color_mode": pipeline.color_mode},
     }
 
 
-def _accuracy_details(meta: dict) -> dict:
+def _accuracy_details(choice: ModelChoice) -> dict:
     # The reported accuracy's 95% interval, its photo count and how it was predicted; the training's own
     # one-look figure beside it when both are known.
-    from core.metrics import recorded_accuracies
-
-    app, single = recorded_accuracies(meta)
-    score = app or single
+    score, single = choice.score, choice.single_look
     if score is None:
         return {}
     details = {"accuracy_ci95": list(score.interval), "accuracy_n": score.n, "accuracy_predicted": score.how}
-    if app is not None and single is not None:
+    if single is not None and single is not score:
         details["accuracy_one_look"] = single.value
     return details
 
@@ -257,8 +259,6 @@ def serve(
     model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000, threads: int = SERVER_THREADS
 ) -> None:
     """Serve the API with waitress (a production WSGI server) until interrupted; port 0 picks a free one."""
-    import waitress
-
     app = create_app(Path(model_path))
     settings = _waitress_settings(app.config["MAX_CONTENT_LENGTH"], threads)
     _raise_open_files_limit(settings["connection_limit"] + 256)
@@ -283,9 +283,6 @@ def answer_waitress_errors_in_json(sockets: dict, too_large: str) -> None:
     internals (pinned `waitress>=3.0,<4` in requirements.txt, with this function named there): each listening
     server's `channel_class`, whose `error_task_class` makes those answers. tests/test_api.py checks it.
     """
-    from waitress.channel import HTTPChannel
-    from waitress.server import BaseWSGIServer
-    from waitress.task import ErrorTask
 
     class JsonErrorTask(ErrorTask):
         def execute(self):

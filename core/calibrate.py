@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.linear_model import LogisticRegression
 
+from core.data import Source, label_from_name
+from core.errors import DatasetError, ModelError, SettingsError
 from core.metrics import expected_calibration_error
+from core.predict import Predictor, evaluate
+from core.runs import model_meta, record_accuracy, regression_sample, write_json
 
 METHODS = ("temperature", "platt")
 # P(dog) is clipped this far from 0 and 1 before its logit is taken: float32 sigmoids saturate at 1.0.
@@ -125,9 +130,6 @@ def cross_fits(
 
 def split_held_out(names: list[str], share: float, seed: int = 0) -> tuple[list[str], list[str]]:
     """A model's held-out photos in two, per class: `share` of them to fit a calibration, the rest to report on."""
-    from core.data import label_from_name
-    from core.errors import SettingsError
-
     if not 0 < share < 1:
         raise SettingsError(f"the share of held-out photos to fit on lies between 0 and 1, not {share}")
     rng = np.random.default_rng(seed)
@@ -147,13 +149,7 @@ def calibrate_saved(target, source, share: float = 0.5, method: str = "platt", s
     other part only, so no reported number is measured on the photos that fitted it. Its JSON keeps both lists,
     the calibration, and training's own one-look figure under `before_calibration`.
     """
-    from pathlib import Path
-
-    from core.data import Source
-    from core.errors import DatasetError, ModelError
-    from core.model import load_model, save_model
-    from core.predict import Predictor, evaluate
-    from core.runs import model_meta, record_accuracy, regression_sample, write_json
+    from core.model import load_model, save_model  # keras and TensorFlow: only when calibrating a saved model
 
     target, meta = Path(target), model_meta(Path(target))
     names = list(meta.get("validation_names") or [])

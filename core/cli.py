@@ -18,9 +18,10 @@ from core.settings import PRESETS, minutes, settings
 
 
 def _model_path(arg: str | None) -> Path:
-    from core.runs import default_model_path
+    from core.registry import default_model
 
-    path = Path(arg) if arg else default_model_path()
+    # Without --model: the model the dashboard gives a session that picked none, by the same rule.
+    path = Path(arg) if arg else getattr(default_model(), "path", None)
     if path is None:
         raise ModelError("no model yet: train one with `python -m core train SOURCE` or pass --model")
     if not path.exists():

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from core import config
 from core.config import CLASS_NAMES, temp_sibling
-from core.data import LoadedDataset, label_from_name
+from core.data import LoadedDataset, label_from_name, split_indices
 from core.errors import CorrectionsError
 from core.pipeline import decode, decode_original, inspect
 
@@ -367,8 +368,6 @@ class MyPhotos:
 
 
 def _png(rgb: np.ndarray) -> bytes:
-    import cv2
-
     return cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()
 
 
@@ -450,12 +449,10 @@ def split_for_training(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation) indices into `dataset` (prepare_training_data's) that never validate a forced photo.
 
-    Validation is the split core.train.split_indices makes of `base` (the dataset as loaded, before corrections)
+    Validation is the split core.data.split_indices makes of `base` (the dataset as loaded, before corrections)
     with this seed, less the photos excluded or forced to train: a run with corrections validates on the photos
     a run without them validates on, less those, and with their given labels.
     """
-    from core.train import split_indices
-
     forced_train = np.asarray(forced_train, bool)
     if len(forced_train) != len(dataset):
         raise ValueError(f"forced_train has {len(forced_train)} entries for {len(dataset)} photos")

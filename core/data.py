@@ -27,7 +27,6 @@ from core.errors import DatasetError
 from core.pipeline import ImageError, PipelineConfig, decode, inspect
 
 OK = "ok"
-UNLABELED = -1  # the y of an unlabeled image in load_images(..., labeled_only=False)
 MANIFEST_COLUMNS = ["source", "name", "label", "width", "height", "bytes", "status"]
 _JUNK_NAMES = {"thumbs.db", "desktop.ini", "ehthumbs.db"}
 _LABEL_WORDS = {"cat": 0, "cats": 0, "dog": 1, "dogs": 1}
@@ -379,19 +378,29 @@ class LoadedDataset:
         return len(self.y)
 
 
-def _subset(items: list[Listed], limit: int | None, seed: int, balanced: bool = True) -> list[Listed]:
+def _subset(items: list[Listed], limit: int | None, seed: int) -> list[Listed]:
     # A balanced, deterministic slice, so small test and benchmark runs see both classes.
     if not limit or limit >= len(items):
         return items
     rng = np.random.default_rng(seed)
-    if not balanced:  # unlabeled files have no class to balance
-        return [items[i] for i in sorted(rng.choice(len(items), limit, replace=False))]
     picked: list[Listed] = []
     for label in (0, 1):
         group = [it for it in items if label_from_name(it.name) == label]
         take = min(len(group), limit // 2 + (limit % 2 if label == 0 else 0))
         picked += [group[i] for i in sorted(rng.choice(len(group), take, replace=False))]
     return sorted(picked, key=lambda it: it.name)
+
+
+def split_indices(labels: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified train/validation split that is the same for the same labels and seed."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(idx) * validation_split))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
 def load_dataset(
@@ -403,35 +412,20 @@ def load_dataset(
     cache_dir: Path | None | bool = None,
 ) -> LoadedDataset:
     """Decode every labeled image of a source in parallel, cached as .npz by content fingerprint."""
-    return load_images(path, cfg, True, limit, seed, progress, cache_dir)
-
-
-def load_images(
-    path: str | os.PathLike,
-    cfg: PipelineConfig = PipelineConfig(),
-    labeled_only: bool = False,
-    limit: int | None = None,
-    seed: int = 0,
-    progress: Progress | None = None,
-    cache_dir: Path | None | bool = None,
-) -> LoadedDataset:
-    """Decode a source's images in parallel, unlabeled ones too unless labeled_only (their y is UNLABELED)."""
     cache_dir = config.CACHE_DIR if cache_dir is None or cache_dir is True else cache_dir
     source = Source(path)
     fingerprint = source.fingerprint()
     key = f"{fingerprint}-{cfg.cache_key()}-{limit or 'all'}-{seed if limit else 0}"
-    key += "" if labeled_only else "-with-unlabeled"
     cache_file = cache_dir / f"{key}.npz" if cache_dir else None
     cached = _read_cache(cache_file, source, fingerprint, cfg) if cache_file else None
     if cached is not None:
         return cached
     readable = [it for it in source.listing if it.refusal is None]
     refused = [(it.name, it.refusal) for it in source.listing if it.refusal is not None]
-    if labeled_only:
-        unlabeled = [it for it in readable if label_from_name(it.name) is None]
-        refused += [(it.name, "unlabeled: not used for training") for it in unlabeled]
-        readable = [it for it in readable if label_from_name(it.name) is not None]
-    usable = _subset(readable, limit, seed, balanced=labeled_only)
+    unlabeled = [it for it in readable if label_from_name(it.name) is None]
+    refused += [(it.name, "unlabeled: not used for training") for it in unlabeled]
+    readable = [it for it in readable if label_from_name(it.name) is not None]
+    usable = _subset(readable, limit, seed)
 
     x = np.zeros((len(usable), *cfg.input_shape), np.uint8)
 
@@ -446,11 +440,7 @@ def load_images(
     keep = np.array([e is None for e in errors], bool)
     refused += [(usable[i].name, e) for i, e in enumerate(errors) if e is not None]
     x = x[keep] if not keep.all() else x
-    labels = [label_from_name(it.name) for it in usable]
-    if labeled_only:
-        y = np.array(labels, np.uint8)[keep]
-    else:
-        y = np.array([UNLABELED if label is None else label for label in labels], np.int8)[keep]
+    y = np.array([label_from_name(it.name) for it in usable], np.uint8)[keep]
     names = np.array([it.name for it in usable], dtype=str)[keep]
     dataset = LoadedDataset(
         x, y, names, pd.DataFrame(refused, columns=["name", "status"]), fingerprint, cfg, source.label, False

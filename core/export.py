@@ -12,12 +12,14 @@ not, which is what a TensorFlow-free prediction process needs.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
 import shutil
 import threading
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +32,8 @@ from core.config import CLASS_NAMES, ROOT, TTA_MODES, UNSURE_MARGIN, temp_siblin
 from core.errors import ExportError
 from core.tta import flip_tta
 
+# The CLI imports this module at start-up: keras, TensorFlow, the converters and runtimes load in the functions
+# that need them, and so do core.runs and core.registry (they bring pandas).
 if TYPE_CHECKING:
     import keras
 
@@ -189,7 +193,7 @@ def export_model(model_path: str | os.PathLike, fmt: str, out: str | os.PathLike
 
 
 def _accuracy(model_path: Path) -> dict:
-    from core.catalog import describe
+    from core.registry import describe
     from core.runs import model_meta
 
     choice = describe("export", model_path)
@@ -415,9 +419,6 @@ def export_bundle(artifact: str | os.PathLike) -> bytes:
 
     Unzipped, `python predict_<format>.py IMAGE...` in that folder prints what `python -m core predict` prints.
     """
-    import io
-    import zipfile
-
     artifact = Path(artifact)
     meta = verify_export(artifact)  # only bytes that are what was exported leave the server
     examples = ROOT / "examples"

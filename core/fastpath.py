@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from core.config import ROOT, TTA_MODES
 from core.errors import ModelMissing, SettingsError
@@ -126,8 +127,6 @@ def ensure_export_in_child(model_path: str | os.PathLike, fmt: str = "onnx", not
     loads there, not here), one process at a time per export (a file lock beside it), and verified once more
     here before it is returned. Raises ExportError (or OSError, e.g. a read-only folder) when it cannot be had.
     """
-    from filelock import FileLock
-
     model_path = Path(model_path).resolve()
     target = export_path(model_path, fmt)
     if _why_not_current(target, model_path) is None:

@@ -1,4 +1,9 @@
-"""Background work the dashboard polls: one training run per process, and dataset scans kept per version."""
+"""Background work the dashboard polls: training runs one at a time, dataset scans kept per version, and
+label-issue searches one per dataset.
+
+These are the classes; the dashboard holds one instance of each per server process (ui/resources.py builds them
+with st.cache_resource), and tests build their own.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +14,16 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from core.data import DatasetError, dataset_version, scan
 from core.errors import UserError
-from core.label_issues import FinderConfig, FinderProgress
+from core.label_issues import Cancelled, FinderConfig, FinderProgress, find_label_issues, save_issues
+from core.progress import ProgressEvent
 from core.runs import RunStore, TrainingInProgress
-
-if TYPE_CHECKING:  # core.train imports TensorFlow; the sidebar reads job state without it
-    from core.progress import ProgressEvent
-    from core.settings import TrainConfig
-    from core.train import RunResult
+from core.settings import TrainConfig
+from core.train import RunResult, train
 
 RUNNING = ("loading", "training", "stopping")
 BATCH_COLUMNS = ["step", "epoch", "batch", "loss", "accuracy", "batch_loss", "learning_rate"]
@@ -143,8 +145,6 @@ class TrainingJob:
 
     def _run(self) -> None:
         try:
-            from core.train import train
-
             result = train(self.source, self.config, progress=self._on_progress, cancel=self._cancel, **self._dirs())
         except _Cancelled:
             self._finish(status="stopped")
@@ -217,7 +217,7 @@ class TrainingJob:
 
 
 class TrainingManager:
-    """Starts runs one at a time and remembers the latest, so every session sees the same run."""
+    """Starts runs one at a time and remembers the latest; the dashboard's one instance lets every session see it."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -255,14 +255,6 @@ class TrainingManager:
     def current(self) -> TrainingJob | None:
         """The running job, else the last one started in this process, else None."""
         return self._job
-
-
-_TRAINING = TrainingManager()
-
-
-def training_manager() -> TrainingManager:
-    """The process-wide manager: one per server, shared by all sessions and tabs."""
-    return _TRAINING
 
 
 @dataclass
@@ -352,14 +344,6 @@ class DatasetScans:
                 del self._scans[key]
 
 
-_SCANS = DatasetScans()
-
-
-def dataset_scans() -> DatasetScans:
-    """The process-wide scan cache."""
-    return _SCANS
-
-
 # ---- The label-issue finder, one search per dataset per process --------------------------------------------------
 
 
@@ -416,8 +400,6 @@ class FinderJob:
         self._thread = threading.Thread(target=self._run, name="label-issue-finder", daemon=True)
 
     def _run(self) -> None:
-        from core.label_issues import Cancelled, find_label_issues, save_issues
-
         try:
             result = find_label_issues(self.source, self.config, progress=self._on_progress, cancel=self._cancel)
             if result.fingerprint != self._state.fingerprint:
@@ -462,7 +444,7 @@ class FinderJob:
 
 
 class FinderJobs:
-    """At most one search per dataset fingerprint in this process; the last one of each is remembered."""
+    """At most one search per dataset fingerprint at a time; the last one of each is remembered."""
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -493,11 +475,3 @@ class FinderJobs:
     def get(self, fingerprint: str) -> FinderJob | None:
         """The running search of this dataset, else its last one in this process, else None."""
         return self._jobs.get(fingerprint)
-
-
-_FINDERS = FinderJobs()
-
-
-def finder_jobs() -> FinderJobs:
-    """The process-wide label-issue searches: shared by all sessions and tabs."""
-    return _FINDERS

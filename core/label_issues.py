@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
@@ -42,6 +43,7 @@ from core.data import LoadedDataset, Source, load_dataset
 from core.errors import DatasetError, SettingsError
 from core.pipeline import ImageError, PipelineConfig, decode_preview, to_model_input
 from core.settings import TrainConfig
+from core.train import train
 
 KINDS = ("other-class", "neither")
 EXCLUDE = "exclude"  # the suggestion for a photo that is neither a cat nor a dog
@@ -280,7 +282,6 @@ class _Finder:
     def run_fold(self, dataset, f: int, train_idx, test_idx, photos_left: int, runs: Path) -> None:
         """Train fold f's model on train_idx (its share of the budget) and score the photos of test_idx with it."""
         from core.model import load_model
-        from core.train import train
 
         started = time.time()
         budget_s = self.clock.fold_budget_s(self.config.folds - f, photos_left)
@@ -419,8 +420,6 @@ def contact_sheet(
     source: str | os.PathLike, suspects: pd.DataFrame, count: int = 48, columns: int = 8, tile: int = 160
 ) -> np.ndarray:
     """An RGB picture of the top `count` suspects, each with its file name, given label, suggestion and score."""
-    import cv2
-
     reader = Source(source)
     tiles = []
     for row in suspects.head(count).itertuples():

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from core.config import CLASS_NAMES, TTA_MODES, UNSURE_MARGIN
-from core.data import Input, iter_inputs
+from core.data import Input, Source, label_from_name
 from core.errors import ModelMissing, SettingsError
-from core.metrics import AS_THE_APP_PREDICTS, Accuracy, expected_calibration_error, reliability_bins
+from core.metrics import AS_THE_APP_PREDICTS, Accuracy, expected_calibration_error, held_out, reliability_bins
 from core.pipeline import ImageError, PipelineConfig, decode, to_model_input
 
 # Below this many images one direct call beats model.predict()'s per-call iterator setup.
@@ -67,10 +67,6 @@ class BasePredictor:
         except ImageError as err:
             return Prediction(file, None, None, str(err))
         return self._labelled(file, self.pixel_probabilities(x[None])[0])
-
-    def predict_path(self, path: str | os.PathLike) -> Prediction:
-        """Label one image file."""
-        return self.predict_many(iter_inputs([path]))[0]
 
     def _decoder_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -275,8 +271,6 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> Evaluation:
     """Evaluate on every labeled image of a source (or only the given names); progress(done, total) as it goes."""
-    from core.data import Source, label_from_name
-
     src = Source(source)
     wanted = set(names) if names is not None else None
     labeled = (it for it in src.listing if label_from_name(it.name) is not None)
@@ -309,7 +303,5 @@ def held_out_record(
     model_path: str | os.PathLike, pixels: np.ndarray, labels: np.ndarray, names: Iterable[str], source: str
 ) -> dict:
     """A new model measured as the app predicts on the photos its training held out, as its metrics keep it."""
-    from core.metrics import held_out
-
     result = evaluate_pixels(Predictor(model_path), pixels, labels, names)
     return result.record(held_out(result.n, Path(source).name))

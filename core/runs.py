@@ -20,7 +20,9 @@ from filelock import FileLock, Timeout
 
 from core import config
 from core.config import atomic_write, write_error
+from core.data import label_from_name
 from core.errors import DatasetError, NotFound, RunError, TrainingInProgress
+from core.metrics import held_out, recorded_accuracies
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -226,13 +228,29 @@ class RunStore:
         return pd.DataFrame([summary_row(run.id, run.meta) for run in self.runs()], columns=SUMMARY_COLUMNS)
 
 
+def odd_run_folders() -> list[tuple[str, str]]:
+    """Entries of the runs folder that are not listed as runs, with why: symlinks, half-written folders."""
+    root = Path(config.RUNS_DIR)
+    if not root.is_dir():
+        return []
+    odd = []
+    for path in sorted(root.iterdir()):
+        if path.is_symlink():
+            odd.append((path.name, "a symbolic link, which is never followed"))
+        elif not path.is_dir() or path.name.startswith("."):
+            continue
+        elif RUN_ID.fullmatch(path.name) is None:
+            odd.append((path.name[:60], "not a run folder name"))
+        elif not (path / "run.json").is_file():
+            odd.append((path.name, "no run.json yet: a run being written, or one that crashed before saving"))
+    return odd
+
+
 SUMMARY_COLUMNS = ["run", "epochs", "accuracy", "95% CI", "held out", "settings", "time_s", "status"]
 
 
 def summary_row(name: str, meta: dict) -> dict:
     """A model's row for the Runs table: epochs done of those asked, accuracy and its interval, settings, time."""
-    from core.metrics import recorded_accuracies
-
     cfg, metrics = meta.get("config", {}), meta.get("metrics", {})
     app, single = recorded_accuracies(meta)
     score = app or single
@@ -250,14 +268,6 @@ def summary_row(name: str, meta: dict) -> dict:
         "time_s": meta.get("wall_time_s"),
         "status": status_of(meta),
     }
-
-
-def default_model_path() -> Path | None:
-    """The model used when none is named: the shipped default, else the newest run, else none."""
-    if config.DEFAULT_MODEL.exists():
-        return config.DEFAULT_MODEL
-    runs = RunStore().with_models()
-    return runs[0].model_path if runs else None
 
 
 def model_history(model_path: Path) -> pd.DataFrame:
@@ -287,8 +297,6 @@ def model_meta(model_path: Path) -> dict:
 
 def regression_sample(validation_names: list[str], n: int = 400, seed: int = 0) -> list[str]:
     """A fixed, class-balanced sample of a model's own validation images for the CI accuracy check."""
-    from core.data import label_from_name
-
     rng = random.Random(seed)
     picked: list[str] = []
     for label in (0, 1):
@@ -335,8 +343,7 @@ def record_accuracy(target: Path, source: str | os.PathLike) -> dict:
     they are unsure about a second, mirrored look. This records the accuracy users get (metrics.accuracy, with
     metrics.accuracy_n and metrics.measured_on), beside the training figure (metrics.best_val_accuracy).
     """
-    from core.metrics import held_out
-    from core.predict import Predictor, evaluate
+    from core.predict import Predictor, evaluate  # core.predict is a layer above the run store
 
     target = Path(target)
     meta = model_meta(target)

@@ -12,13 +12,17 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 
 from core.config import CLASS_NAMES
-from core.data import DatasetError, LoadedDataset, load_dataset
+from core.corrections import prepare_training_data, read_corrections, split_for_training
+from core.data import DatasetError, LoadedDataset, load_dataset, split_indices
 from core.distribute import batch_sizes, distribution_strategy, fit
 from core.errors import SettingsError
+from core.pipeline import to_model_input
+from core.predict import held_out_record
 from core.progress import ProgressEvent, ProgressFn, ignore
 from core.runs import Run, RunStore
 from core.settings import TrainConfig
@@ -35,18 +39,6 @@ class RunResult:
     metrics: dict
     status: str  # "finished", "stopped" or "early-stopped"
     wall_time_s: float
-
-
-def split_indices(labels: np.ndarray, validation_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A stratified train/validation split that is the same for the same labels and seed."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    for label in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == label))
-        n_val = int(round(len(idx) * validation_split))
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
 @dataclass(frozen=True)
@@ -91,7 +83,6 @@ class Training:
 
 
 def _versions() -> dict:
-    import cv2
     import keras
     import tensorflow as tf
 
@@ -194,8 +185,6 @@ def _with_corrections(config: TrainConfig, base: LoadedDataset) -> tuple[LoadedD
     that must train (never validate), and what run.json records of it (None without corrections or extras)."""
     if not config.corrections and not config.extras:
         return base, np.zeros(len(base), bool), None
-    from core.corrections import prepare_training_data, read_corrections
-
     corrections = read_corrections(config.corrections) if config.corrections else None
     extras = [load_dataset(extra, config.pipeline) for extra in config.extras]
     return prepare_training_data(base, corrections, extras)
@@ -204,8 +193,6 @@ def _with_corrections(config: TrainConfig, base: LoadedDataset) -> tuple[LoadedD
 def _split(config: TrainConfig, base: LoadedDataset, dataset: LoadedDataset, forced: np.ndarray) -> Split:
     """The stratified split into the photos to train on and those held out (the uncorrected dataset's, less the
     photos forced to train), and the share of the training photos held out for calibration."""
-    from core.corrections import split_for_training
-
     train_idx, val_idx = split_for_training(base, dataset, forced, config.validation_split, config.seed)
     if not config.calibration_split:
         return Split(train_idx, val_idx, train_idx[:0])
@@ -319,8 +306,7 @@ def _save_best(t: Training, model, callbacks, dataset: LoadedDataset, split: Spl
 
 def _calibrate(model, dataset: LoadedDataset, held: np.ndarray):
     """Platt scaling fitted on the held-out calibration photos' single looks, folded into the model's last layer."""
-    from core.calibrate import fit_calibration, fold_into
-    from core.pipeline import to_model_input
+    from core.calibrate import fit_calibration, fold_into  # scipy and scikit-learn: only when calibrating
 
     prob = model.predict(to_model_input(dataset.x[held]), batch_size=256, verbose=0).reshape(-1)
     on = f"the {len(held):,} photos of {Path(dataset.source).name} held out from training for calibration"
@@ -342,8 +328,6 @@ def _measure(t: Training, dataset: LoadedDataset, split: Split, callbacks, fit_t
         "train_images_per_s": callbacks.batches.images / max(fit_time, 1e-9),
     }
     if t.run.has_model and len(split.val):  # the accuracy users will get on the held-out photos
-        from core.predict import held_out_record
-
         val = dataset.x[split.val], dataset.y[split.val], dataset.names[split.val]
         metrics.update(held_out_record(t.run.model_path, *val, dataset.source))
     return metrics

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import streamlit as st
 
-from core import catalog, config
+from core import config, datasets
 from core.corrections import MyPhotos, corrections_path
 from core.data import OK, DatasetError, summarize
-from core.jobs import FinderBusy, dataset_scans, finder_jobs, owner_label, training_manager
+from core.jobs import FinderBusy, owner_label
 from core.label_issues import KINDS, FinderConfig, load_issues
 from core.pipeline import ImageError, PipelineConfig, decode, decode_preview
+from core.uploads import dataset_candidates
 from ui import charts, review
+from ui.confirm import confirm_button, forget
 from ui.navigation import run_through_entrypoint
 from ui.resources import (
     active_dataset,
@@ -22,12 +24,15 @@ from ui.resources import (
     dataset_fingerprint,
     dataset_name,
     dataset_notice,
+    dataset_scans,
+    finder_jobs,
     open_source,
     remove_upload,
     save_upload,
     session_owner,
     session_uploads,
     set_active_dataset,
+    training_manager,
 )
 from ui.status import clock, duration, plural
 
@@ -90,7 +95,7 @@ def source_ui() -> Path | None:
         st.warning(notice)
     mine = session_uploads()
     uploaded = {str(u.path): u.name for u in mine}
-    candidates = [str(p) for p in catalog.dataset_candidates(session_owner())]
+    candidates = [str(p) for p in dataset_candidates(session_owner())]
     current = active_dataset()
     options = [*candidates, UPLOAD, FOLDER]
     if current is not None and str(current) in candidates:
@@ -140,11 +145,11 @@ def folder_ui(current: Path | None, candidates: list[str]) -> Path | None:
     if not typed:
         return None
     try:
-        path = catalog.check_dataset(typed)
+        path = datasets.check_dataset(typed)
     except DatasetError as err:
         st.error(str(err))
         return None
-    if problem := catalog.missing_classes(path.name, catalog.manifest_entries(manifest_of(path))):
+    if problem := datasets.missing_classes(path.name, datasets.manifest_entries(manifest_of(path))):
         st.error(problem)
         return None
     set_active_dataset(path)
@@ -293,7 +298,7 @@ def _cancel_finder(fingerprint: str) -> None:
     job = finder_jobs().get(fingerprint)
     if job is not None:
         job.cancel(by=session_owner())
-    st.session_state.pop("dataset_issues_cancel_asked", None)
+    forget("dataset_issues_cancel_other")
 
 
 @st.fragment(run_every=1.0)
@@ -313,20 +318,14 @@ def finder_progress_ui(fingerprint: str) -> None:
         st.button("Cancel search", key="dataset_issues_cancel", on_click=_cancel_finder, args=(fingerprint,))
         return
     st.caption(f"Started by {owner_label(state.owner)} at {clock(state.started_at)}.")
-    if not st.session_state.get("dataset_issues_cancel_asked"):
-        st.button(
-            "Cancel another session's search…",
-            key="dataset_issues_cancel_other",
-            on_click=lambda: st.session_state.update(dataset_issues_cancel_asked=True),
-        )
-        return
-    st.warning(f"Cancel the search {owner_label(state.owner)} started? What it has found so far is lost.")
-    st.button(
+    question = f"Cancel the search {owner_label(state.owner)} started? What it has found so far is lost."
+    confirm_button(
+        "Cancel another session's search…",
+        "dataset_issues_cancel_other",
+        question,
         "Yes, cancel it",
-        key="dataset_issues_cancel_confirm",
-        type="primary",
-        on_click=_cancel_finder,
-        args=(fingerprint,),
+        _cancel_finder,
+        (fingerprint,),
     )
 
 
@@ -426,7 +425,7 @@ def label_issues_ui(path: Path, manifest) -> None:
 def _prune(shas: list[str]) -> None:
     removed = MyPhotos().prune(shas)
     st.toast(f"Removed {plural(removed, 'photo')} from my photos")
-    st.session_state.pop("dataset_my_clear_asked", None)
+    forget("dataset_my_clear")
 
 
 def my_photos_ui() -> None:
@@ -455,25 +454,16 @@ def my_photos_ui() -> None:
                 f"**{photo.label}** · {photo.name or photo.sha256[:12]} · {photo.added_at[:16].replace('T', ' ')} UTC"
             )
             st.button("Remove", key=f"dataset_my_remove_{photo.sha256[:16]}", on_click=_prune, args=([photo.sha256],))
-    if not st.session_state.get("dataset_my_clear_asked"):
-        st.button(
-            "Remove all…", key="dataset_my_clear", on_click=lambda: st.session_state.update(dataset_my_clear_asked=True)
-        )
-        return
-    st.warning(f"Remove all {plural(len(photos), 'photo')} from my photos, for every session of this server?")
-    st.button(
-        "Yes, remove them all",
-        key="dataset_my_clear_confirm",
-        type="primary",
-        on_click=_prune,
-        args=([p.sha256 for p in photos],),
+    question = f"Remove all {plural(len(photos), 'photo')} from my photos, for every session of this server?"
+    confirm_button(
+        "Remove all…", "dataset_my_clear", question, "Yes, remove them all", _prune, ([p.sha256 for p in photos],)
     )
 
 
 st.title("Dataset")
 dataset = source_ui()
 if dataset is None:
-    if not catalog.dataset_candidates(session_owner()):
+    if not dataset_candidates(session_owner()):
         st.info(HOW_TO_GET_DATA)
     st.stop()
 

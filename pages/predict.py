@@ -8,12 +8,13 @@ from collections.abc import Callable
 import pandas as pd
 import streamlit as st
 
-from core import catalog, config
-from core.catalog import ModelChoice
+from core import config, registry
 from core.corrections import MyPhotos
 from core.data import DatasetError, Source, dataset_version, iter_inputs
+from core.gradcam import LEGEND, explain, legend
 from core.pipeline import ImageError, decode_preview
 from core.predict import Prediction, predictions_frame, submission_frame
+from core.registry import ModelChoice
 from ui.navigation import run_through_entrypoint
 from ui.resources import active_model, model_notice, predictor, set_session_model
 from ui.status import accuracy_text, plural
@@ -38,7 +39,7 @@ def model_ui() -> ModelChoice | None:
     """The model picker: the shipped default, if any, then saved runs; a pick is this session's, nobody else's."""
     if notice := model_notice():
         st.warning(notice)
-    available = {choice.key: choice for choice in catalog.choices()}
+    available = {choice.key: choice for choice in registry.choices()}
     if not available:
         st.info(
             "No model yet. Train one on the Train page (a few minutes on a CPU), or ship one as "
@@ -110,7 +111,6 @@ def preview_files(model: ModelChoice, files: list) -> list:
 
 def explain_files(model: ModelChoice, files: list) -> list:
     """Grad-CAM overlays at the photos' original size (None for a file that cannot be explained)."""
-    from core.gradcam import explain
 
     def overlays(todo: list) -> list:
         found = []
@@ -203,8 +203,6 @@ def table_ui(table) -> None:
 
 
 def legend_ui() -> None:
-    from core.gradcam import LEGEND, legend
-
     st.image(legend(512, 14), width=512)
     st.caption(f"Where the model looked (Grad-CAM, last convolutional layer): {LEGEND}.")
 

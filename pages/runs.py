@@ -7,14 +7,16 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import catalog, config
-from core.catalog import ModelChoice
+from core import config, registry
 from core.config import CLASS_NAMES
 from core.data import dataset_version
+from core.gradcam import LEGEND, explain, legend
 from core.jobs import owner_label
 from core.metrics import held_out, percent
 from core.predict import Evaluation
-from core.runs import Run, RunStore, model_history, model_meta, summary_row
+from core.registry import ModelChoice
+from core.runs import Run, RunStore, model_history, model_meta, odd_run_folders, summary_row
+from core.uploads import dataset_candidates
 from ui import charts, review
 from ui.evaluation import evaluation_of, model_version, side_by_side_ui
 from ui.exports import export_downloads_ui
@@ -52,8 +54,6 @@ METRICS = {
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def _overlay(model: str, model_mtime: int, source: str, version: str, name: str):
-    from core.gradcam import explain
-
     return explain(predictor(Path(model)), open_source(Path(source)).read(name)).overlay
 
 
@@ -137,7 +137,7 @@ def _ask_default(key: str) -> None:
 
 def _make_default(key: str) -> None:
     try:
-        choice = catalog.set_server_default(key, by=session_owner())
+        choice = registry.set_default_model(key, by=session_owner())
         st.toast(f"{choice.name} is now the default model for everyone")
     except KeyError:
         st.toast(f"{key} is no longer on this server")
@@ -150,10 +150,10 @@ def _cancel_default() -> None:
 
 def server_default_ui() -> None:
     """Which model every session gets until it picks its own, who made it so, and this session's own."""
-    default = catalog.server_default()
+    default = registry.default_model()
     if default is None:
         return
-    record = catalog.server_default_record()
+    record = registry.default_model_record()
     who = ""
     if record.get("model") == default.key and isinstance(record.get("set_at"), int | float):
         who = f" (made so by {owner_label(record.get('set_by'))} at {clock(record['set_at'])})"
@@ -187,7 +187,7 @@ def actions_ui(store: RunStore, run: Run) -> None:
         c1.button("Used in this session", key="runs_use", disabled=True)
     else:
         c1.button("Use in this session", key="runs_use", on_click=_use, args=(run.id,))
-    default = catalog.server_default()
+    default = registry.default_model()
     is_default = default is not None and default.key == run.id
     if is_default:
         c2.button("Default for everyone", key="runs_make_default", disabled=True)
@@ -214,14 +214,14 @@ def actions_ui(store: RunStore, run: Run) -> None:
 
 def model_options(store: RunStore) -> dict[str, ModelChoice | Run]:
     """Everything to inspect: the shipped model, then every run, with or without a saved model."""
-    found: dict[str, ModelChoice | Run] = {c.key: c for c in catalog.choices() if c.key == catalog.DEFAULT_KEY}
+    found: dict[str, ModelChoice | Run] = {c.key: c for c in registry.choices() if c.key == registry.DEFAULT_KEY}
     return found | {run.id: run for run in store.runs()}
 
 
 def comparable(options: dict[str, ModelChoice | Run]) -> dict[str, ModelChoice]:
     """The models to put side by side: the shipped one, and every run that saved a model."""
     return {
-        key: o if isinstance(o, ModelChoice) else catalog.describe(o.id, o.model_path, o.meta)
+        key: o if isinstance(o, ModelChoice) else registry.describe(o.id, o.model_path, o.meta)
         for key, o in options.items()
         if isinstance(o, ModelChoice) or o.has_model
     }
@@ -246,7 +246,7 @@ def inspect_ui(store: RunStore, picked: ModelChoice | Run) -> ModelChoice | None
         st.warning(f"{run.id}: its run.json cannot be read (half-written, or damaged): nothing to show.")
         return None
     cfg, metrics = meta.get("config", {}), meta.get("metrics", {})
-    choice = catalog.describe(run.id, run.model_path, meta) if run else picked
+    choice = registry.describe(run.id, run.model_path, meta) if run else picked
     accuracy, tip = accuracy_text(choice.score, choice.single_look)
     epochs = f"{metrics.get('epochs_completed', 0)} of {plural(cfg.get('epochs', 0), 'epoch')}"
     scored = f"  \nAccuracy {accuracy}" if choice.score is not None else ""
@@ -280,7 +280,7 @@ def dataset_options(model: ModelChoice) -> tuple[dict[str, str], Path | None]:
     options = {}
     if trained_on and names:
         options[HELD_OUT] = f"the {len(names):,} photos of {trained_on.name} it never trained on"
-    for path in dict.fromkeys([p for p in (active_dataset(),) if p] + catalog.dataset_candidates(session_owner())):
+    for path in dict.fromkeys([p for p in (active_dataset(),) if p] + dataset_candidates(session_owner())):
         note = ", some of which it trained on" if path == trained_on else ""
         options[str(path)] = f"every labeled photo of {path.name}{note}"
     return options, trained_on
@@ -385,8 +385,6 @@ def misclassified_ui(model: ModelChoice, source: Path, result: Evaluation) -> No
     reader = open_source(source)
     photos = [reader.read(name) for name in shown.file]
     if st.toggle("Show where the model looked", key="runs_gradcam"):
-        from core.gradcam import LEGEND, legend
-
         model_key = (str(model.path), model_version(model.path), str(source), dataset_version(source))
         try:
             photos = [_overlay(*model_key, name) for name in shown.file]
@@ -403,7 +401,7 @@ def misclassified_ui(model: ModelChoice, source: Path, result: Evaluation) -> No
 
 def odd_folders_ui() -> None:
     """Folders in the runs folder that are not listed, and why: a symlink, a run still being written."""
-    odd = catalog.odd_run_folders()
+    odd = odd_run_folders()
     if odd:
         names = "; ".join(f"`{name.replace('`', '')}`: {why}" for name, why in odd)
         st.warning(f"Not listed as runs: {names}.", icon=":material/folder_off:")
@@ -430,7 +428,7 @@ overlay_ui(store)
 st.divider()
 server_default_ui()
 key = st.selectbox(
-    "Inspect", list(options), format_func=lambda k: SHIPPED if k == catalog.DEFAULT_KEY else k, key="runs_selected"
+    "Inspect", list(options), format_func=lambda k: SHIPPED if k == registry.DEFAULT_KEY else k, key="runs_selected"
 )
 model = inspect_ui(store, options[key])
 if model is not None:

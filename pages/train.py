@@ -10,7 +10,7 @@ from core import config
 from core.corrections import MyPhotos, usable_corrections
 from core.data import summarize
 from core.estimate import estimate_training
-from core.jobs import TrainingBusy, TrainingJob, TrainingState, dataset_scans, owner_label, training_manager
+from core.jobs import TrainingBusy, TrainingJob, TrainingState, owner_label
 from core.metrics import percent, recorded_accuracies
 from core.runs import RunStore
 from core.settings import PRESETS, Setting, TrainConfig, help_of, settings
@@ -21,8 +21,10 @@ from ui.resources import (
     active_model,
     dataset_fingerprint,
     dataset_name,
+    dataset_scans,
     session_owner,
     set_session_model,
+    training_manager,
 )
 from ui.status import accuracy_text, clock, duration, plural, run_settings, started_by, training_line
 

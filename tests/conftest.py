@@ -163,6 +163,22 @@ def app_dirs(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def training():
+    """For a test that trains on the dashboard: a fresh training manager, as a newly started server has, and no
+    run of the test's left training after it. The dashboard's manager is per process (ui.resources), and an
+    in-process AppTest session shares it with every other test of this process."""
+    from ui.resources import training_manager
+
+    training_manager.clear()
+    manager = training_manager()
+    yield manager
+    job = manager.current
+    if job is not None and job.running:
+        job.stop()
+        assert job.wait(300), "a test's run did not stop"
+
+
+@pytest.fixture
 def saved_run(tiny_model, app_dirs):
     """The tiny model's run, copied into this test's runs folder (so deleting or promoting it is harmless)."""
     import shutil

@@ -23,6 +23,7 @@ import pytest
 import requests
 from conftest import make_jpeg
 from PIL import Image
+from streamlit.testing.v1 import AppTest
 
 from core.api import MAX_CONTENT_LENGTH, SECURITY_HEADERS, create_app
 from core.config import CLASS_NAMES, ROOT
@@ -72,6 +73,25 @@ def test_health_names_the_model_and_its_version(client, tiny_model):
     assert model["accuracy_measured_on"] == "the 60 photos of small-train.zip held out from training"
     assert model["tta"] == "unsure"
     assert model["input"] == {"size": 80, "color_mode": "grayscale"}
+
+
+# How run.json said what an accuracy was measured on before the app's own measurement was recorded with its count.
+OLDER_RECORDS = {
+    "one look only": lambda m: {k: v for k, v in m.items() if k not in ("accuracy", "accuracy_n", "measured_on")},
+    "worded with how": lambda m: {**m, "measured_on": f"{m['measured_on']}, predicted as the app predicts"},
+}
+
+
+@pytest.mark.parametrize("record", OLDER_RECORDS)
+def test_health_says_what_the_accuracy_was_measured_on_in_the_sidebars_words(saved_run, record):
+    metrics = OLDER_RECORDS[record](saved_run.meta["metrics"])
+    saved_run.update_meta(metrics=metrics)
+    model = create_app(saved_run.model_path, token="").test_client().get("/health").get_json()["model"]
+    held_out = f"the {saved_run.meta['n_val']} photos of small-train.zip held out from training"
+    assert model["accuracy_measured_on"] == held_out
+    assert model["accuracy"] == pytest.approx(metrics.get("accuracy", metrics["best_val_accuracy"]), abs=1e-6)
+    sidebar = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=180).run()  # its model: saved_run's
+    assert f"right on {model['accuracy_measured_on']}" in "\n".join(c.value for c in sidebar.caption)
 
 
 def test_predict_labels_a_multipart_file(client, predictor):

@@ -1,4 +1,5 @@
-"""The dashboard's non-UI logic: background training and scans (core.jobs), model and dataset choices (core.catalog)."""
+"""The dashboard's non-UI logic: background training and scans (core.jobs), the models to pick (core.registry),
+typed dataset paths (core.datasets) and uploads (core.uploads)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import zipfile
 import pytest
 from conftest import make_jpeg
 
-from core import catalog, config
+from core import config, datasets, registry, uploads
 from core.data import DatasetError, scan
 from core.jobs import DatasetScans, TrainingBusy, TrainingManager
-from core.runs import RunStore, default_model_path, promote_run
+from core.runs import RunStore, promote_run
 
 
 def _config(**overrides):
@@ -148,72 +149,71 @@ def test_models_to_pick_and_the_default_for_everyone(saved_run, app_dirs):
     newer_path = app_dirs.runs / f"{older.id[:-5]}-zzzz"  # a later id sorts first, as a newer run would
     shutil.copytree(older.path, newer_path)
 
-    choices = catalog.choices()
+    choices = registry.choices()
     assert [c.key for c in choices] == [newer_path.name, older.id]
-    assert catalog.server_default().key == newer_path.name  # nothing chosen yet: the newest run
-    chosen = catalog.set_server_default(older.id, by="0123456789abcdef")
-    assert catalog.server_default() == chosen == catalog.find(older.id)
-    assert catalog.server_default_record()["set_by"] == "0123456789abcdef"
+    assert registry.default_model().key == newer_path.name  # nothing chosen yet: the newest run
+    chosen = registry.set_default_model(older.id, by="0123456789abcdef")
+    assert registry.default_model() == chosen == registry.find(older.id)
+    assert registry.default_model_record()["set_by"] == "0123456789abcdef"
     # The accuracy it shows is the app's on its held-out photos; training's one look is kept beside it.
     assert chosen.accuracy == older.meta["metrics"]["accuracy"] and chosen.score.n == older.meta["n_val"]
     assert chosen.measured_on == f"the {older.meta['n_val']} photos of small-train.zip held out from training"
     assert chosen.single_look.value == pytest.approx(older.meta["metrics"]["best_val_accuracy"], abs=1e-6)
     with pytest.raises(KeyError):
-        catalog.set_server_default("no-such-run")
+        registry.set_default_model("no-such-run")
     with pytest.raises(KeyError):
-        catalog.set_server_default("../../etc")
-    assert catalog.find("../" + older.id) is None
+        registry.set_default_model("../../etc")
+    assert registry.find("../" + older.id) is None
 
     # The default target is read when called: the redirected models folder, never the real shipped model.
     assert promote_run(older) == app_dirs.models / "default.keras"
-    assert default_model_path() == app_dirs.models / "default.keras"  # the CLI's and API's default sees it too
-    assert catalog.choices()[0].key == catalog.DEFAULT_KEY
-    assert catalog.choices()[0].name == "Shipped default"
-    assert catalog.server_default().key == older.id  # an explicit choice outlives a new default
+    assert registry.choices()[0].key == registry.DEFAULT_KEY
+    assert registry.choices()[0].name == "Shipped default"
+    assert registry.default_model().key == older.id  # an explicit choice outlives a new default
     RunStore(app_dirs.runs).delete(older.id)
-    assert catalog.server_default().key == catalog.DEFAULT_KEY  # the chosen run is gone: back to the default
+    assert registry.default_model().key == registry.DEFAULT_KEY  # the chosen run is gone: back to the default
 
 
 def test_no_models_means_no_default_model(app_dirs):
-    assert catalog.choices() == [] and catalog.server_default() is None
+    assert registry.choices() == [] and registry.default_model() is None
 
 
 def test_a_dropped_zip_is_kept_under_uploads_and_a_bad_one_is_refused(small_zip, app_dirs):
     import hashlib
 
     with open(small_zip, "rb") as fh:
-        kept = catalog.save_upload("My photos (2024).zip", fh, owner="alice")
+        kept = uploads.save_upload("My photos (2024).zip", fh, owner="alice")
     digest = hashlib.sha256(small_zip.read_bytes()).hexdigest()
     assert kept.path == app_dirs.data / "uploads" / digest / "My_photos_2024.zip"
     assert kept.name == "My photos (2024).zip"  # shown as dropped; stored under a safe name in its hash's folder
     assert kept.path.read_bytes() == small_zip.read_bytes()
-    assert catalog.dataset_candidates("alice") == [kept.path]
-    assert catalog.dataset_candidates("bob") == catalog.dataset_candidates() == []  # nobody else's
+    assert uploads.dataset_candidates("alice") == [kept.path]
+    assert uploads.dataset_candidates("bob") == uploads.dataset_candidates() == []  # nobody else's
 
     with pytest.raises(DatasetError) as refused:
-        catalog.save_upload("../../evil.zip", io.BytesIO(b"plain text"), owner="alice")
+        uploads.save_upload("../../evil.zip", io.BytesIO(b"plain text"), owner="alice")
     assert str(refused.value) == "evil.zip: not a readable zip file"
     assert sorted(p.name for p in (app_dirs.data / "uploads").iterdir()) == [digest]
 
 
 def test_default_dataset_comes_first_among_candidates(small_zip, app_dirs):
     (app_dirs.data / "train.zip").symlink_to(small_zip)
-    assert catalog.dataset_candidates() == [app_dirs.data / "train.zip"]
+    assert uploads.dataset_candidates() == [app_dirs.data / "train.zip"]
 
 
 def test_a_typed_dataset_path_is_validated(app_dirs, small_zip, monkeypatch):
     monkeypatch.setattr(config, "EXTRA_DATA_ROOTS", [small_zip.parent])
-    assert catalog.check_dataset(str(small_zip)) == small_zip
+    assert datasets.check_dataset(str(small_zip)) == small_zip
     with pytest.raises(DatasetError, match="no such folder"):
-        catalog.check_dataset(app_dirs.data / "nope")
+        datasets.check_dataset(app_dirs.data / "nope")
     cats = app_dirs.data / "cats"
     (cats / "cat").mkdir(parents=True)
     (cats / "cat" / "1.jpg").write_bytes(make_jpeg())
-    assert catalog.check_dataset(cats) == cats  # what is in it is scanned in the background, not here
-    problem = catalog.missing_classes("cats", catalog.manifest_entries(scan(cats)))
+    assert datasets.check_dataset(cats) == cats  # what is in it is scanned in the background, not here
+    problem = datasets.missing_classes("cats", datasets.manifest_entries(scan(cats)))
     assert problem.startswith("cats: needs photos of both classes") and "1 usable cat and 0 usable dog" in problem
     (cats / "dog").mkdir()
     (cats / "dog" / "1.jpg").write_bytes(make_jpeg(seed=1))
-    assert catalog.missing_classes("cats", catalog.manifest_entries(scan(cats))) is None
+    assert datasets.missing_classes("cats", datasets.manifest_entries(scan(cats))) is None
     with pytest.raises(DatasetError, match="not a single file"):
-        catalog.check_dataset(cats / "dog" / "1.jpg")
+        datasets.check_dataset(cats / "dog" / "1.jpg")

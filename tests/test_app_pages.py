@@ -14,27 +14,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from streamlit.testing.v1 import AppTest
+from app_session import APP, open_app, texts
 
-from core import catalog, config
+from core import config, registry
 from core.data import Source
-from core.jobs import dataset_scans, training_manager
 from core.metrics import recorded_accuracies
 from core.runs import RunStore, promote_run
+from ui.resources import dataset_scans
 from ui.status import duration
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 PAGES = ["pages/dataset.py", "pages/train.py", "pages/predict.py", "pages/runs.py"]
 HOSTILE = {"zero-byte.jpg": "empty file", "text-named.jpg": "not an image", "truncated.jpg": "truncated"}
-
-
-def open_app(page: str = "pages/dataset.py") -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    if page != "pages/dataset.py":
-        at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 def sidebar() -> str:
@@ -44,22 +34,8 @@ def sidebar() -> str:
     return "\n".join([texts(at.sidebar.get("markdown")), texts(at.caption), progress])
 
 
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
-
-
 def photo(name: str, source: Path) -> bytes:
     return Source(source).read(name)
-
-
-@pytest.fixture(autouse=True)
-def no_run_left_behind():
-    """The training manager is per process: never let one test's run leak into the next."""
-    yield
-    job = training_manager().current
-    if job is not None and job.running:
-        job.stop()
-        job.wait(300)
 
 
 @pytest.fixture
@@ -189,13 +165,13 @@ def test_choosing_a_preset_loads_its_settings(dataset):
 
 
 @pytest.mark.slow
-def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(dataset, app_dirs):
+def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(dataset, app_dirs, training):
     at = open_app("pages/train.py")
     at.slider(key="train_epochs").set_value(1)
     at.slider(key="train_batch_size").set_value(16)
     at.slider(key="train_validation_split").set_value(0.25)
     at.button(key="train_start").click().run()
-    job = training_manager().current
+    job = training.current
     assert (job.config.preset, job.config.epochs, job.config.batch_size) == ("seed", 1, 16)
     assert job.config.validation_split == 0.25 and job.config.image_size == 80 and job.config.limit is None
     assert job.wait(300)
@@ -222,17 +198,17 @@ def test_train_with_the_sliders_see_it_finish_and_find_it_on_the_runs_page(datas
 
 
 @pytest.mark.slow
-def test_a_second_start_from_another_tab_gets_a_clear_message_and_stop_ends_the_run(dataset):
+def test_a_second_start_from_another_tab_gets_a_clear_message_and_stop_ends_the_run(dataset, training):
     at, other_tab = open_app("pages/train.py"), open_app("pages/train.py")
     at.slider(key="train_epochs").set_value(50)
     at.number_input(key="train_limit").set_value(100)
     at.button(key="train_start").click().run()
-    job = training_manager().current
+    job = training.current
     assert job.running and not at.button(key="train_stop").disabled
 
     other_tab.button(key="train_start").click().run()
     assert "already in progress" in texts(other_tab.warning) and not other_tab.exception
-    assert training_manager().current is job
+    assert training.current is job
 
     at.button(key="train_stop").click().run()
     assert job.wait(300)
@@ -279,10 +255,10 @@ def test_the_shipped_default_comes_first_and_a_pick_sets_this_sessions_model_onl
     promote_run(saved_run, config.DEFAULT_MODEL)
     at = open_app("pages/predict.py")
     assert at.selectbox(key="predict_model").options[0].startswith("Shipped default")
-    assert at.selectbox(key="predict_model").value == catalog.DEFAULT_KEY
+    assert at.selectbox(key="predict_model").value == registry.DEFAULT_KEY
     assert "Shipped default" in sidebar()
     at.selectbox(key="predict_model").set_value(saved_run.id).run()
-    assert catalog.server_default().key == catalog.DEFAULT_KEY  # the server's default is untouched
+    assert registry.default_model().key == registry.DEFAULT_KEY  # the server's default is untouched
     assert "**Shipped default**" in sidebar()  # and a fresh tab (a new session) still gets it
     at.switch_page("pages/runs.py").run()  # while this session keeps its pick on every page
     assert f"This session predicts with **{saved_run.id}**" in texts(at.caption)
@@ -344,14 +320,14 @@ def test_runs_page_evaluates_activates_and_deletes_a_run(saved_run, dataset, app
     assert len(wrong) == min(len(at.image), 24)
 
     at.button(key="runs_use").click().run()
-    assert at.button(key="runs_use").disabled and catalog.server_default().key == second.name  # this session only
+    assert at.button(key="runs_use").disabled and registry.default_model().key == second.name  # this session only
     at.button(key="runs_make_default").click().run()
-    assert "default model for everyone" in texts(at.warning) and catalog.server_default().key == second.name
+    assert "default model for everyone" in texts(at.warning) and registry.default_model().key == second.name
     at.button(key="runs_make_default_cancel").click().run()
-    assert not at.warning and catalog.server_default().key == second.name
+    assert not at.warning and registry.default_model().key == second.name
     at.button(key="runs_make_default").click().run()
     at.button(key="runs_make_default_confirm").click().run()
-    assert catalog.server_default().key == saved_run.id and at.button(key="runs_make_default").disabled
+    assert registry.default_model().key == saved_run.id and at.button(key="runs_make_default").disabled
     assert "Default model for everyone: **" + saved_run.id in texts(at.caption)
 
     at.button(key="runs_delete").click().run()
@@ -372,10 +348,10 @@ def test_a_run_trained_elsewhere_says_where_to_find_its_dataset(saved_run, app_d
 
 
 @pytest.mark.slow
-def test_the_sidebar_shows_a_run_in_progress(dataset):
+def test_the_sidebar_shows_a_run_in_progress(dataset, training):
     from core.settings import TrainConfig
 
-    job = training_manager().start(dataset, TrainConfig(epochs=50, limit=100, batch_size=8), runs_dir=config.RUNS_DIR)
+    job = training.start(dataset, TrainConfig(epochs=50, limit=100, batch_size=8), runs_dir=config.RUNS_DIR)
     deadline = time.time() + 120
     while not job.snapshot().batch_log and time.time() < deadline:
         time.sleep(0.05)
@@ -460,7 +436,7 @@ def test_runs_page_evaluates_the_shipped_model_on_a_small_labeled_zip(shipped, d
     at = open_app("pages/runs.py")
     table = at.dataframe[0].value
     assert table.run.tolist() == ["Shipped default"] and table.epochs[0] == "32 / 50"  # listed beside the runs
-    assert at.selectbox(key="runs_selected").value == catalog.DEFAULT_KEY
+    assert at.selectbox(key="runs_selected").value == registry.DEFAULT_KEY
     # The session's dataset is not the one it trained on, so it is offered whole.
     assert at.selectbox(key="runs_eval_dataset").value == str(dataset)
     at.toggle(key="runs_evaluate").set_value(True).run()

@@ -9,9 +9,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from harness import IDLE, launch_chromium, running_server, screenshot
 
 from core.data import Source
-from ui.harness import IDLE, launch_chromium, running_server, screenshot
 
 pytestmark = pytest.mark.browser
 

@@ -7,10 +7,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from harness import IDLE, launch_chromium, running_server, screenshot, server_dirs
 
 from core.data import Source
 from core.label_issues import FinderConfig, find_label_issues, save_issues
-from ui.harness import IDLE, launch_chromium, running_server, screenshot, server_dirs
 
 pytestmark = pytest.mark.browser
 

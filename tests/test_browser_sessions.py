@@ -14,8 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from ui.harness import IDLE, launch_chromium, running_server, screenshot, server_dirs
+from harness import IDLE, launch_chromium, running_server, screenshot, server_dirs
 
 pytestmark = pytest.mark.browser
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -159,6 +160,21 @@ def test_model_defaults_to_the_newest_run_until_a_model_ships(cli_home, model_pa
     assert last_json(proc.stdout)["n"] == 3
 
 
+def test_without_a_model_the_cli_uses_the_one_made_default_for_everyone(model_path, bad_inputs, tmp_path, monkeypatch):
+    from core import registry
+
+    for sub in ("runs", "data", "models"):
+        (tmp_path / sub).mkdir()
+    chosen = tmp_path / "runs" / model_path.parent.name
+    shutil.copytree(model_path.parent, chosen)
+    shutil.copytree(model_path.parent, tmp_path / "runs" / f"{chosen.name[:-5]}-zzzz")  # newer: the default so far
+    monkeypatch.setattr(config, "RUNS_DIR", tmp_path / "runs")
+    registry.set_default_model(chosen.name, by="a session on the Runs page")
+    proc = run_cli(tmp_path, "evaluate", bad_inputs / "macos-made.zip")
+    assert proc.returncode == 0, proc.stderr
+    assert last_json(proc.stdout)["model"] == str(chosen / "model.keras")  # the dashboard's rule, not the newest run
+
+
 def test_train_out_saves_the_model_with_its_accuracy_as_the_app_predicts(cli_home, model_path):
     out = cli_home / "shipped" / "mine.keras"
     assert out.read_bytes() == model_path.read_bytes()
@@ -232,7 +248,7 @@ def test_predict_writes_csv_to_stdout_without_csv_option(cli_home, model_path, t
 
 
 def test_predict_gives_the_dashboards_p_dog_by_default_and_tta_is_one_of_three_modes(cli_home, train_zip, tmp_path):
-    from core.data import Source
+    from core.data import Source, iter_inputs
     from core.predict import Predictor
 
     src = Source(train_zip)
@@ -249,8 +265,10 @@ def test_predict_gives_the_dashboards_p_dog_by_default_and_tta_is_one_of_three_m
         assert proc.returncode == 0, proc.stderr
         runs[mode] = pd.read_csv(out).set_index("file").prob_dog
     in_process = Predictor(config.DEFAULT_MODEL)  # the Predict page's and the API's predictor
-    for file, prob in runs["default"].items():
-        assert prob == pytest.approx(in_process.predict_path(file).prob_dog, abs=1e-5)
+    for (file, prob), pred in zip(
+        runs["default"].items(), in_process.predict_many(iter_inputs(runs["default"].index)), strict=True
+    ):
+        assert pred.file == file and prob == pytest.approx(pred.prob_dog, abs=1e-5)
     assert (runs["default"] != runs["off"]).any()  # some photo was unsure enough for a second look
 
     refused = run_cli(cli_home, "predict", photos, "--tta", "sometimes")

@@ -21,7 +21,6 @@ from core import config
 from core.data import (
     MANIFEST_COLUMNS,
     OK,
-    UNLABELED,
     DatasetError,
     Input,
     Source,
@@ -29,7 +28,6 @@ from core.data import (
     iter_inputs,
     label_from_name,
     load_dataset,
-    load_images,
     scan,
     summarize,
 )
@@ -206,21 +204,6 @@ def test_unlabeled_files_are_reported_and_not_used_for_training(tmp_path):
     reasons = dict(zip(dataset.skipped.name, dataset.skipped.status, strict=True))
     assert reasons["12345.jpg"].startswith("unlabeled")
     assert reasons["holiday.png"].startswith("unlabeled")
-
-
-def test_load_images_decodes_unlabeled_files_as_well(tmp_path):
-    files = {"cat.1.jpg": image(), "dog.2.jpg": image(seed=1), "12345.jpg": image(seed=2), "bad.jpg": b"junk"}
-    source = write_zip(tmp_path / "mixed.zip", files)
-    images = load_images(source, cache_dir=tmp_path / "cache")
-    assert dict(zip(images.names, images.y.tolist(), strict=True)) == {
-        "cat.1.jpg": 0,
-        "dog.2.jpg": 1,
-        "12345.jpg": UNLABELED,
-    }
-    assert images.skipped.name.tolist() == ["bad.jpg"]
-    labeled = load_dataset(source, cache_dir=tmp_path / "cache")  # a separate cache entry, labeled only
-    assert not labeled.from_cache and sorted(labeled.names) == ["cat.1.jpg", "dog.2.jpg"]
-    assert load_images(source, cache_dir=tmp_path / "cache").from_cache
 
 
 UNSAFE_NAMES = [

@@ -10,22 +10,18 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from app_session import open_app
 from streamlit.testing.v1 import AppTest
 
-from core.data import Source
+from core.data import Source, iter_inputs
 from core.export import FORMATS, export_bundle, export_path, verify_export
 from core.fastpath import current_export, open_predictor
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 def open_runs() -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=600)
-    at.run()
-    at.switch_page("pages/runs.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app("pages/runs.py", timeout=600)
 
 
 def downloads(at: AppTest) -> list[str]:
@@ -74,9 +70,8 @@ def test_the_downloaded_onnx_zip_loads_in_onnx_runtime_and_its_script_predicts_w
     saved_run, app_dirs, small_zip, tmp_path
 ):
     import onnxruntime as ort
+    from harness import IDLE, launch_chromium, running_server, screenshot
     from playwright.sync_api import sync_playwright
-
-    from ui.harness import IDLE, launch_chromium, running_server, screenshot
 
     env = {
         "CVD_DATA_DIR": str(app_dirs.data),
@@ -117,7 +112,6 @@ def test_the_downloaded_onnx_zip_loads_in_onnx_runtime_and_its_script_predicts_w
     assert proc.returncode == 0, proc.stderr
     rows = [line.split(",") for line in proc.stdout.splitlines()[1:]]
     app = open_predictor(saved_run.model_path)
-    for file, label, prob, _ in rows:
-        expected = app.predict_path(file)
-        assert label == expected.label and abs(float(prob) - expected.prob_dog) <= 1e-4
+    for (file, label, prob, _), expected in zip(rows, app.predict_many(iter_inputs(r[0] for r in rows)), strict=True):
+        assert expected.file == file and label == expected.label and abs(float(prob) - expected.prob_dog) <= 1e-4
     assert len(rows) == 3

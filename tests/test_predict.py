@@ -75,13 +75,12 @@ def test_predict_bytes_turns_each_bad_input_into_an_error_not_an_exception(predi
         assert reason in pred.error
 
 
-def test_predict_path_reads_a_file_or_reports_why_it_cannot(predictor, photos, tmp_path):
+def test_predict_many_reads_the_files_iter_inputs_lists_or_reports_why_it_cannot(predictor, photos, tmp_path):
     path = tmp_path / "photo.jpg"
     path.write_bytes(photos[0][1])
-    pred = predictor.predict_path(path)
+    pred, missing = predictor.predict_many(iter_inputs([path, tmp_path / "gone.jpg"]))
     assert pred.file == str(path)
     assert pred.prob_dog == pytest.approx(predictor.predict_bytes(photos[0][1]).prob_dog, abs=1e-6)
-    missing = predictor.predict_path(tmp_path / "gone.jpg")
     assert missing.label is None and "no such file" in missing.error
 
 

@@ -10,32 +10,19 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
+from app_session import open_app, texts
 
 from core import config
 from core.corrections import MyPhotos, corrections_path, load_corrections
 from core.data import Source
-from core.jobs import FinderBusy, FinderJobs, dataset_scans
+from core.jobs import FinderBusy, FinderJobs
 from core.label_issues import SAVED_COLUMNS, FinderConfig, issues_paths, load_issues
+from ui.resources import dataset_scans, finder_jobs
 from ui.review import action_key
 from ui.status import plural
 
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
 # Two folds of two epochs at 32 px: a real search of 300 photos in seconds, not a good one.
 QUICK = FinderConfig(image_size=32, train_scales=(1.0,), epochs=2, batch_size=16)
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
-
-
-def open_app(page: str = "pages/dataset.py") -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    at.run()
-    if page != "pages/dataset.py":
-        at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 @pytest.fixture(scope="module")
@@ -222,8 +209,6 @@ def test_my_photos_are_browsed_and_pruned_on_the_dataset_page(opened, small_zip)
 
 
 def test_the_finder_runs_in_the_background_and_only_its_session_cancels_it_with_one_click(opened):
-    from core.jobs import finder_jobs
-
     fingerprint = Source(opened).fingerprint()
     at = open_app()
     assert at.button(key="dataset_issues_start").label == "Find label issues"
@@ -238,6 +223,7 @@ def test_the_finder_runs_in_the_background_and_only_its_session_cancels_it_with_
         assert "Started by session" in texts(other.caption)
         other.button(key="dataset_issues_cancel_other").click().run()
         assert "What it has found so far is lost" in texts(other.warning)
+        assert other.button(key="dataset_issues_cancel_other_confirm").label == "Yes, cancel it"
         at.button(key="dataset_issues_cancel").click().run()
         assert job.wait(300)
     finally:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from app_session import open_app, texts
 from conftest import UNDER_CI, make_jpeg
 
 from core import config
@@ -181,12 +182,7 @@ def test_the_dashboard_refuses_to_start_while_another_process_trains_and_shows_t
     assert other_process_runs() == ""  # the sidebar reads the app's runs folder: none training there
     monkeypatch.setattr(config, "RUNS_DIR", runs)
     assert f"**{run_id}** (pid " in other_process_runs()
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(config.ROOT / "streamlit_app.py"), default_timeout=180)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    sidebar = "\n".join(str(c.value) for c in at.caption)
+    sidebar = texts(open_app().caption)
     assert f"In progress in another process: **{run_id}**" in sidebar, sidebar
 
 

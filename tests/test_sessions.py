@@ -16,31 +16,15 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from app_session import open_app, texts
 from conftest import make_jpeg
 from streamlit.testing.v1 import AppTest
 
-from core import catalog, config
+from core import config, datasets, registry, uploads
 from core.data import DatasetError, Source
-from core.jobs import DatasetScans, dataset_scans, owner_label, training_manager
+from core.jobs import DatasetScans, TrainingManager, owner_label
 from core.runs import RunStore, promote_run
-
-APP = str(Path(__file__).resolve().parent.parent / "streamlit_app.py")
-
-
-def open_app(page: str = "pages/dataset.py", owner: str | None = None) -> AppTest:
-    """A new session; with owner, one of the browser that owns that id (as a reload of that browser is)."""
-    at = AppTest.from_file(APP, default_timeout=180)
-    if owner is not None:
-        at.session_state["session_owner"] = owner
-    at.run()
-    if page != "pages/dataset.py":
-        at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(elements) -> str:
-    return "\n".join(str(e.value) for e in elements)
+from ui.resources import dataset_scans
 
 
 def owner_of(at: AppTest) -> str:
@@ -60,16 +44,6 @@ def drop(at: AppTest, name: str, data: bytes) -> AppTest:
     return at.file_uploader(key="dataset_upload").set_value((name, data, "application/zip")).run()
 
 
-@pytest.fixture(autouse=True)
-def no_run_left_behind():
-    """The training manager is per process: never let one test's run leak into the next."""
-    yield
-    job = training_manager().current
-    if job is not None and job.running:
-        job.stop()
-        job.wait(300)
-
-
 @pytest.fixture
 def dataset(small_zip, app_dirs) -> Path:
     """small_zip as the server's default dataset (data/train.zip), already scanned."""
@@ -85,7 +59,7 @@ def dataset(small_zip, app_dirs) -> Path:
 def test_one_sessions_upload_never_becomes_another_sessions_dataset(dataset, bad_inputs):
     alice, bob = open_app(), open_app()
     drop(alice, "class-folders.zip", (bad_inputs / "class-folders.zip").read_bytes())
-    upload = catalog.uploads(owner_of(alice))[0]
+    upload = uploads.uploads(owner_of(alice))[0]
     assert alice.radio(key="dataset_choice").value == str(upload.path)
     assert "class-folders.zip (your upload)" in alice.radio(key="dataset_choice").options  # options as shown
     assert "**class-folders.zip**" in texts(alice.expander[0].markdown)  # listed under "Your uploads"
@@ -104,27 +78,27 @@ def test_one_sessions_upload_never_becomes_another_sessions_dataset(dataset, bad
 
 def test_the_same_zip_dropped_twice_is_one_file_and_same_names_never_collide(app_dirs, bad_inputs):
     pets, other = (bad_inputs / "class-folders.zip").read_bytes(), (bad_inputs / "macos-made.zip").read_bytes()
-    a = catalog.save_upload("pets.zip", io.BytesIO(pets), owner="alice")
-    b = catalog.save_upload("mine.zip", io.BytesIO(pets), owner="bob")
+    a = uploads.save_upload("pets.zip", io.BytesIO(pets), owner="alice")
+    b = uploads.save_upload("mine.zip", io.BytesIO(pets), owner="bob")
     assert a.path == b.path and a.digest == hashlib.sha256(pets).hexdigest()  # the same bytes: one file
-    assert [u.name for u in catalog.uploads("alice")] == ["pets.zip"]  # each keeps the name it dropped
-    assert [u.name for u in catalog.uploads("bob")] == ["mine.zip"]
-    c = catalog.save_upload("pets.zip", io.BytesIO(other), owner="alice")  # same name, other bytes
+    assert [u.name for u in uploads.uploads("alice")] == ["pets.zip"]  # each keeps the name it dropped
+    assert [u.name for u in uploads.uploads("bob")] == ["mine.zip"]
+    c = uploads.save_upload("pets.zip", io.BytesIO(other), owner="alice")  # same name, other bytes
     assert c.path != a.path and c.path.read_bytes() == other and a.path.read_bytes() == pets
-    assert [u.name for u in catalog.uploads("alice")] == ["pets.zip", "pets.zip"]
+    assert [u.name for u in uploads.uploads("alice")] == ["pets.zip", "pets.zip"]
 
-    catalog.remove_upload(a, "alice")
-    assert a.path.exists() and [u.path for u in catalog.uploads("alice")] == [c.path]  # bob still keeps it
-    catalog.remove_upload(b, "bob")
-    assert not a.path.parent.exists() and catalog.uploads("bob") == []
+    uploads.remove_upload(a, "alice")
+    assert a.path.exists() and [u.path for u in uploads.uploads("alice")] == [c.path]  # bob still keeps it
+    uploads.remove_upload(b, "bob")
+    assert not a.path.parent.exists() and uploads.uploads("bob") == []
 
 
 def test_a_session_removes_its_upload_from_the_dataset_page(dataset, bad_inputs):
     alice = open_app()
     drop(alice, "class-folders.zip", (bad_inputs / "class-folders.zip").read_bytes())
-    upload = catalog.uploads(owner_of(alice))[0]
+    upload = uploads.uploads(owner_of(alice))[0]
     alice.button(key=f"dataset_remove_{upload.digest[:16]}").click().run()
-    assert not upload.path.exists() and catalog.uploads(owner_of(alice)) == []
+    assert not upload.path.exists() and uploads.uploads(owner_of(alice)) == []
     assert not alice.warning  # asked for: no "is no longer there" notice
     alice.switch_page("pages/train.py").run()
     assert "Dataset: **train.zip**" in texts(alice.caption)
@@ -132,22 +106,22 @@ def test_a_session_removes_its_upload_from_the_dataset_page(dataset, bad_inputs)
 
 def test_uploads_nobody_used_for_the_ttl_are_swept(app_dirs, bad_inputs):
     data = (bad_inputs / "class-folders.zip").read_bytes()
-    kept = catalog.save_upload("a.zip", io.BytesIO(data), owner="alice")
-    also = catalog.save_upload("b.zip", io.BytesIO((bad_inputs / "macos-made.zip").read_bytes()), owner="bob")
+    kept = uploads.save_upload("a.zip", io.BytesIO(data), owner="alice")
+    also = uploads.save_upload("b.zip", io.BytesIO((bad_inputs / "macos-made.zip").read_bytes()), owner="bob")
     legacy = app_dirs.data / "uploads" / "old-name.zip"  # how uploads were kept before: by name, at the top
     legacy.write_bytes(data)
     hour = 3600
     later = time.time() + 10 * hour
     os.utime(legacy, (later - 20 * hour, later - 20 * hour))
-    catalog.touch_upload(kept, "alice", now=later - hour)  # alice used hers an hour ago; bob not since dropping
+    uploads.touch_upload(kept, "alice", now=later - hour)  # alice used hers an hour ago; bob not since dropping
 
-    assert catalog.sweep_uploads(24, now=later) == []  # nothing is 24 hours unused yet
-    removed = catalog.sweep_uploads(8, now=later)
+    assert uploads.sweep_uploads(24, now=later) == []  # nothing is 24 hours unused yet
+    removed = uploads.sweep_uploads(8, now=later)
     assert set(removed) == {also.path.parent, legacy} and not also.path.exists() and not legacy.exists()
-    assert kept.path.exists() and [u.name for u in catalog.uploads("alice")] == ["a.zip"]
-    assert catalog.sweep_uploads(0.5, now=later, keep=[kept.path]) == []  # a run is reading it: kept
-    assert kept.path.exists() and catalog.uploads("alice") == []  # but alice's stale use is forgotten
-    assert catalog.sweep_uploads(0.5, now=later) == [kept.path.parent] and not kept.path.exists()
+    assert kept.path.exists() and [u.name for u in uploads.uploads("alice")] == ["a.zip"]
+    assert uploads.sweep_uploads(0.5, now=later, keep=[kept.path]) == []  # a run is reading it: kept
+    assert kept.path.exists() and uploads.uploads("alice") == []  # but alice's stale use is forgotten
+    assert uploads.sweep_uploads(0.5, now=later) == [kept.path.parent] and not kept.path.exists()
 
 
 def test_upload_errors_name_the_users_file_and_say_the_real_reason(app_dirs, bad_inputs):
@@ -180,8 +154,8 @@ def test_one_sessions_model_pick_never_changes_another_sessions(saved_run, small
     assert alice.selectbox(key="predict_model").value == saved_run.id
 
     bob.run()
-    assert bob.selectbox(key="predict_model").value == catalog.DEFAULT_KEY
-    assert catalog.server_default().key == catalog.DEFAULT_KEY
+    assert bob.selectbox(key="predict_model").value == registry.DEFAULT_KEY
+    assert registry.default_model().key == registry.DEFAULT_KEY
     photo = Source(small_zip).read("train/dog.1001.jpg")
     bob.file_uploader(key="predict_files").set_value(("dog.jpg", photo, "image/jpeg")).run()
     assert not bob.exception and bob.dataframe[0].value.file.tolist() == ["dog.jpg"]
@@ -197,9 +171,9 @@ def test_the_default_for_everyone_changes_only_through_its_confirmation(saved_ru
     alice.selectbox(key="runs_selected").select(saved_run.id).run()  # the shipped default is listed first
     alice.button(key="runs_make_default").click().run()
     assert "default model for everyone" in texts(alice.warning) and "Every session" in texts(alice.warning)
-    assert catalog.server_default().key == catalog.DEFAULT_KEY  # asking is not doing
+    assert registry.default_model().key == registry.DEFAULT_KEY  # asking is not doing
     alice.button(key="runs_make_default_confirm").click().run()
-    assert catalog.server_default().key == saved_run.id
+    assert registry.default_model().key == saved_run.id
     assert f"made so by {owner_label(owner_of(alice))}" in texts(alice.caption)
     bob.run()  # a session that never picked its own follows the new default
     assert bob.selectbox(key="predict_model").value == saved_run.id
@@ -208,20 +182,20 @@ def test_the_default_for_everyone_changes_only_through_its_confirmation(saved_ru
 # ---- Runs -------------------------------------------------------------------------------------------------------
 
 
-def start_long_run(at: AppTest):
+def start_long_run(at: AppTest, training: TrainingManager):
     """Start a run that lasts far longer than the test (50 epochs of a 100-photo slice, batches of 8)."""
     at.slider(key="train_epochs").set_value(50)
     at.slider(key="train_batch_size").set_value(8)
     at.number_input(key="train_limit").set_value(100)
     at.button(key="train_start").click().run()
-    job = training_manager().current
+    job = training.current
     assert job.running and job.owner == owner_of(at)
     return job
 
 
-def test_a_non_owner_sees_the_run_read_only_and_stops_it_only_after_confirming(dataset):
+def test_a_non_owner_sees_the_run_read_only_and_stops_it_only_after_confirming(dataset, training):
     alice = open_app("pages/train.py")
-    job = start_long_run(alice)
+    job = start_long_run(alice, training)
     assert alice.button(key="train_stop").label == "Stop" and not alice.info
 
     bob = open_app("pages/train.py")
@@ -249,23 +223,23 @@ def test_a_non_owner_sees_the_run_read_only_and_stops_it_only_after_confirming(d
     assert f"Stopped by {owner_label(owner_of(bob))}" in texts(alice.caption)
 
 
-def test_a_confirmation_never_stops_a_run_started_after_it(dataset):
+def test_a_confirmation_never_stops_a_run_started_after_it(dataset, training):
     alice, bob = open_app("pages/train.py"), open_app("pages/train.py")
-    first = start_long_run(alice)
+    first = start_long_run(alice, training)
     bob.run()
     bob.button(key="train_stop").click().run()  # bob is asked about alice's first run ...
     first.stop()
     assert first.wait(300)
-    second = start_long_run(alice)  # ... which ends; alice starts another before bob answers
+    second = start_long_run(alice, training)  # ... which ends; alice starts another before bob answers
     bob.button(key="train_stop_confirm").click().run()
     assert second.running and second.snapshot().status != "stopping"
 
 
-def test_a_reload_of_the_owners_browser_shows_its_runs_own_settings(dataset):
+def test_a_reload_of_the_owners_browser_shows_its_runs_own_settings(dataset, training):
     alice = open_app("pages/train.py")
     alice.selectbox(key="train_preset").set_value("improved").run()
     alice.slider(key="train_epochs").set_value(40)
-    job = start_long_run(alice)
+    job = start_long_run(alice, training)
     # A reload is a new session of the same browser: the same owner id (from the browser's cookie), empty state.
     reloaded = open_app("pages/train.py", owner=owner_of(alice))
     assert reloaded.button(key="train_stop").label == "Stop" and not reloaded.info
@@ -309,9 +283,9 @@ def test_paths_outside_the_allowed_roots_get_one_identical_refusal(app_dirs, sma
     refusals = set()
     for path in typed:
         with pytest.raises(DatasetError) as refused:
-            catalog.check_dataset(path)
+            datasets.check_dataset(path)
         refusals.add(str(refused.value))
-    assert refusals == {catalog.path_refusal()}
+    assert refusals == {datasets.path_refusal()}
 
     at = open_app()
     at.radio(key="dataset_choice").set_value("folder").run()
@@ -320,7 +294,7 @@ def test_paths_outside_the_allowed_roots_get_one_identical_refusal(app_dirs, sma
         at.text_input(key="dataset_folder").set_value(path).run()
         assert not at.exception and not at.dataframe and not at.metric  # nothing about the path is listed
         shown.add(texts(at.error))
-    assert shown == {catalog.path_refusal()} and "\n" not in catalog.path_refusal()
+    assert shown == {datasets.path_refusal()} and "\n" not in datasets.path_refusal()
 
 
 def test_a_folder_under_an_extra_root_is_scanned_in_the_background(app_dirs, tmp_path, monkeypatch):
@@ -403,7 +377,7 @@ def test_a_run_deleted_by_another_session_gives_a_message(saved_run, app_dirs):
 def test_a_deleted_dataset_and_a_missing_or_damaged_model_give_messages(dataset, saved_run, bad_inputs, small_zip):
     alice = open_app()
     drop(alice, "class-folders.zip", (bad_inputs / "class-folders.zip").read_bytes())
-    upload = catalog.uploads(owner_of(alice))[0]
+    upload = uploads.uploads(owner_of(alice))[0]
     shutil.rmtree(upload.path.parent)  # removed behind the session's back (the sweep, or by hand)
     alice.run()
     assert not alice.exception and "class-folders.zip is no longer there" in texts(alice.warning)
@@ -416,7 +390,7 @@ def test_a_deleted_dataset_and_a_missing_or_damaged_model_give_messages(dataset,
     RunStore().delete(saved_run.id)
     alice.run()
     assert not alice.exception and f"The model you picked, {saved_run.id}, is no longer" in texts(alice.warning)
-    assert alice.selectbox(key="predict_model").value == catalog.DEFAULT_KEY
+    assert alice.selectbox(key="predict_model").value == registry.DEFAULT_KEY
 
     config.DEFAULT_MODEL.write_bytes(b"PK\x03\x04 half a model file")  # a damaged shipped model
     alice.run()

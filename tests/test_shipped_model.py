@@ -54,14 +54,13 @@ def test_shipped_model_loads_in_safe_mode_and_its_metadata_matches_the_file(ship
 
 
 def test_the_shipped_model_is_the_default_of_the_cli_the_api_and_the_dashboard(tiny_model, monkeypatch):
-    from core import catalog
-    from core.runs import RunStore, default_model_path
+    from core import registry
+    from core.runs import RunStore
 
     # A runs folder with a trained run in it: the shipped model still comes first, for every front end.
     monkeypatch.setattr(config, "RUNS_DIR", tiny_model.parent.parent)
     assert [run.model_path for run in RunStore().with_models()] == [tiny_model]
-    assert default_model_path() == config.DEFAULT_MODEL  # the CLI's and the API's
-    assert catalog.server_default().path == config.DEFAULT_MODEL  # the dashboard's, for a session that picked none
+    assert registry.default_model().path == config.DEFAULT_MODEL  # the one rule of the CLI, the API and the dashboard
 
 
 def test_shipped_model_is_at_least_93_percent_accurate_on_its_fixed_validation_sample(shipped_meta, train_zip):

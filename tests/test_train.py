@@ -345,8 +345,9 @@ def test_stop_from_another_thread_keeps_the_best_model_so_far(small_slice, tmp_p
         np.testing.assert_array_equal(a, b)
 
 
-def test_stop_during_the_first_epoch_keeps_the_run_but_saves_no_model(small_slice, tmp_path):
-    from core.runs import RunStore, default_model_path, promote_run
+def test_stop_during_the_first_epoch_keeps_the_run_but_saves_no_model(small_slice, tmp_path, monkeypatch):
+    from core.registry import choices
+    from core.runs import RunStore, promote_run
 
     cancel = threading.Event()
 
@@ -364,4 +365,5 @@ def test_stop_during_the_first_epoch_keeps_the_run_but_saves_no_model(small_slic
     assert store.with_models() == []  # but never offered as a model
     with pytest.raises(ValueError, match="before its first epoch"):
         promote_run(result.run, tmp_path / "default.keras")
-    assert default_model_path() != result.run.model_path
+    monkeypatch.setattr(config, "RUNS_DIR", tmp_path)
+    assert result.run.id not in [choice.key for choice in choices()]  # no front end offers or defaults to it

@@ -8,10 +8,10 @@ import pandas as pd
 import streamlit as st
 
 from core import compare
-from core.catalog import ModelChoice
 from core.data import dataset_version
 from core.metrics import percent
 from core.predict import Evaluation, evaluate
+from core.registry import ModelChoice
 from core.runs import model_meta
 from ui.resources import predictor, training_source
 

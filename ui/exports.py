@@ -10,9 +10,9 @@ import logging
 
 import streamlit as st
 
-from core.catalog import ModelChoice
 from core.export import FORMATS, ExportError, export_bundle, export_path
 from core.fastpath import current_export, ensure_export_in_child
+from core.registry import ModelChoice
 
 FORMAT_LABELS = {
     "onnx": ("ONNX", "ONNX Runtime, OpenVINO, Triton"),

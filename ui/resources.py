@@ -3,6 +3,9 @@
 Everything a visitor chooses lives in st.session_state (or, for uploads, on disk under the visitor's id), never in
 the process, so one visitor's choice never becomes another's. The server-wide defaults are the configured
 dataset and the model made "default for everyone" on the Runs page.
+
+What is the server's alone (its training manager, dataset scans and label-issue searches, loaded predictors) is
+built once per process here with st.cache_resource: core has the classes, never the instances.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from typing import TYPE_CHECKING, BinaryIO
 import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
 
-from core import catalog, config
-from core.catalog import ModelChoice, Upload
+from core import config, registry, uploads
 from core.data import DatasetError, Source, dataset_version
-from core.jobs import dataset_scans, owner_label, training_manager
+from core.jobs import DatasetScans, FinderJobs, TrainingManager, owner_label
+from core.registry import ModelChoice
+from core.uploads import Upload
 
 if TYPE_CHECKING:  # core.predict pulls in TensorFlow when a Keras Predictor is built, never at import
     from core.predict import BasePredictor
@@ -52,6 +56,27 @@ def keep_keras_state() -> None:
     """
     if hasattr(script_runner, "_clean_problem_modules"):
         script_runner._clean_problem_modules = _keep_keras_state
+
+
+# ---- The server's background work: one of each per process, shared by every session and tab ----------------
+
+
+@st.cache_resource(show_spinner=False)
+def training_manager() -> TrainingManager:
+    """The one training manager of this server: every session sees (and may be refused by) the same run."""
+    return TrainingManager()
+
+
+@st.cache_resource(show_spinner=False)
+def dataset_scans() -> DatasetScans:
+    """This server's dataset scans, kept per version of a source, so no page or session scans one twice."""
+    return DatasetScans()
+
+
+@st.cache_resource(show_spinner=False)
+def finder_jobs() -> FinderJobs:
+    """This server's label-issue searches, one at a time per dataset, shared by every session."""
+    return FinderJobs()
 
 
 # ---- Who this session is --------------------------------------------------------------------------------------
@@ -109,17 +134,17 @@ def _training_sources() -> list[Path]:
 
 def session_uploads() -> list[Upload]:
     """The zips this browser dropped and still keeps, newest first."""
-    return catalog.uploads(session_owner())
+    return uploads.uploads(session_owner())
 
 
 def save_upload(name: str, data: BinaryIO) -> Upload:
-    """Keep a dropped zip for this browser (core.catalog.save_upload); raises DatasetError with the reason."""
-    return catalog.save_upload(name, data, session_owner())
+    """Keep a dropped zip for this browser (core.uploads.save_upload); raises DatasetError with the reason."""
+    return uploads.save_upload(name, data, session_owner())
 
 
 def remove_upload(upload: Upload) -> None:
     """Take a zip off this browser's list; the file goes when no session keeps it and no run is reading it."""
-    catalog.remove_upload(upload, session_owner(), keep=_training_sources())
+    uploads.remove_upload(upload, session_owner(), keep=_training_sources())
     if not upload.path.exists():  # deleted, not just off this list: its kept scan goes too
         dataset_scans().forget(upload.path)
     chosen = st.session_state.get(_DATASET_KEY)
@@ -131,12 +156,12 @@ def _still_offered(path: Path) -> bool:
     # An upload counts only while it is on this browser's list (it may be another's file too); its use is noted.
     if not _is_upload(path):
         return path.exists()
-    upload = catalog.upload_of(path, session_owner())
+    upload = uploads.upload_of(path, session_owner())
     if upload is None:
         return False
     touched = st.session_state.setdefault(_TOUCHED_KEY, {})
     if time.time() - touched.get(str(path), 0) > TOUCH_EVERY_S:
-        catalog.touch_upload(upload, session_owner())
+        uploads.touch_upload(upload, session_owner())
         touched[str(path)] = time.time()
     return True
 
@@ -174,7 +199,7 @@ def dataset_notice() -> str | None:
 def dataset_name(path: Path) -> str:
     """A dataset as this session knows it: an upload under the name it was dropped as, anything else by file name."""
     if _is_upload(path):
-        upload = catalog.upload_of(path, session_owner())
+        upload = uploads.upload_of(path, session_owner())
         return upload.name if upload else path.name
     return path.name
 
@@ -191,7 +216,7 @@ def sweep_uploads_now_and_then() -> None:
         if now < _next_sweep:
             return
         _next_sweep = now + SWEEP_EVERY_S
-    removed = catalog.sweep_uploads(config.UPLOAD_TTL_HOURS, now, keep=_training_sources())
+    removed = uploads.sweep_uploads(config.UPLOAD_TTL_HOURS, now, keep=_training_sources())
     if removed:
         _log.info("removed %d upload(s) unused for %g hours", len(removed), config.UPLOAD_TTL_HOURS)
 
@@ -206,21 +231,21 @@ _next_sweep = 0.0
 def active_model() -> ModelChoice | None:
     """The model this session predicts with: its own pick while that exists, else the server's default.
 
-    Every page asks here, never catalog directly; a pick never changes another session's model.
+    Every page asks here, never core.registry directly; a pick never changes another session's model.
     """
     chosen = st.session_state.get(_MODEL_KEY)
     if chosen is not None:
-        found = catalog.find(chosen)
+        found = registry.find(chosen)
         if found is not None:
             return found
         del st.session_state[_MODEL_KEY]
         st.session_state[_MODEL_GONE_KEY] = chosen
-    return catalog.server_default()
+    return registry.default_model()
 
 
 def set_session_model(key: str) -> ModelChoice:
     """Pick the model for this session only; raises KeyError for a model that is not (or no longer) offered."""
-    choice = catalog.find(key)
+    choice = registry.find(key)
     if choice is None:
         raise KeyError(f"no model named {key!r}")
     st.session_state[_MODEL_KEY] = choice.key
@@ -303,7 +328,7 @@ def warm_up_model() -> None:
     with _warm_up_lock:
         if _warm_up_thread is not None or not config.WARM_UP_MODEL:
             return
-        model = catalog.server_default()  # before any session picks another
+        model = registry.default_model()  # before any session picks another
         if model is None or not model.path.exists():
             return
         key = (str(model.path), model.path.stat().st_mtime_ns)
@@ -347,7 +372,7 @@ def dataset_fingerprint(path: Path) -> str:
 def training_source(meta: dict) -> Path | None:
     """The dataset a run was trained on, found by content fingerprint among this session's datasets."""
     wanted = meta.get("dataset", {}).get("fingerprint")
-    candidates = [p for p in (active_dataset(),) if p] + catalog.dataset_candidates(session_owner())
+    candidates = [p for p in (active_dataset(),) if p] + uploads.dataset_candidates(session_owner())
     for path in dict.fromkeys(candidates):
         try:
             if wanted and dataset_fingerprint(path) == wanted:

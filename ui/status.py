@@ -8,17 +8,20 @@ from pathlib import Path
 import streamlit as st
 
 from core.data import summarize
-from core.jobs import TrainingState, dataset_scans, owner_label, training_manager
+from core.jobs import TrainingState, owner_label
 from core.metrics import Accuracy, percent
+from core.runs import RunStore
 from core.settings import NetConfig, OptimizerConfig
 from ui.resources import (
     active_dataset,
     active_model,
     dataset_name,
     dataset_notice,
+    dataset_scans,
     model_notice,
     session_label,
     session_owner,
+    training_manager,
 )
 
 
@@ -155,8 +158,6 @@ def _training_status() -> None:
 
 def other_process_runs() -> str:
     """The runs training in other processes (a CLI, another server) into this runs folder, in words; '' if none."""
-    from core.runs import RunStore
-
     # Called when this server trains nothing, so every run in progress belongs to another process.
     runs = [run.meta for run in RunStore().in_progress()]
     return ", ".join(f"**{m['id']}** (pid {m.get('pid')}, since {m.get('started_at', '')[11:19]} UTC)" for m in runs)

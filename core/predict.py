@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -82,44 +82,45 @@ class BasePredictor:
     ) -> list[Prediction]:
         """Label many images: decode in parallel threads, infer in batches, per-file errors kept in order."""
         pool = self._decoder_pool()
-
-        def prepare(item: Input) -> np.ndarray | str:
-            if item.refusal:
-                return item.refusal
-            try:  # uint8 here, scaled per batch below: a quarter of the bytes to copy into the batch
-                return decode(item.read(), self.pipeline)
-            except ImageError as err:
-                return str(err)
-
         results: list[Prediction] = []
-
-        def finish(chunk: list, futures: list) -> None:
-            prepared = [future.result() for future in futures]
-            good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
-            probs = self.pixel_probabilities(np.stack([prepared[i] for i in good])) if good else []
-            by_index = dict(zip(good, probs, strict=True))
-            for i, item in enumerate(chunk):
-                if i in by_index:
-                    results.append(self._labelled(item.name, by_index[i]))
-                else:
-                    results.append(Prediction(item.name, None, None, prepared[i]))
-            if progress:
-                progress(len(results))
-
-        # Decoding of one chunk overlaps inference on the one before it.
-        pending: tuple[list, list] | None = None
-        chunk: list = []
-        for item in itertools.chain(items, [None]):
-            if item is not None:
-                chunk.append(item)
-            if chunk and (len(chunk) >= batch_size or item is None):
-                submitted = (chunk, [pool.submit(prepare, it) for it in chunk])
-                if pending:
-                    finish(*pending)
-                pending, chunk = submitted, []
-        if pending:
-            finish(*pending)
+        pending: tuple[list[Input], list] | None = None  # decoding of one chunk overlaps inference on the one before
+        for chunk in itertools.chain(_chunks(items, batch_size), [None]):
+            if pending:
+                results += self._finish(*pending)
+                if progress:
+                    progress(len(results))
+            pending = (chunk, [pool.submit(self._prepare, it) for it in chunk]) if chunk else None
         return results
+
+    def _prepare(self, item: Input) -> np.ndarray | str:
+        if item.refusal:
+            return item.refusal
+        try:  # uint8 here, scaled per batch in _finish: a quarter of the bytes to copy into the batch
+            return decode(item.read(), self.pipeline)
+        except ImageError as err:
+            return str(err)
+
+    def _finish(self, chunk: list[Input], futures: list) -> list[Prediction]:
+        """One chunk's predictions, in order: its decoded photos inferred as one batch, the rest with their reason."""
+        prepared = [future.result() for future in futures]
+        good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+        probs = self.pixel_probabilities(np.stack([prepared[i] for i in good])) if good else []
+        by_index = dict(zip(good, probs, strict=True))
+        return [
+            self._labelled(item.name, by_index[i]) if i in by_index else Prediction(item.name, None, None, prepared[i])
+            for i, item in enumerate(chunk)
+        ]
+
+
+def _chunks(items: Iterable[Input], size: int) -> Iterator[list[Input]]:
+    chunk: list[Input] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class Predictor(BasePredictor):

@@ -89,6 +89,35 @@ def uploads_ui(mine: list, expanded: bool) -> None:
             right.button("Remove", key=f"dataset_remove_{upload.digest[:16]}", on_click=remove_upload, args=(upload,))
 
 
+def _default_option(candidates: list[str], current: Path | None) -> str:
+    """Where the source chooser starts: the active dataset's entry, else the folder box (a typed one), else a drop."""
+    if current is not None and str(current) in candidates:
+        return str(current)
+    return FOLDER if current is not None else UPLOAD
+
+
+def _describer(uploaded: dict[str, str]):
+    def describe(option: str) -> str:
+        if option == UPLOAD:
+            return "Drop a zip"
+        if option == FOLDER:
+            return "A folder on this machine"
+        return f"{uploaded[option]} (your upload)" if option in uploaded else f"{Path(option).name} (default)"
+
+    return describe
+
+
+def upload_ui() -> None:
+    st.file_uploader(
+        "Kaggle's train.zip, or a zip of cat/ and dog/ folders",
+        type=["zip"],
+        key="dataset_upload",
+        on_change=_on_upload,
+    )
+    if error := st.session_state.pop("dataset_upload_error", None):
+        st.error(error)
+
+
 def source_ui() -> Path | None:
     """Draw the source chooser and return the chosen dataset, or None while there is none."""
     if notice := dataset_notice():
@@ -98,33 +127,12 @@ def source_ui() -> Path | None:
     candidates = [str(p) for p in dataset_candidates(session_owner())]
     current = active_dataset()
     options = [*candidates, UPLOAD, FOLDER]
-    if current is not None and str(current) in candidates:
-        default = candidates.index(str(current))
-    elif current is not None:
-        default = options.index(FOLDER)
-    else:
-        default = options.index(UPLOAD)
-
-    def describe(option: str) -> str:
-        if option == UPLOAD:
-            return "Drop a zip"
-        if option == FOLDER:
-            return "A folder on this machine"
-        return f"{uploaded[option]} (your upload)" if option in uploaded else f"{Path(option).name} (default)"
-
     if st.session_state.get("dataset_choice") not in options:  # first visit, or its upload was removed
-        st.session_state["dataset_choice"] = options[default]
-    choice = st.radio("Source", options, format_func=describe, key="dataset_choice", horizontal=True)
+        st.session_state["dataset_choice"] = _default_option(candidates, current)
+    choice = st.radio("Source", options, format_func=_describer(uploaded), key="dataset_choice", horizontal=True)
     uploads_ui(mine, expanded=choice == UPLOAD)
     if choice == UPLOAD:
-        st.file_uploader(
-            "Kaggle's train.zip, or a zip of cat/ and dog/ folders",
-            type=["zip"],
-            key="dataset_upload",
-            on_change=_on_upload,
-        )
-        if error := st.session_state.pop("dataset_upload_error", None):
-            st.error(error)
+        upload_ui()
         return None
     if choice == FOLDER:
         return folder_ui(current, candidates)

@@ -44,52 +44,59 @@ def build_vgg_bn(
     stem: int = 0,
     name: str = "improved",
     any_size: bool = False,
+    dtype: str = "float32",
 ) -> keras.Model:
     """Conv pairs with batch norm and max-pooling, global average pooling, dropout 0.3, sigmoid.
 
     Batch norm uses momentum 0.9: with 0.99 the moving statistics trailed the weights by ~100 steps, and
     validation accuracy sat near chance for the first epochs while training accuracy climbed.
     With any_size the input takes photos of any size (progressive resizing trains on several); global pooling
-    makes the net itself size-agnostic.
+    makes the net itself size-agnostic. dtype is each layer's Keras dtype policy (e.g. "mixed_bfloat16"), given to
+    the layers rather than set globally, so a run training in a thread changes no other model; the sigmoid stays
+    float32.
     """
     shape = (None, None, pipeline.channels) if any_size else pipeline.input_shape
     inputs = keras.Input(shape, name="image")
     x = inputs
     if stem:
-        x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn")(x)
-        x = layers.Activation("relu", name="stem_relu")(x)
+        x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem_conv", dtype=dtype)(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn", dtype=dtype)(x)
+        x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
     for i, width in enumerate(widths):
         for j in range(2):
-            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}_{j + 1}")(x)
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i + 1}_{j + 1}")(x)
-            x = layers.Activation("relu", name=f"relu{i + 1}_{j + 1}")(x)
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}_{j + 1}", dtype=dtype)(x)
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i + 1}_{j + 1}", dtype=dtype)(x)
+            x = layers.Activation("relu", name=f"relu{i + 1}_{j + 1}", dtype=dtype)(x)
         if i < len(widths) - 1:
-            x = layers.MaxPooling2D(name=f"pool{i + 1}")(x)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(0.3, name="dropout")(x)
+            x = layers.MaxPooling2D(name=f"pool{i + 1}", dtype=dtype)(x)
+    x = layers.GlobalAveragePooling2D(name="gap", dtype=dtype)(x)
+    x = layers.Dropout(0.3, name="dropout", dtype=dtype)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="prob_dog")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_model(config: TrainConfig, any_size: bool = False) -> keras.Model:
+def build_model(config: TrainConfig, any_size: bool = False, precision: str = "float32") -> keras.Model:
     """Build the uncompiled net of a run's settings (config.net) for its input (config.pipeline), named after its
     preset.
 
     Augmentation is not part of the model: `core.augment` applies it to training batches. any_size builds it to
-    take photos of any size, for training at several; `fixed_size` makes the model to save from it.
+    take photos of any size, for training at several; precision "bfloat16" builds it to train in mixed bfloat16
+    (float32 weights). `fixed_size` makes the model to save from either.
     """
     net = config.net
     if net.kind == "seed":
-        if any_size:
-            raise SettingsError("the seed net flattens a fixed-size map, so it trains at one size only")
+        if any_size or precision != "float32":
+            raise SettingsError("the seed net trains as the tutorial did: at one size, in float32")
         return build_seed(config.pipeline, net.widths, name=config.preset)
-    return build_vgg_bn(config.pipeline, net.widths, net.stem, name=config.preset, any_size=any_size)
+    dtype = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    return build_vgg_bn(config.pipeline, net.widths, net.stem, name=config.preset, any_size=any_size, dtype=dtype)
 
 
 def fixed_size(model: keras.Model, config: TrainConfig) -> keras.Model:
-    """The model at the run's input size, so that a saved model says what input it expects."""
-    if model.input_shape[1:] == config.pipeline.input_shape:
+    """The model at the run's input size in float32, so that a saved model says what input it expects and
+    predicts alike on every CPU, whatever the run trained in."""
+    in_float32 = all(layer.dtype_policy.name == "float32" for layer in model.layers)
+    if model.input_shape[1:] == config.pipeline.input_shape and in_float32:
         return model
     fixed = build_model(config)
     fixed.set_weights(model.get_weights())

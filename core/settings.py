@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 
 from core.errors import SettingsError
+from core.hardware import PRECISIONS
 from core.pipeline import PipelineConfig
 
 NET_KINDS = ("seed", "vgg_bn")
@@ -166,6 +167,13 @@ class TrainConfig:
         flag="extra",
         parse=paths,
         metavar="DATASET[,DATASET...]",
+    )
+    # Mixed bfloat16 (bfloat16 compute, float32 weights) pays only where the CPU has AMX: core.hardware. The saved
+    # model is always float32, so it predicts alike on every machine.
+    precision: str = setting(
+        "float32",
+        "compute precision while training: float32, bfloat16 (mixed), or auto (bfloat16 where the CPU has AMX)",
+        choices=PRECISIONS,
     )
     net: NetConfig = setting(NetConfig(), "the network")
     optimizer: OptimizerConfig = setting(OptimizerConfig(), "the optimiser")

@@ -21,6 +21,7 @@ from core.corrections import prepare_training_data, read_corrections, split_for_
 from core.data import DatasetError, LoadedDataset, load_dataset, split_indices
 from core.distribute import batch_sizes, distribution_strategy, fit
 from core.errors import SettingsError
+from core.hardware import training_precision
 from core.pipeline import to_model_input
 from core.predict import held_out_record
 from core.progress import ProgressEvent, ProgressFn, ignore
@@ -57,6 +58,7 @@ class Placement:
     strategy: object  # a tf.distribute.Strategy
     replicas: int
     per_replica_batch: int
+    precision: str  # float32 or bfloat16: what the run computes in (core.hardware.training_precision)
 
     @property
     def global_batch(self) -> int:
@@ -68,6 +70,7 @@ class Placement:
             "replicas": self.replicas,
             "global_batch": self.global_batch,
             "per_replica_batch": self.per_replica_batch,
+            "precision": self.precision,
         }
 
 
@@ -207,7 +210,7 @@ def _place(config: TrainConfig, strategy) -> Placement:
     replicas = strategy.num_replicas_in_sync
     if config.batch_size // replicas < 1:
         raise SettingsError(f"batch size {config.batch_size} is smaller than the {replicas} replicas; use a larger one")
-    return Placement(strategy, replicas, config.batch_size // replicas)
+    return Placement(strategy, replicas, config.batch_size // replicas, training_precision(config.precision))
 
 
 class Feeds:
@@ -244,7 +247,7 @@ def _build(config: TrainConfig, placement: Placement, steps: int):
     keras.utils.set_random_seed(config.seed)  # the initial weights, and the dropout's draws
     budgeted = config.time_budget_min is not None
     with placement.strategy.scope():
-        model = build_model(config, any_size=config.stages != (config.image_size,))
+        model = build_model(config, any_size=config.stages != (config.image_size,), precision=placement.precision)
         compile_model(model, config, total_steps=None if budgeted else steps * config.epochs)
     return model
 

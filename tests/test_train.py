@@ -226,6 +226,36 @@ def test_the_improved_preset_trains_at_a_small_size(small_slice, small_zip, tmp_
     assert result.run.meta["config"]["preset"] == "improved"
 
 
+def test_auto_precision_is_bfloat16_only_where_the_cpu_has_amx():
+    from core.hardware import training_precision
+
+    assert training_precision("auto", frozenset({"avx512f", "amx_tile", "amx_bf16"})) == "bfloat16"
+    # AVX-512 BF16 without AMX, or nothing: TensorFlow would emulate bfloat16, slower than float32
+    assert training_precision("auto", frozenset({"avx512f", "avx512_bf16"})) == "float32"
+    assert training_precision("auto", frozenset()) == "float32"
+    assert training_precision("bfloat16", frozenset()) == "bfloat16"  # asked for by name: taken as asked
+    assert TrainConfig().precision == "float32"  # the seed trains as the tutorial did
+
+
+def test_a_bfloat16_run_trains_in_mixed_precision_and_saves_a_float32_model(small_zip, tmp_path):
+    from core.model import build_model
+
+    cfg = TrainConfig.for_preset("improved", epochs=1, image_size=32, limit=64, batch_size=16, precision="bfloat16")
+    net = build_model(cfg, any_size=True, precision="bfloat16")
+    computes = {layer.name: layer.compute_dtype for layer in net.layers}
+    assert computes["conv1_1"] == "bfloat16" and computes["prob_dog"] == "float32"
+    assert {w.dtype for w in net.weights} == {"float32"}  # mixed: the weights themselves stay float32
+    events: list[ProgressEvent] = []
+    result = train(small_zip, cfg, progress=events.append, runs_dir=tmp_path)
+    assert result.status == "finished"
+    assert result.run.meta["precision"] == "bfloat16"
+    assert next(e for e in events if e.kind == "start").logs["precision"] == "bfloat16"
+    saved = load_model(result.run.model_path)
+    assert {layer.compute_dtype for layer in saved.layers} == {"float32"}  # predicts alike on every CPU
+    with pytest.raises(SettingsError, match="float32"):
+        build_model(TrainConfig(), precision="bfloat16")
+
+
 @pytest.mark.slow
 def test_a_time_budget_anneals_the_rate_over_wall_time_and_ends_training(small_zip, tmp_path):
     cfg = TrainConfig.for_preset(

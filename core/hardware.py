@@ -1,0 +1,30 @@
+"""What this machine's CPU does natively, read from /proc/cpuinfo (elsewhere than Linux: nothing is assumed)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The feature flags the kernel lists for the first CPU (empty where /proc/cpuinfo is missing)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    flags = next((line.split(":", 1)[1] for line in lines if line.startswith("flags")), "")
+    return frozenset(flags.split())
+
+
+def training_precision(choice: str, flags: frozenset[str] | None = None) -> str:
+    """float32 or bfloat16, the compute precision a run trains in.
+
+    auto takes bfloat16 only where the CPU multiplies bfloat16 matrices in hardware (AMX, `amx_bf16`). Without
+    it TensorFlow emulates bfloat16, 2-2.5x slower than float32 (docs/model.md), so auto is float32 there.
+    """
+    if choice != "auto":
+        return choice
+    return "bfloat16" if "amx_bf16" in (cpu_flags() if flags is None else flags) else "float32"

@@ -1,8 +1,9 @@
-"""Today's Keras path against the fast path (the ONNX export on ONNX Runtime, core.fastpath), side by side in one run.
+"""Today's Keras path against the fast path (the ONNX export, core.fastpath), side by side in one run.
 
 Usage: python benchmarks/fast_path.py [--model models/default.keras] [--rounds 3] [--e2e-rounds 1]
 
-The two paths alternate round by round; today's is the same commands with CVD_PREDICT_ENGINE=tensorflow.
+The paths alternate round by round, each the same commands with CVD_PREDICT_ENGINE set: tensorflow (today's),
+onnxruntime, and, where the CPU has AMX, openvino-bf16 (OpenVINO bf16 with f32 looks near the decisions).
 - `python -m core serve`: seconds from the start of the process until /health answers, and its peak RSS
   (VmHWM) after 20 predictions;
 - `python -m core predict PHOTO`: the whole process, start to exit, and its peak RSS;
@@ -37,9 +38,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this process loads TensorF
 from core import config
 from core.config import ROOT
 from core.fastpath import ENGINE_ENV, ensure_export_in_child
+from core.hardware import cpu_flags
 from core.predict import BasePredictor
 
 TODAY, FAST = "tensorflow", "onnxruntime"
+PATHS = (TODAY, FAST, "openvino-bf16") if "amx_bf16" in cpu_flags() else (TODAY, FAST)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -130,15 +133,16 @@ def decode_only(source: str, csv: str, size: int, color_mode: str) -> None:
 
 
 def latencies(model: Path, photos: list[bytes], rounds: int) -> dict[str, list[float]]:
-    """Milliseconds per predict_bytes call (decode + inference + the app's TTA), the two paths alternating."""
+    """Milliseconds per predict_bytes call (decode + inference + the app's TTA), the paths taking turns."""
     from core.fastpath import FastPredictor
     from core.predict import Predictor
 
-    predictors = {TODAY: Predictor(model), FAST: FastPredictor(model)}
+    predictors = {TODAY: Predictor(model), **{e: FastPredictor(model, engine=e) for e in PATHS[1:]}}
     found: dict[str, list[float]] = {name: [] for name in predictors}
     for r in range(rounds):
         for i, data in enumerate(photos):
-            order = list(predictors) if (i + r) % 2 == 0 else list(predictors)[::-1]
+            shift = (i + r) % len(predictors)
+            order = list(predictors)[shift:] + list(predictors)[:shift]
             for name in order:
                 started = time.perf_counter()
                 predictors[name].predict_bytes(data)
@@ -154,8 +158,10 @@ def ratio(today: list[float], fast: list[float]) -> str:
     return f"{statistics.median(fast) / statistics.median(today):.2f}x"
 
 
-def print_row(what: str, unit: str, today: list[float], fast: list[float], fmt: str = "{:.2f}") -> None:
-    print(f"| {what} | {spread(today, fmt)} {unit} | {spread(fast, fmt)} {unit} | {ratio(today, fast)} |")
+def print_row(what: str, unit: str, values: dict[str, list[float]], fmt: str = "{:.2f}") -> None:
+    cells = [f"{spread(values[e], fmt)} {unit}".strip() for e in PATHS]
+    ratios = [ratio(values[TODAY], values[e]) for e in PATHS[1:]]
+    print(f"| {what} | {' | '.join(cells)} | {' | '.join(ratios)} |")
 
 
 def first_use(model: Path, tmp: Path) -> float:
@@ -199,10 +205,10 @@ def run_all(args: argparse.Namespace, model: Path, tmp: Path) -> None:
     photo.write_bytes(photos[0])
     export_s = first_use(model, tmp)
 
-    serve = {TODAY: [], FAST: []}
-    one = {TODAY: [], FAST: []}
+    serve: dict[str, list] = {e: [] for e in PATHS}
+    one: dict[str, list] = {e: [] for e in PATHS}
     for r in range(args.rounds):
-        for engine in (TODAY, FAST) if r % 2 == 0 else (FAST, TODAY):
+        for engine in PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]:
             serve[engine].append(serve_run(model, engine, photos[0]))
             cmd = [sys.executable, "-m", "core", "predict", str(photo), "--model", str(model)]
             one[engine].append(process_run(cmd, {**ENV, ENGINE_ENV: engine}))
@@ -210,13 +216,13 @@ def run_all(args: argparse.Namespace, model: Path, tmp: Path) -> None:
     lat = latencies(model, photos, 1)
     print(f"one-photo latency medians: { {k: round(statistics.median(v), 2) for k, v in lat.items()} } ms", flush=True)
 
-    e2e = {TODAY: [], FAST: [], "decode": []}
+    e2e: dict[str, list] = {e: [] for e in (*PATHS, "decode")}
     train, csv = str(config.KAGGLE_TRAIN_ZIP), str(tmp / "out.csv")
     with zipfile.ZipFile(config.KAGGLE_TRAIN_ZIP) as z:
         count = sum(n.endswith(".jpg") for n in z.namelist())
     pipeline = json_pipeline(model)
     for r in range(args.e2e_rounds):
-        for engine in (TODAY, FAST, "decode") if r % 2 == 0 else ("decode", FAST, TODAY):
+        for engine in (*PATHS, "decode") if r % 2 == 0 else ("decode", *PATHS[::-1]):
             if engine == "decode":
                 cmd = [sys.executable, __file__, "--decode-only", train, csv, *pipeline]
                 e2e[engine].append(process_run(cmd, ENV)[0])
@@ -235,29 +241,29 @@ def json_pipeline(model: Path) -> list[str]:
 
 
 def report(serve: dict, one: dict, lat: dict, e2e: dict, count: int, export_s: float) -> None:
-    print("\n| measure | today (TensorFlow) | fast path (ONNX Runtime) | fast / today |\n| --- | --: | --: | --: |")
-    print_row(
-        "`python -m core serve`: start to /health answering", "s", *[[s[0] for s in serve[e]] for e in (TODAY, FAST)]
-    )
-    print_row(
-        "`serve` peak RSS after 20 predictions", "MB", *[[s[1] for s in serve[e]] for e in (TODAY, FAST)], "{:.0f}"
-    )
-    print_row("`python -m core predict PHOTO`: start to exit", "s", *[[s[0] for s in one[e]] for e in (TODAY, FAST)])
-    print_row("`predict PHOTO` peak RSS", "MB", *[[s[1] for s in one[e]] for e in (TODAY, FAST)], "{:.0f}")
-    print_row("one photo in process, decode + infer + TTA (median, p90 below)", "ms", lat[TODAY], lat[FAST])
-    p90 = {name: float(np.percentile(values, 90)) for name, values in lat.items()}
-    print(f"| the same, p90 | {p90[TODAY]:.2f} ms | {p90[FAST]:.2f} ms | {p90[FAST] / p90[TODAY]:.2f}x |")
+    def column(runs: dict, k: int) -> dict[str, list[float]]:
+        return {e: [run[k] for run in runs[e]] for e in PATHS}
+
+    heads = ["today (TensorFlow)", *(f"fast path ({e})" for e in PATHS[1:])]
+    print(f"\n| measure | {' | '.join(heads)} | {' | '.join(f'{e} / today' for e in PATHS[1:])} |")
+    print("| --- |" + " --: |" * (2 * len(PATHS) - 1))
+    print_row("`python -m core serve`: start to /health answering", "s", column(serve, 0))
+    print_row("`serve` peak RSS after 20 predictions", "MB", column(serve, 1), "{:.0f}")
+    print_row("`python -m core predict PHOTO`: start to exit", "s", column(one, 0))
+    print_row("`predict PHOTO` peak RSS", "MB", column(one, 1), "{:.0f}")
+    print_row("one photo in process, decode + infer + TTA (median)", "ms", lat)
+    print_row("the same, p90", "ms", {e: [float(np.percentile(v, 90))] for e, v in lat.items()})
     rate = {name: [count / s for s in values] for name, values in e2e.items()}
-    print_row(f"`python -m core predict train.zip` ({count:,} photos), img/s", "", rate[TODAY], rate[FAST], "{:,.0f}")
-    print(f"| the same, wall seconds | {spread(e2e[TODAY], '{:.1f}')} | {spread(e2e[FAST], '{:.1f}')} | |")
+    print_row(f"`python -m core predict train.zip` ({count:,} photos), img/s", "", rate, "{:,.0f}")
+    print_row("the same, wall seconds", "s", e2e, "{:.1f}")
     decode = statistics.median(rate["decode"])
-    fast = statistics.median(rate[FAST])
+    shares = ", ".join(f"{e} {statistics.median(rate[e]) / decode:.0%}" for e in PATHS)
     print(
         f"\nDecode-only pass over the same {count:,} photos (same process shape, no model): "
-        f"{spread(rate['decode'], '{:,.0f}')} img/s; the fast path runs at {fast / decode:.0%} of it, today's path at "
-        f"{statistics.median(rate[TODAY]) / decode:.0%}."
+        f"{spread(rate['decode'], '{:,.0f}')} img/s; each path runs at this share of it: {shares}."
     )
     print(f"First use of a model without an export: {export_s:.1f} s to export it (once per model file).")
+    print(f"CPU flags: amx_bf16 {'found' if 'amx_bf16' in cpu_flags() else 'not found'}")
 
 
 if __name__ == "__main__":

@@ -3,14 +3,17 @@
 `open_predictor` is what the CLI's predict, evaluate and submission, the API and the dashboard call. It returns a
 FastPredictor on the model's ONNX export when it can and the Keras Predictor otherwise, with a note saying why.
 ONNX Runtime is the engine because benchmarks/engines.py measured it the fastest exact (f32) engine here: 3.4x
-TensorFlow at batch 1, level at batch 128, and a process that starts 26x sooner in 0.15x the memory.
+TensorFlow at batch 1, level at batch 128, and a process that starts 26x sooner in 0.15x the memory. Where the CPU
+has AMX (bf16 in hardware), the default engine is OpenVINO bf16 with a guard (GuardedBf16): photos whose bf16
+P(dog) is near a decision are predicted again on ONNX Runtime, so the labels are f32's (benchmarks/fast_path.py).
 
 The export lives beside the .keras file (default.keras -> default.onnx + default.onnx.json) and its sidecar holds
 the .keras file's sha256: every load checks the export's bytes and that hash (core.export.verify_export), so a
 corrupt or stale export is rebuilt, never used. Exporting needs TensorFlow, so it runs in a child process
 (`python -m core export`): the process that predicts never imports TensorFlow or Keras, also on a first use.
 Predictions are the app's: the same decode (core.pipeline.decode), the same flip TTA rule (core.tta), the same
-threshold, and P(dog) within 1e-4 of the Keras path (tests/test_fastpath.py).
+threshold, and P(dog) within 1e-4 of the Keras path on ONNX Runtime (tests/test_fastpath.py); on OpenVINO bf16 the
+same labels, P(dog) within 0.05.
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ from filelock import FileLock
 
 from core.config import ROOT, TTA_MODES
 from core.errors import ModelMissing, SettingsError
-from core.export import ExportError, export_path, load_export, verify_export
+from core.export import ExportedModel, ExportError, export_path, load_export, verify_export
+from core.hardware import cpu_flags
 from core.pipeline import PipelineConfig
 from core.predict import BasePredictor, Predictor
+from core.tta import flip_tta
 
-# CVD_PREDICT_ENGINE=tensorflow turns the fast path off everywhere (the Keras path, as before it existed).
+# CVD_PREDICT_ENGINE picks the engine: auto (the default: openvino-bf16 where the CPU has AMX, else onnxruntime),
+# onnxruntime, openvino-bf16, or tensorflow, which turns the fast path off everywhere (the Keras path).
 ENGINE_ENV = "CVD_PREDICT_ENGINE"
-ENGINES = ("onnxruntime", "tensorflow")
+ENGINES = ("auto", "onnxruntime", "openvino-bf16", "tensorflow")
+# bf16 looks are trusted only this far from a decision (the 0.5 threshold, the TTA's unsure bounds): twice the
+# largest |delta P(dog)| OpenVINO bf16 showed against f32 on test1's 1,001 photos (2.5e-2, benchmarks/engines.py).
+BF16_GUARD = 0.05
 EXPORT_TIMEOUT_S = 900  # TensorFlow's import and tf2onnx on a busy 2-core machine take well under a minute
 _CHUNK = 256  # images per engine call: bounds the activations a 2,000-photo evaluation holds at once
 Note = Callable[[str], None]
@@ -44,21 +53,61 @@ def _stderr_note(text: str) -> None:
     print(f"note: {text}", file=sys.stderr, flush=True)
 
 
+class GuardedBf16:
+    """OpenVINO bf16 looks wherever they cannot change a decision, and ONNX Runtime's f32 ones where they could.
+
+    A photo whose bf16 P(dog) (after the TTA) lies within `guard` of 0.5, or whose first look lies within it of the
+    TTA's unsure bounds (0.5 +- margin), is predicted again in f32, both looks: so its label, and whether it got a
+    second look, are f32's whenever bf16 is off by less than `guard`. Other photos keep bf16's P(dog).
+    """
+
+    def __init__(self, quick: ExportedModel, exact: ExportedModel, guard: float = BF16_GUARD):
+        self.quick, self.exact, self.guard = quick, exact, guard
+        self.metadata = exact.metadata
+
+    def probabilities(self, pixels: np.ndarray, tta: str) -> np.ndarray:
+        """P(dog) with the app's flip TTA, as ExportedModel.probabilities."""
+        looks: list[np.ndarray] = []
+
+        def quick(batch: np.ndarray) -> np.ndarray:
+            looks.append(self.quick.predict(batch))  # flip_tta's first call is every photo's first look
+            return looks[-1]
+
+        margin = self.metadata["tta"]["margin"]
+        prob = flip_tta(quick, pixels, mode=tta, margin=margin)
+        near = np.abs(prob - 0.5) < self.guard
+        if tta == "unsure" and len(prob):
+            near |= np.abs(np.abs(looks[0] - 0.5) - margin) < self.guard
+        if near.any():
+            prob[near] = self.exact.probabilities(pixels[near], tta)
+        return prob
+
+
 class FastPredictor(BasePredictor):
-    """A model's verified ONNX export on ONNX Runtime, with the app's decode, flip TTA and threshold; thread-safe.
+    """A model's verified ONNX export on ONNX Runtime (or OpenVINO bf16, guarded), with the app's decode, flip TTA
+    and threshold; thread-safe.
 
     It never imports TensorFlow. `model`, the Keras model that Grad-CAM needs, is loaded on first use only.
     """
 
-    engine = "onnxruntime"
-
-    def __init__(self, model_path: str | os.PathLike, tta: str = "unsure", artifact: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        tta: str = "unsure",
+        artifact: str | os.PathLike | None = None,
+        engine: str = "onnxruntime",
+    ):
         if tta not in TTA_MODES:
             raise SettingsError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
         super().__init__()
         self.path = Path(model_path)
         self.tta = tta
-        self.exported = load_export(artifact or export_path(self.path, "onnx"), self.path, engine="onnxruntime")
+        self.engine = engine
+        artifact = artifact or export_path(self.path, "onnx")
+        self.exported = load_export(artifact, self.path, engine="onnxruntime")
+        if engine == "openvino-bf16":
+            quick = load_export(artifact, self.path, engine="openvino", precision="bf16")
+            self.exported = GuardedBf16(quick, self.exported)
         shape = tuple(self.exported.metadata["input"]["shape"])
         self.pipeline = PipelineConfig.from_input_shape(shape)
         self.exported.probabilities(np.zeros((1, *shape[1:]), np.uint8), tta="all")  # warm both looks up now
@@ -143,12 +192,16 @@ def ensure_export_in_child(model_path: str | os.PathLike, fmt: str = "onnx", not
     return target
 
 
-def engine_wanted() -> str:
-    """The engine asked for through CVD_PREDICT_ENGINE: onnxruntime (the default) or tensorflow."""
-    wanted = os.environ.get(ENGINE_ENV, "onnxruntime").strip().lower() or "onnxruntime"
+def engine_wanted(flags: frozenset[str] | None = None) -> str:
+    """The engine asked for through CVD_PREDICT_ENGINE, with auto (the default) resolved for this CPU: openvino-bf16
+    where it has AMX (`amx_bf16`: bf16 in hardware) and OpenVINO is installed, else onnxruntime."""
+    wanted = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
     if wanted not in ENGINES:
         raise SettingsError(f"{ENGINE_ENV}={wanted!r}: use one of {', '.join(ENGINES)}")
-    return wanted
+    if wanted != "auto":
+        return wanted
+    native = "amx_bf16" in (cpu_flags() if flags is None else flags)
+    return "openvino-bf16" if native and importlib.util.find_spec("openvino") else "onnxruntime"
 
 
 def _reason(err: Exception) -> str:
@@ -169,13 +222,15 @@ def open_predictor(model_path: str | os.PathLike, tta: str = "unsure", note: Not
         raise SettingsError(f"tta must be one of {', '.join(TTA_MODES)}, not {tta!r}")
     if not model_path.exists():
         raise ModelMissing(f"{model_path}: no such model file")
-    if engine_wanted() == "tensorflow":
+    engine = engine_wanted()
+    if engine == "tensorflow":
         return Predictor(model_path, tta)
     note = note or _stderr_note
     try:
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise ImportError("onnxruntime is not installed")
-        return FastPredictor(model_path, tta, ensure_export_in_child(model_path, "onnx", note))
+        for runtime in ("onnxruntime", "openvino") if engine == "openvino-bf16" else ("onnxruntime",):
+            if importlib.util.find_spec(runtime) is None:
+                raise ImportError(f"{runtime} is not installed")
+        return FastPredictor(model_path, tta, ensure_export_in_child(model_path, "onnx", note), engine)
     except Exception as err:  # any failure of the fast path: the Keras path still predicts
         note(f"the fast path is not available for {model_path.name} ({_reason(err)}): predicting with TensorFlow")
     return Predictor(model_path, tta)

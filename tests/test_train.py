@@ -92,10 +92,28 @@ def test_a_setting_outside_its_choices_is_refused():
 
 
 def test_a_run_json_saved_before_the_tree_held_the_net_loads_with_its_presets():
-    # The shipped model's default.json predates the embedded settings: it was trained with the best preset's net.
-    old = json.loads(config.DEFAULT_MODEL_META.read_text())["config"]
-    assert "net" not in old and "optimizer" not in old
-    assert TrainConfig.from_record(old) == TrainConfig.for_preset("best")
+    # The config of the default.json shipped until 2026-12-02, which predates the embedded settings: it was trained
+    # with the best preset's net and optimiser, and with the defaults of the settings added since.
+    old = {
+        "preset": "best",
+        "epochs": 50,
+        "batch_size": 64,
+        "validation_split": 0.1,
+        "learning_rate": 0.002,
+        "image_size": 96,
+        "color_mode": "rgb",
+        "augment": True,
+        "early_stopping": False,
+        "patience": 4,
+        "seed": 42,
+        "limit": None,
+        "time_budget_min": 50,
+        "train_scales": [2 / 3, 5 / 6, 1],
+    }
+    best = TrainConfig.for_preset("best")
+    assert TrainConfig.from_record(old) == best.changed(
+        {"epochs": 50, "time_budget_min": 50, "calibration_split": 0.0, "precision": "float32"}
+    )
     assert TrainConfig.from_record({"preset": "seed", "epochs": 3}) == TrainConfig(epochs=3)
     record = json.loads(json.dumps(dataclasses.asdict(TrainConfig.for_preset("best", **{"net.stem": 8}))))
     assert TrainConfig.from_record(record).net.stem == 8  # a whole tree comes back as it was saved
@@ -329,7 +347,7 @@ def test_the_time_budget_rate_is_a_cosine_from_the_rate_to_one_percent_of_it():
 
 def test_the_best_preset_trains_to_a_budget_under_the_hour():
     cfg = TrainConfig.for_preset("best")
-    assert cfg.time_budget_min is not None and cfg.time_budget_min <= 55
+    assert cfg.time_budget_min is not None and cfg.time_budget_min <= 57  # decode, validation and saving: < 60 min
     assert cfg.augment and cfg.pipeline == PipelineConfig(96, "rgb")
     assert TrainConfig.for_preset("seed").time_budget_min is None
 

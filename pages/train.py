@@ -33,6 +33,7 @@ run_through_entrypoint()
 
 # The presets' own values are always among the choices, whatever a preset is later tuned to.
 IMAGE_SIZES = sorted({48, 64, 80, 96, 112, 128, 160} | {p.config.image_size for p in PRESETS.values()})
+MAX_EPOCHS = max(50, *(p.config.epochs for p in PRESETS.values()))  # a preset's own bound always fits the slider
 LEARNING_RATES = sorted({1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2} | {p.config.learning_rate for p in PRESETS.values()})
 # Not a preset's: choosing a preset keeps this session's seed and slice of photos.
 SESSION_SETTINGS = ("seed", "limit")
@@ -78,7 +79,7 @@ def controls_ui() -> None:
     preset = st.selectbox("Preset", list(PRESETS), key="train_preset", on_change=_apply_preset, **keep)
     st.caption(PRESETS[preset].description)
     c1, c2, c3 = st.columns(3)
-    c1.slider("Epochs", 1, 50, key="train_epochs", **keep)
+    c1.slider("Epochs", 1, MAX_EPOCHS, key="train_epochs", **keep)
     c2.slider("Batch size", 8, 256, step=8, key="train_batch_size", **keep)
     c3.slider("Validation split", 0.05, 0.5, step=0.05, key="train_validation_split", **keep)
     c1, c2, c3, c4 = st.columns(4)

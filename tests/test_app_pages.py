@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -157,9 +158,10 @@ def test_choosing_a_preset_loads_its_settings(dataset):
     assert not at.exception, [e.value for e in at.exception]
     assert at.number_input(key="train_time_budget_min").value == TrainConfig.for_preset("best").time_budget_min
     assert at.session_state["train_net.widths"] == TrainConfig.for_preset("best").net.widths  # the whole tree
-    assert "for 50 epochs or 50 minutes" in texts(at.caption)
+    best = TrainConfig.for_preset("best")
+    assert f"for {best.epochs} epochs or {best.time_budget_min:g} minutes" in texts(at.caption)
     at.number_input(key="train_time_budget_min").set_value(0).run()  # 0 turns the budget off
-    assert "for 50 epochs in batches" in texts(at.caption)
+    assert f"for {best.epochs} epochs in batches" in texts(at.caption)
     at.slider(key="train_epochs").set_value(1).run()
     assert "for 1 epoch in batches" in texts(at.caption)
 
@@ -435,7 +437,9 @@ def test_runs_page_evaluates_the_shipped_model_on_a_small_labeled_zip(shipped, d
 
     at = open_app("pages/runs.py")
     table = at.dataframe[0].value
-    assert table.run.tolist() == ["Shipped default"] and table.epochs[0] == "32 / 50"  # listed beside the runs
+    shipped_meta = json.loads(config.DEFAULT_MODEL_META.read_text())
+    done, bound = shipped_meta["metrics"]["epochs_completed"], shipped_meta["config"]["epochs"]
+    assert table.run.tolist() == ["Shipped default"] and table.epochs[0] == f"{done} / {bound}"  # beside the runs
     assert at.selectbox(key="runs_selected").value == registry.DEFAULT_KEY
     # The session's dataset is not the one it trained on, so it is offered whole.
     assert at.selectbox(key="runs_eval_dataset").value == str(dataset)

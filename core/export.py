@@ -207,9 +207,11 @@ def _accuracy(model_path: Path) -> dict:
             "calibration_error": metrics.get("calibration_error"),
         }
     if "accuracy" in metrics and "best_val_accuracy" in metrics:
+        before = ", before the calibration was folded in" if calibration.get("folded") else ""
         accuracy["single_look"] = {
             "value": metrics["best_val_accuracy"],
-            "measured_on": "the same held-out photos, one look per photo (tta off), by training at its best epoch",
+            "measured_on": "the same held-out photos, one look per photo (tta off), by training at its best epoch"
+            + before,
         }
     return accuracy
 

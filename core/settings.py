@@ -355,3 +355,7 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
 }
+
+
+# The most epochs the Train page's slider offers: 50, or a preset's own bound where that is larger.
+MAX_EPOCHS = max(50, *(p.config.epochs for p in PRESETS.values()))

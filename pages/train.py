@@ -13,7 +13,7 @@ from core.estimate import estimate_training
 from core.jobs import TrainingBusy, TrainingJob, TrainingState, owner_label
 from core.metrics import percent, recorded_accuracies
 from core.runs import RunStore
-from core.settings import PRESETS, Setting, TrainConfig, help_of, settings
+from core.settings import MAX_EPOCHS, PRESETS, Setting, TrainConfig, help_of, settings
 from ui import charts
 from ui.navigation import run_through_entrypoint
 from ui.resources import (
@@ -33,7 +33,6 @@ run_through_entrypoint()
 
 # The presets' own values are always among the choices, whatever a preset is later tuned to.
 IMAGE_SIZES = sorted({48, 64, 80, 96, 112, 128, 160} | {p.config.image_size for p in PRESETS.values()})
-MAX_EPOCHS = max(50, *(p.config.epochs for p in PRESETS.values()))  # a preset's own bound always fits the slider
 LEARNING_RATES = sorted({1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2} | {p.config.learning_rate for p in PRESETS.values()})
 # Not a preset's: choosing a preset keeps this session's seed and slice of photos.
 SESSION_SETTINGS = ("seed", "limit")

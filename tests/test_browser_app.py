@@ -12,6 +12,7 @@ import pytest
 from harness import IDLE, launch_chromium, running_server, screenshot
 
 from core.data import Source
+from core.settings import MAX_EPOCHS
 
 pytestmark = pytest.mark.browser
 
@@ -129,8 +130,9 @@ def test_training_draws_live_curves_then_its_summary(page, server):
     open_page(page, server, "train")
     use_photos(page, 300)  # all of the server's small zip
     set_slider(page, "Batch size", ["Home"], "in batches of 8 ")
-    # 50 epochs of 30 batches: far longer than the test watches on any machine, so it never races the run's end.
-    set_slider(page, "Epochs", ["End"], "for 50 epochs")
+    # MAX_EPOCHS (at least 50) epochs of 30 batches: far longer than the test watches on any machine, so it never
+    # races the run's end.
+    set_slider(page, "Epochs", ["End"], f"for {MAX_EPOCHS} epochs")
     page.locator(".st-key-train_start button").click()
 
     page.get_by_text("batches logged").wait_for()
@@ -156,7 +158,9 @@ def test_training_draws_live_curves_then_its_summary(page, server):
     page.locator(".st-key-train_stop button").click()
     summary = page.get_by_test_id("stAlertContentSuccess").filter(has_text="Run was stopped")
     summary.wait_for()
-    done = int(re.search(r"(\d+) / 50", page.get_by_test_id("stMetric").filter(has_text="Epochs").inner_text())[1])
+    done = int(
+        re.search(rf"(\d+) / {MAX_EPOCHS}", page.get_by_test_id("stMetric").filter(has_text="Epochs").inner_text())[1]
+    )
     assert batches_logged(page) >= 30 * done >= 30  # 30 batches an epoch (240 training photos, batch 8)
     # epoch curves, per-batch loss (the seed's learning rate is constant) and the confusion matrix
     assert page.get_by_test_id("stVegaLiteChart").count() == 3
@@ -166,14 +170,16 @@ def test_training_draws_live_curves_then_its_summary(page, server):
 def test_stop_ends_the_run_at_the_next_batch_and_keeps_it(page, server):
     open_page(page, server, "train")
     use_photos(page, 100)
-    set_slider(page, "Epochs", ["End"], "for 50 epochs")  # far longer than this test waits
+    set_slider(page, "Epochs", ["End"], f"for {MAX_EPOCHS} epochs")  # far longer than this test waits
     page.locator(".st-key-train_start button").click()
     wait_for_epoch(page, 2)  # one epoch done: there is a best so far
 
     page.locator(".st-key-train_stop button").click()
     page.get_by_test_id("stAlertContentSuccess").filter(has_text="Run was stopped").wait_for()
-    done = int(re.search(r"(\d+) / 50", page.get_by_test_id("stMetric").filter(has_text="Epochs").inner_text())[1])
-    assert 1 <= done < 50
+    done = int(
+        re.search(rf"(\d+) / {MAX_EPOCHS}", page.get_by_test_id("stMetric").filter(has_text="Epochs").inner_text())[1]
+    )
+    assert 1 <= done < MAX_EPOCHS
     assert page.locator(".st-key-train_stop button").is_disabled()
     artifact(page, "train-stopped")
 

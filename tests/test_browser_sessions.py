@@ -16,6 +16,8 @@ from types import SimpleNamespace
 import pytest
 from harness import IDLE, launch_chromium, running_server, screenshot, server_dirs
 
+from core.settings import MAX_EPOCHS
+
 pytestmark = pytest.mark.browser
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
@@ -133,7 +135,7 @@ def test_a_run_is_owned_by_the_browser_that_started_it_and_a_reload_shows_its_se
     open_page(alice, server, "train")
     alice_is = who(alice)
     set_slider(alice, "Batch size", ["Home"], "in batches of 8 ")
-    set_slider(alice, "Epochs", ["End"], "for 50 epochs")  # 1,500 batches: far longer than this test waits
+    set_slider(alice, "Epochs", ["End"], f"for {MAX_EPOCHS} epochs")  # 1,500+ batches: far longer than it waits
     alice.locator(".st-key-train_start button").click()
     alice.get_by_text("batches logged").wait_for()
 
@@ -142,7 +144,7 @@ def test_a_run_is_owned_by_the_browser_that_started_it_and_a_reload_shows_its_se
     # .first: a fragment that redraws every second can briefly show its old copy beside the new one
     read_only = bob.get_by_test_id("stAlertContentInfo").filter(has_text=f"Started by another session ({alice_is})")
     read_only.first.wait_for()
-    assert settings_table(bob)["epochs"] == "50" and settings_table(bob)["batch size"] == "8"
+    assert settings_table(bob)["epochs"] == str(MAX_EPOCHS) and settings_table(bob)["batch size"] == "8"
     assert bob.get_by_text("Start trains the seed preset for 10 epochs in batches of 32").count() == 1  # his own
     stop = bob.locator(".st-key-train_stop").get_by_role("button")  # a button with help is drawn twice, once hidden
     assert stop.inner_text() == "Stop their run…"
@@ -162,11 +164,11 @@ def test_a_run_is_owned_by_the_browser_that_started_it_and_a_reload_shows_its_se
     assert (settings["dataset"], settings["preset"], settings["epochs"], settings["batch size"]) == (
         "train.zip",
         "seed",
-        "50",
+        str(MAX_EPOCHS),
         "8",
     )
     assert settings["learning rate"] == "0.001" and settings["image"] == "80x80 grayscale"
-    assert alice.get_by_text("Start trains the seed preset for 50 epochs in batches of 8").count() == 1
+    assert alice.get_by_text(f"Start trains the seed preset for {MAX_EPOCHS} epochs in batches of 8").count() == 1
     assert alice.get_by_test_id("stAlertContentInfo").filter(has_text="Started by another session").count() == 0
     assert "Started by you" in alice.get_by_test_id("stSidebar").inner_text()
     stop = alice.locator(".st-key-train_stop").get_by_role("button")

@@ -25,7 +25,9 @@ from core.runs import INTERRUPTED, RUNNING, RunStore, TrainingInProgress, proces
 from core.settings import TrainConfig
 
 # Small enough to start training seconds after TensorFlow loads, long enough to be killed mid-run.
-LONG_RUN = ("--limit", "60", "--epochs", "500", "--seed", "3")
+# Far longer than any test waits for it (500 epochs once ended on a fast CPU before the test stopped it): each test
+# ends the run itself, once it has seen what it waits for.
+LONG_RUN = ("--limit", "60", "--epochs", "100000", "--seed", "3")
 
 
 def cli_env(runs: Path, data: Path) -> dict:
@@ -195,7 +197,7 @@ def test_kill_9_after_the_first_checkpoint_leaves_an_interrupted_run_whose_model
         run_dir = wait_for(lambda: one_run(runs), proc, log, "run folder")
         meta = json.loads((run_dir / "run.json").read_text())
         assert meta["status"] == RUNNING and meta["pid"] == proc.pid and meta["host"] == socket.gethostname()
-        assert meta["config"]["epochs"] == 500 and meta["started_at"]
+        assert meta["config"]["epochs"] == int(LONG_RUN[LONG_RUN.index("--epochs") + 1]) and meta["started_at"]
         assert RunStore(runs).get(run_dir.name).status == RUNNING
         wait_for(lambda: (run_dir / "model.keras").is_file(), proc, log, "first checkpoint")
         os.kill(proc.pid, signal.SIGKILL)

@@ -10,6 +10,7 @@ from core import config
 from core.corrections import MyPhotos, usable_corrections
 from core.data import summarize
 from core.estimate import estimate_training
+from core.hardware import training_precision
 from core.jobs import TrainingBusy, TrainingJob, TrainingState, owner_label
 from core.metrics import percent, recorded_accuracies
 from core.runs import RunStore
@@ -107,9 +108,19 @@ def controls_ui() -> None:
     length = plural(cfg.epochs, "epoch") + (f" or {cfg.time_budget_min:g} minutes" if cfg.time_budget_min else "")
     st.caption(
         f"Start trains the {cfg.preset} preset for {length} in batches of {cfg.batch_size} on {photos}, "
-        f"{cfg.image_size}x{cfg.image_size} {cfg.color_mode}, holding out {cfg.validation_split:.0%} for validation.",
+        f"{cfg.image_size}x{cfg.image_size} {cfg.color_mode}, {_held_out_and_precision(cfg)}.",
         help="What Start will run, as the server sees the controls",
     )
+
+
+def _held_out_and_precision(cfg: TrainConfig) -> str:
+    held = f"holding out {cfg.validation_split:.0%} for validation"
+    held += f" and {cfg.calibration_split:.0%} for calibration" if cfg.calibration_split else ""
+    precision = training_precision(cfg.precision)
+    if cfg.precision == "auto":
+        why = "this CPU has AMX" if precision == "bfloat16" else "no AMX on this CPU"
+        return f"{held}, in {precision} ({why})"
+    return held if precision == "float32" else f"{held}, in mixed {precision}"
 
 
 def fixes_ui() -> None:

@@ -160,6 +160,7 @@ def test_choosing_a_preset_loads_its_settings(dataset):
     assert at.session_state["train_net.widths"] == TrainConfig.for_preset("best").net.widths  # the whole tree
     best = TrainConfig.for_preset("best")
     assert f"for {best.epochs} epochs or {best.time_budget_min:g} minutes" in texts(at.caption)
+    assert "10% for validation and 4% for calibration, in " in texts(at.caption)  # and the precision auto chose
     at.number_input(key="train_time_budget_min").set_value(0).run()  # 0 turns the budget off
     assert f"for {best.epochs} epochs in batches" in texts(at.caption)
     at.slider(key="train_epochs").set_value(1).run()

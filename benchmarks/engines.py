@@ -33,6 +33,7 @@ from core import config
 from core.config import ROOT
 from core.data import Source
 from core.export import export_model, load_export
+from core.hardware import cpu_flags
 from core.pipeline import ImageError, decode, to_model_input
 from core.predict import Predictor
 from core.tta import flip_tta
@@ -44,12 +45,7 @@ CPU_FEATURES = ("amx_bf16", "amx_tile", "avx512_bf16")
 
 def cpu_features() -> dict[str, bool]:
     """Which of the bf16-relevant features /proc/cpuinfo lists."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        flags = set(next(line for line in lines if line.startswith("flags")).split(":")[1].split())
-    except (OSError, StopIteration):
-        flags = set()
-    return {name: name in flags for name in CPU_FEATURES}
+    return {name: name in cpu_flags() for name in CPU_FEATURES}
 
 
 def make_engines(today: Predictor, exports: dict[str, Path], bf16: bool) -> dict:

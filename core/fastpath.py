@@ -32,7 +32,7 @@ from filelock import FileLock
 from core.config import ROOT, TTA_MODES
 from core.errors import ModelMissing, SettingsError
 from core.export import ExportedModel, ExportError, export_path, load_export, verify_export
-from core.hardware import cpu_flags
+from core.hardware import has_amx
 from core.pipeline import PipelineConfig
 from core.predict import BasePredictor, Predictor
 from core.tta import flip_tta
@@ -200,8 +200,7 @@ def engine_wanted(flags: frozenset[str] | None = None) -> str:
         raise SettingsError(f"{ENGINE_ENV}={wanted!r}: use one of {', '.join(ENGINES)}")
     if wanted != "auto":
         return wanted
-    native = "amx_bf16" in (cpu_flags() if flags is None else flags)
-    return "openvino-bf16" if native and importlib.util.find_spec("openvino") else "onnxruntime"
+    return "openvino-bf16" if has_amx(flags) and importlib.util.find_spec("openvino") else "onnxruntime"
 
 
 def _reason(err: Exception) -> str:

@@ -19,6 +19,12 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(flags.split())
 
 
+def has_amx(flags: frozenset[str] | None = None) -> bool:
+    """Whether the CPU multiplies bfloat16 matrices in hardware (AMX, `amx_bf16`): the one test of where bf16 pays,
+    for training (training_precision) and for prediction (core.fastpath's auto engine)."""
+    return "amx_bf16" in (cpu_flags() if flags is None else flags)
+
+
 def training_precision(choice: str, flags: frozenset[str] | None = None) -> str:
     """float32 or bfloat16, the compute precision a run trains in.
 
@@ -27,4 +33,4 @@ def training_precision(choice: str, flags: frozenset[str] | None = None) -> str:
     """
     if choice != "auto":
         return choice
-    return "bfloat16" if "amx_bf16" in (cpu_flags() if flags is None else flags) else "float32"
+    return "bfloat16" if has_amx(flags) else "float32"

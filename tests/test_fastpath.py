@@ -25,7 +25,7 @@ from core.config import ROOT, UNSURE_MARGIN
 from core.data import Source, iter_inputs
 from core.export import ExportedModel, file_sha256, load_export, sidecar_path, verify_export
 from core.fastpath import BF16_GUARD, ENGINE_ENV, FastPredictor, GuardedBf16, engine_wanted, open_predictor
-from core.hardware import cpu_flags
+from core.hardware import has_amx
 from core.pipeline import decode
 from core.predict import Predictor, evaluate, submission_frame
 
@@ -239,7 +239,7 @@ def test_by_default_the_cli_takes_this_cpus_engine_and_keeps_the_keras_labels(fi
     (run,) = result["runs"]
     assert result["loaded"] == [] and run["code"] == 0
     report = json.loads(run["stdout"].strip().splitlines()[-1])
-    assert report["engine"] == ("openvino-bf16" if "amx_bf16" in cpu_flags() else "onnxruntime")
+    assert report["engine"] == ("openvino-bf16" if has_amx() else "onnxruntime")
     expected = evaluate(keras_path, labeled_zip)
     assert report["confusion"] == expected.confusion and report["accuracy"] == expected.accuracy
 

@@ -2,12 +2,16 @@
 
 Usage:
     python benchmarks/label_issues.py --csv OUT.csv --sheet OUT.png [--source ZIP] [--limit N] [--time-budget MIN]
+        [--review docs/known-bad-photos.json]
 
 It runs `core.label_issues.find_label_issues` as `python -m core label-issues` does (defaults: all 20,000 photos
 of train.zip, 2 folds, 25 minutes), decoding the photos afresh (no cache), and reports beside each other the time
 each phase took against the budget and the 30-minute target, the peak RSS, each fold model's out-of-fold accuracy
 and the suspects of each kind. It writes the suspects CSV and a contact sheet of the top 48 (file name, given
-label, suggestion and score under each photo) for a person to judge. The last line is JSON.
+label, suggestion and score under each photo) for a person to judge. With --review (a JSON object of photo name
+to cat, dog, exclude or keep, as `python -m core corrections` reads), it also says how many of the photos reviewed
+as wrong (any verdict but keep) the finder ranks in its top 100 and in its top 1%, beside what a random order would
+find. The last line is JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import resource
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from core import config
 from core.label_issues import FinderConfig, contact_sheet, find_label_issues
@@ -37,6 +42,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="a balanced slice of at most N photos (a quick check)")
     parser.add_argument("--time-budget", type=float, help=f"minutes (default {FinderConfig().time_budget_min:g})")
     parser.add_argument("--folds", type=int)
+    parser.add_argument("--review", help="a JSON review (photo name: cat, dog, exclude or keep) to score the ranking")
     args = parser.parse_args()
     finder = replace(FinderConfig(), limit=args.limit)
     if args.time_budget:
@@ -61,6 +67,19 @@ def main() -> None:
     report(result, finder, phases, wall, args)
 
 
+def recall(suspects, review_path: str, photos: int) -> dict:
+    """How many of the photos a review calls wrong are in the top 100 and the top 1% of the suspects."""
+    review = json.loads(Path(review_path).read_text(encoding="utf-8"))
+    wrong = {name for name, verdict in review.items() if verdict != "keep"}
+    ranked = list(suspects.file)
+    found = {k: len(wrong & set(ranked[:k])) for k in (100, photos // 100)}
+    for k, hits in found.items():
+        chance = len(wrong) * k / photos
+        print(f"  {hits} of the {len(wrong)} photos the review calls wrong are in the top {k} ({chance:.1f} by chance)")
+    print(f"  {len(wrong & set(ranked))} of them are suspects at all ({len(ranked)} suspects)")
+    return {"review": review_path, "wrong": len(wrong), "in_top": found, "suspects": len(wrong & set(ranked))}
+
+
 def report(result, finder: FinderConfig, phases: dict, wall: float, args) -> None:
     """Print the measurements, then one JSON line."""
     n = len(result.photos)
@@ -79,6 +98,7 @@ def report(result, finder: FinderConfig, phases: dict, wall: float, args) -> Non
     print(f"  suspects: {counts['other-class']} other-class, {counts['neither']} neither; top 1% = {n // 100} photos")
     print(result.suspects().head(20).to_string(index=False))
     print(f"wrote {args.csv} and {args.sheet}")
+    found = recall(result.suspects(), args.review, n) if args.review else None
     record = {
         "photos": n,
         "wall_time_s": round(wall, 1),
@@ -89,6 +109,7 @@ def report(result, finder: FinderConfig, phases: dict, wall: float, args) -> Non
         "counts": counts,
         "source": str(args.source),
         "limit": args.limit,
+        "review": found,
     }
     print(json.dumps(record))
 

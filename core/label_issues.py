@@ -10,13 +10,18 @@ How it works, in four steps (each a function below):
    label)) and `cleanlab.filter.find_label_issues` (confident learning) flag the labels the models doubt.
    `cleanlab.outlier.OutOfDistribution`, fitted on each fold's own out-of-fold features, scores how atypical each
    photo is among the other photos of its fold; a photo past Tukey's far-out fence (Q3 + 3 IQR of that fold's
-   mean distances to the nearest photos) is an outlier: likely neither a cat nor a dog (a logo, a text card).
-4. Rank and kind. Each photo has two percentiles, its label quality's among all photos and its outlier score's
-   among its fold's; `score` is 1 minus the lower one, so the most doubtful labels and the most atypical photos
-   come first, side by side (0.999: more suspect than 99.9% of the photos on one of the two counts).
-   A suspect is a cleanlab label issue or an outlier. Its `kind` is `neither` when it is an outlier and either
-   cleanlab did not flag its label or it is more atypical than its label is doubtful (its outlier percentile is
-   the lower); otherwise it is `other-class`, and the suggestion is the other class.
+   mean distances to the nearest photos) is an outlier: likely neither a cat nor a dog.
+   A second outlier view needs no model: the distribution of each photo's edge strengths (a histogram of its grey
+   image's gradient magnitudes), scored by the same `OutOfDistribution` among all photos. A photograph has edges of
+   every strength; a text card, logo or drawing is flat areas and a few hard edges, far from every photograph.
+4. Rank and kind. Each photo has three percentiles: its label quality's among all photos, its outlier score's among
+   its fold's and its edge-outlier score's among all photos (low: suspect). Fisher's method
+   (`scipy.stats.combine_pvalues`) combines the two outlier views into one "atypical" p-value, then that with the
+   label's, so a photo doubtful on both questions outranks one extreme on a single view; `score` is the percentile
+   of that combined evidence among all photos (0.999: more suspect than 99.9% of them).
+   A suspect is a cleanlab label issue or an outlier of either view. Its `kind` is `neither` when it is an outlier
+   and either cleanlab did not flag its label or it is more atypical than its label is doubtful (an outlier
+   percentile is the lower); otherwise it is `other-class`, and the suggestion is the other class.
 """
 
 from __future__ import annotations
@@ -255,7 +260,7 @@ class _Finder:
     def __init__(self, config: FinderConfig, clock: _Clock, cancel: threading.Event | None):
         self.config, self.clock = config, clock
         self.cancel = cancel or threading.Event()
-        self.fold = self.p_dog = self.ood = self.outlier = np.zeros(0)
+        self.fold = self.p_dog = self.ood = self.outlier = self.edge_ood = self.edge_outlier = np.zeros(0)
         self.trained_on: list[np.ndarray] = []
         self.accuracy: list[float] = []
         self.minutes: list[float] = []
@@ -277,6 +282,8 @@ class _Finder:
         n = len(dataset)
         self.fold, self.p_dog, self.ood = np.full(n, -1), np.full(n, np.nan), np.full(n, np.nan)
         self.outlier = np.zeros(n, bool)
+        # The edge view needs no model, so it compares every photo with all the others.
+        self.edge_ood, self.edge_outlier = _outliers(_edge_strengths(dataset.x), self.config.outlier_fence)
         self.check()
         return dataset
 
@@ -370,6 +377,21 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
 
+# Bin edges of the gradient magnitudes (3x3 Sobel on 0-255 grey levels; the largest possible is about 1,443): 0 to
+# 4 is flat, and each bin after doubles, so the histogram reads the same at any contrast.
+_EDGE_BINS = np.array([0, 4, 8, 16, 32, 64, 128, 256, 512, np.inf])
+
+
+def _edge_strengths(x: np.ndarray) -> np.ndarray:
+    """Each uint8 RGB photo's share of pixels in each band of edge strength, square-rooted (Hellinger distances)."""
+    rows = np.empty((len(x), len(_EDGE_BINS) - 1))
+    for i, img in enumerate(x):
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        magnitude = cv2.magnitude(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+        rows[i] = np.histogram(magnitude, _EDGE_BINS)[0] / magnitude.size
+    return np.sqrt(rows)
+
+
 def _outliers(features: np.ndarray, fence: float) -> tuple[np.ndarray, np.ndarray]:
     """cleanlab's out-of-distribution score of each photo among the others, and whether it is past the fence."""
     from cleanlab.outlier import OutOfDistribution
@@ -385,7 +407,7 @@ def _rank(dataset: LoadedDataset, scored: _Finder, folds: int) -> pd.DataFrame:
     """Every photo with its cleanlab scores, percentiles, suspicion score, kind and suggestion, most suspect first."""
     from cleanlab.filter import find_label_issues as cleanlab_issues
     from cleanlab.rank import get_label_quality_scores
-    from scipy.stats import rankdata
+    from scipy.stats import combine_pvalues, rankdata
 
     labels = dataset.y.astype(int)
     pred_probs = np.column_stack([1 - scored.p_dog, scored.p_dog])
@@ -396,22 +418,30 @@ def _rank(dataset: LoadedDataset, scored: _Finder, folds: int) -> pd.DataFrame:
     for f in range(folds):  # outlier scores compare photos of one fold, seen by one model
         mine = scored.fold == f
         ood_pct[mine] = rankdata(scored.ood[mine], "max") / mine.sum()
-    neither = scored.outlier & (~issue | (ood_pct <= label_pct))
+    edge_pct = rankdata(scored.edge_ood, "max") / len(labels)
+    # Two questions, each one p-value: is the label wrong, and is the photo atypical (the two outlier views combined
+    # first, so that they do not outvote the label's single one).
+    atypical = combine_pvalues(np.column_stack([ood_pct, edge_pct]), method="fisher", axis=1).pvalue
+    evidence = combine_pvalues(np.column_stack([label_pct, atypical]), method="fisher", axis=1).statistic
+    outlier = scored.outlier | scored.edge_outlier
+    neither = outlier & (~issue | (np.minimum(ood_pct, edge_pct) <= label_pct))
     other = np.array(CLASS_NAMES)[1 - labels]
     photos = pd.DataFrame(
         {
             "file": dataset.names,
             "given_label": np.array(CLASS_NAMES)[labels],
             "suggested": np.where(neither, EXCLUDE, other),
-            "score": 1 - np.minimum(label_pct, ood_pct),
+            "score": rankdata(evidence, "max") / len(labels),
             "kind": np.where(neither, "neither", "other-class"),
-            "suspect": issue | scored.outlier,
+            "suspect": issue | outlier,
             "fold": scored.fold,
             "p_dog": scored.p_dog,
             "label_quality": quality,
             "label_issue": issue,
             "ood_score": scored.ood,
             "outlier": scored.outlier,
+            "edge_ood_score": scored.edge_ood,
+            "edge_outlier": scored.edge_outlier,
         }
     )
     return photos.sort_values(["score", "label_quality"], ascending=[False, True], kind="stable").reset_index(drop=True)

@@ -289,8 +289,9 @@ PHASES = {
 }
 FINDER_HELP = (
     "Each photo is scored by a model that never trained on it (2 folds, each model trains on the other half), and "
-    "cleanlab ranks the labels most likely wrong first; photos far from all the others are marked neither a cat "
-    "nor a dog. All 20,000 photos of train.zip take 25 minutes on 2 CPU cores; the default scales with the photos."
+    "cleanlab ranks the labels most likely wrong first; photos far from all the others, in what the model sees or in "
+    "their edges (text cards, logos and drawings are flat areas and hard edges), are marked neither a cat nor a dog. "
+    "All 20,000 photos of train.zip take 25 minutes on 2 CPU cores; the default scales with the photos."
 )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from core.label_issues import (
     KINDS,
     Cancelled,
     FinderConfig,
+    _edge_strengths,
+    _outliers,
     contact_sheet,
     find_label_issues,
 )
@@ -125,6 +128,23 @@ def test_text_cards_rank_high_and_outliers_are_neither(planted, found):
     assert photos[photos.file.isin(cards)].edge_outlier.all(), photos[photos.file.isin(cards)].to_string()
     other = photos[photos.suspect & (photos.kind == "other-class")]
     assert other.label_issue.all() and (other.suggested != other.given_label).all()
+
+
+def test_the_edge_view_finds_train_zips_known_bad_photos_without_a_model(train_zip):
+    """The 54 bad photos of docs/known-bad-photos.json among 2,000 others of train.zip: most text cards, logos and
+    drawings have edges no photograph has, so they are the edge view's most atypical photos (no training at all)."""
+    known = json.loads((Path(__file__).parents[1] / "docs" / "known-bad-photos.json").read_text(encoding="utf-8"))
+    with zipfile.ZipFile(train_zip) as src:
+        others = sorted(n for n in src.namelist() if n.endswith(".jpg") and n not in known)
+        names = [*np.random.default_rng(0).choice(others, 2000, replace=False), *known]
+        photos = np.stack([decode(src.read(name), PipelineConfig(64, "rgb")) for name in names])
+    scores, outlier = _outliers(_edge_strengths(photos), fence=3.0)
+    bad = np.isin(names, list(known))
+    order = np.argsort(scores)  # most atypical first
+    assert bad[order[:20]].sum() >= 12, "fewer than 12 known bad photos among the 20 most atypical"
+    top = len(names) // 50  # 2%, where the known bad are 2.6% of these photos
+    assert bad[order[:top]].sum() >= 20, f"only {bad[order[:top]].sum()} of {bad.sum()} in the top {top}"
+    assert (outlier & bad).sum() >= 20 and (outlier & ~bad).sum() <= 3 * (outlier & bad).sum()
 
 
 @pytest.mark.slow

@@ -403,11 +403,20 @@ def _outliers(features: np.ndarray, fence: float) -> tuple[np.ndarray, np.ndarra
     return scores, distance > q3 + fence * (q3 - q1)
 
 
+def _evidence(label_pct: np.ndarray, ood_pct: np.ndarray, edge_pct: np.ndarray) -> np.ndarray:
+    """Fisher's statistic of two questions, each one p-value: is the label wrong, and is the photo atypical (the two
+    outlier views joined first, so that together they weigh as much as the label's one view). Higher: more suspect."""
+    from scipy.stats import combine_pvalues
+
+    atypical = combine_pvalues(np.column_stack([ood_pct, edge_pct]), method="fisher", axis=1).pvalue
+    return combine_pvalues(np.column_stack([label_pct, atypical]), method="fisher", axis=1).statistic
+
+
 def _rank(dataset: LoadedDataset, scored: _Finder, folds: int) -> pd.DataFrame:
     """Every photo with its cleanlab scores, percentiles, suspicion score, kind and suggestion, most suspect first."""
     from cleanlab.filter import find_label_issues as cleanlab_issues
     from cleanlab.rank import get_label_quality_scores
-    from scipy.stats import combine_pvalues, rankdata
+    from scipy.stats import rankdata
 
     labels = dataset.y.astype(int)
     pred_probs = np.column_stack([1 - scored.p_dog, scored.p_dog])
@@ -419,10 +428,7 @@ def _rank(dataset: LoadedDataset, scored: _Finder, folds: int) -> pd.DataFrame:
         mine = scored.fold == f
         ood_pct[mine] = rankdata(scored.ood[mine], "max") / mine.sum()
     edge_pct = rankdata(scored.edge_ood, "max") / len(labels)
-    # Two questions, each one p-value: is the label wrong, and is the photo atypical (the two outlier views combined
-    # first, so that they do not outvote the label's single one).
-    atypical = combine_pvalues(np.column_stack([ood_pct, edge_pct]), method="fisher", axis=1).pvalue
-    evidence = combine_pvalues(np.column_stack([label_pct, atypical]), method="fisher", axis=1).statistic
+    evidence = _evidence(label_pct, ood_pct, edge_pct)
     outlier = scored.outlier | scored.edge_outlier
     neither = outlier & (~issue | (np.minimum(ood_pct, edge_pct) <= label_pct))
     other = np.array(CLASS_NAMES)[1 - labels]

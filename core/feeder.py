@@ -14,7 +14,8 @@ class Feeder(keras.utils.PyDataset):
     """Feeds uint8 arrays through the same to_model_input() that prediction uses, augmented if asked.
 
     Random draws are fixed by (seed, epoch, batch), so a run can be repeated. shuffle_seed None: the photos in
-    order, every epoch (validation). size: the side to train at, when it is not the photos' own.
+    order, every epoch (validation). augment: True for the default Augmentation, or the one to use. size: the side to
+    train at, when it is not the photos' own.
     """
 
     def __init__(
@@ -24,12 +25,13 @@ class Feeder(keras.utils.PyDataset):
         batch_size: int,
         shuffle_seed: int | None = None,
         replicas: int = 1,
-        augment: bool = False,
+        augment: bool | Augmentation = False,
         size: int | None = None,
         first_epoch: int = 0,
     ):
         super().__init__()
-        self.x, self.y, self.shuffle_seed, self.augment, self.size = x, y, shuffle_seed, augment, size
+        self.x, self.y, self.shuffle_seed, self.size = x, y, shuffle_seed, size
+        self.augment = Augmentation() if augment is True else augment or None
         self.batch_images = np.array(batch_sizes(len(y), batch_size, replicas))  # images in each batch
         self.bounds = np.cumsum([0, *self.batch_images])
         self.order = np.arange(len(y))
@@ -44,7 +46,7 @@ class Feeder(keras.utils.PyDataset):
         pixels = self.x[idx]
         if self.augment or (self.size and self.size != pixels.shape[1]):  # the warp also rescales
             rng = np.random.default_rng([self.shuffle_seed or 0, self.epoch, i])
-            pixels = augment_batch(pixels, rng, Augmentation() if self.augment else IDENTITY, self.size)
+            pixels = augment_batch(pixels, rng, self.augment or IDENTITY, self.size)
         return to_model_input(pixels), self.y[idx].astype(np.float32)
 
     def on_epoch_end(self) -> None:

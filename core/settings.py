@@ -125,6 +125,9 @@ class TrainConfig:
     image_size: int = setting(80, "side of the model's square input, in pixels")
     color_mode: str = setting("grayscale", "the model's input colour", choices=COLOR_MODES)
     augment: bool = setting(False, "random flips, rotation, zoom, shifts and contrast on the training photos")
+    erase: float = setting(
+        0.0, "with augment: the share of training photos that get a random rectangle replaced with noise (0: none)"
+    )
     early_stopping: bool = setting(False, "stop when the validation loss stalls for `patience` epochs")
     patience: int = setting(4, "epochs without a better validation loss before early stopping ends the run")
     seed: int = setting(42, "seed of the split, the shuffles, the augmentation and the initial weights")
@@ -180,6 +183,8 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choices(self)
+        if not 0 <= self.erase <= 1:
+            raise SettingsError(f"erase {self.erase!r} is a share of the photos: between 0 and 1")
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> TrainConfig:

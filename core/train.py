@@ -229,13 +229,13 @@ class Feeds:
 
     def at_stage(self, stage: int, first_epoch: int = 0):
         """The training feeder of one stage of progressive resizing, its shuffles continuing at first_epoch."""
+        from core.augment import Augmentation
         from core.feeder import Feeder
 
         cfg, placement = self.config, self.placement
         size = cfg.stages[stage]
-        return Feeder(
-            self.x, self.y, placement.global_batch, cfg.seed, placement.replicas, cfg.augment, size, first_epoch
-        )
+        augment = cfg.augment and Augmentation(erase=cfg.erase)
+        return Feeder(self.x, self.y, placement.global_batch, cfg.seed, placement.replicas, augment, size, first_epoch)
 
 
 def _build(config: TrainConfig, placement: Placement, steps: int):

@@ -127,3 +127,28 @@ def test_the_feeder_trains_at_a_smaller_size_with_or_without_augmentation():
         assert px.shape == (16, 32, 32, 3) and px.dtype == np.float32
     gray = Feeder(x[..., :1].copy(), y, 16, shuffle_seed=9, size=32)[0][0]
     assert gray.shape == (16, 32, 32, 1)
+
+
+def test_random_erasing_replaces_one_rectangle_of_the_share_of_photos_it_is_asked_for():
+    batch = np.full((200, 48, 48, 3), 128, np.uint8)  # flat grey: any changed pixel was erased
+    base = Augmentation(0, 0, 0, 0, flip=False)
+    np.testing.assert_array_equal(augment_batch(batch, np.random.default_rng(3), base), batch)
+    out = augment_batch(batch, np.random.default_rng(3), Augmentation(0, 0, 0, 0, flip=False, erase=0.5))
+    changed = (out != 128).any(axis=-1)  # (N, H, W): pixels the noise replaced
+    erased = changed.any(axis=(1, 2))
+    assert 70 <= erased.sum() <= 130  # about half the photos
+    for mask in changed[erased]:
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+        assert mask.sum() >= 0.95 * box  # one rectangle (a noise pixel may land on 128)
+        assert 0.01 * 48 * 48 <= box <= 0.3 * 48 * 48
+
+
+def test_erasing_is_off_by_default_and_draws_after_the_other_transforms():
+    batch = blob_batch()
+    plain = augment_batch(batch, np.random.default_rng(4))
+    erased = augment_batch(batch, np.random.default_rng(4), Augmentation(erase=1.0))
+    assert not np.array_equal(plain, erased)
+    same = (plain == erased).all(axis=(1, 2, 3))
+    assert not same.any()  # every photo got its rectangle, on top of the same warp
+    assert ((plain == erased).mean(axis=(1, 2, 3)) > 0.7).all()

@@ -1,14 +1,19 @@
-"""Seed preset vs best preset, side by side: accuracy on one shared validation split, training speed,
-time to reach the seed's best validation accuracy, and prediction throughput.
+"""The seed preset, the previous shipped model and the shipped (or a candidate) model, side by side: accuracy
+overall and per class, calibration error (ECE) on the same validation photos, training speed, the time to reach
+the seed's best and 96% validation accuracy, and prediction throughput.
 
 Usage:
   python benchmarks/model.py                      # trains the seed preset, compares it with the shipped model
   python benchmarks/model.py --seed-run RUN_ID    # reuse a finished seed run from models/runs/
-  python benchmarks/model.py --best-run RUN_ID    # compare against a run instead of models/default.keras
+  python benchmarks/model.py --best-run RUN_ID    # a run in place of models/default.keras (a candidate)
+  python benchmarks/model.py --previous REV       # the "previous" model: models/default.keras at git REV
+                                                  # (default: the commit before the last that changed it)
 
-Accuracy and throughput are as the app predicts (flip TTA for unsure photos), with single-look accuracy beside.
-Both presets split train.zip with the same seed (42), so the best preset's 10% validation split is a subset
-of the seed preset's 20% split: neither model trained on the shared images they are scored on here.
+Accuracy, ECE and throughput are as the app predicts (flip TTA for unsure photos), with single-look accuracy
+beside. Every preset splits train.zip with the same seed (42), so the best preset's 10% validation split is a
+subset of the seed preset's 20% split; the photos scored are those that every model held out (a model calibrated
+after training holds out only its report half). The times to reach an accuracy read each run's own history,
+which validates with one look.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,7 +39,7 @@ from core.train import train
 
 def _time_to_reach(history: pd.DataFrame, target: float) -> float | None:
     hit = history[history.val_accuracy >= target]
-    return float(hit.elapsed_s.iloc[0]) if len(hit) else None
+    return float(hit.elapsed_s.iloc[0]) if len(hit) else None  # None (NaN in the table): never reached
 
 
 def _throughput(predictor: Predictor, source: Path, repeats: int = 2) -> float:
@@ -58,15 +64,24 @@ def _cli_throughput(model: Path, source: Path) -> tuple[float, float]:
     return n / wall, wall
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=str(config.KAGGLE_TRAIN_ZIP))
-    parser.add_argument("--predict-source", default=str(config.KAGGLE_TEST_ZIP))
-    parser.add_argument("--seed-run", help="id of a finished seed run to reuse instead of training one")
-    parser.add_argument("--best-run", help="id of a best run to use instead of models/default.keras")
-    args = parser.parse_args()
-    store = RunStore()
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True)
 
+
+def _previous_model(rev: str | None, into: Path) -> tuple[str, Path, dict, pd.DataFrame]:
+    """models/default.keras, its metadata and its history as they were at git rev (None: the commit before the
+    last one that changed the model), written into a scratch folder."""
+    if rev is None:
+        revs = _git("log", "-n", "2", "--format=%h", "--", "models/default.keras").stdout.decode().split()
+        rev = revs[-1]
+    for name in ("default.keras", "default.json", "default-history.csv"):
+        (into / name).write_bytes(_git("show", f"{rev}:models/{name}").stdout)
+    meta = json.loads((into / "default.json").read_text())
+    return f"previous ({rev})", into / "default.keras", meta, pd.read_csv(into / "default-history.csv")
+
+
+def _models(args, store: RunStore, scratch: Path) -> list[tuple[str, Path, dict, pd.DataFrame]]:
+    """(name, model file, metadata, history) of the seed run, the previous shipped model and the best model."""
     if args.seed_run:
         seed_run = store.get(args.seed_run)
     else:
@@ -74,42 +89,66 @@ def main() -> None:
         seed_run = train(args.source, TrainConfig.for_preset("seed")).run
     if args.best_run:
         best_run = store.get(args.best_run)
-        best_model, best_meta, best_history = best_run.model_path, best_run.meta, best_run.history
+        best = ("best", best_run.model_path, best_run.meta, best_run.history)
     else:
-        best_model = config.DEFAULT_MODEL
-        best_meta = json.loads(config.DEFAULT_MODEL_META.read_text())
-        best_history = pd.read_csv(config.MODELS_DIR / "default-history.csv")
+        meta = json.loads(config.DEFAULT_MODEL_META.read_text())
+        best = ("best", config.DEFAULT_MODEL, meta, pd.read_csv(config.MODELS_DIR / "default-history.csv"))
+    seed = ("seed", seed_run.model_path, seed_run.meta, seed_run.history)
+    return [seed, _previous_model(args.previous, scratch), best]
 
-    shared_val = sorted(set(seed_run.meta["validation_names"]) & set(best_meta["validation_names"]))
-    seed_best = float(seed_run.history.val_accuracy.max())
-    rows = {}
-    for name, model, meta, history in (
-        ("seed", seed_run.model_path, seed_run.meta, seed_run.history),
-        ("best", best_model, best_meta, best_history),
-    ):
-        predictor = Predictor(model)  # as the app predicts: a mirrored second look at unsure photos
-        ev = evaluate(predictor, args.source, names=shared_val)
-        single = evaluate(Predictor(model, tta="off"), args.source, names=shared_val)
-        cli_rate, cli_wall = _cli_throughput(model, Path(args.predict_source))
-        rows[name] = {
-            "val_accuracy (shared split)": ev.accuracy,
-            "val_accuracy, single look (--tta off)": single.accuracy,
-            "val images": ev.n,
-            "train images/s": meta["metrics"]["train_images_per_s"],
-            "train wall time (s)": meta["wall_time_s"],
-            "s to reach seed's best val acc": _time_to_reach(history, seed_best),
-            "predict images/s (in process)": _throughput(predictor, Path(args.predict_source)),
-            "CLI predict test1.zip wall (s)": cli_wall,
-            "CLI predict images/s incl. start-up": cli_rate,
-        }
+
+def _row(model: Path, meta: dict, history: pd.DataFrame, shared: list[str], seed_best: float, args) -> dict:
+    predictor = Predictor(model)  # as the app predicts: a mirrored second look at unsure photos
+    ev = evaluate(predictor, args.source, names=shared)
+    single = evaluate(Predictor(model, tta="off"), args.source, names=shared)
+    classes = ev.class_scores()
+    cli_rate, cli_wall = _cli_throughput(model, Path(args.predict_source))
+    return {
+        "val accuracy (shared photos)": ev.accuracy,
+        "val accuracy, cats": classes["cat"].value,
+        "val accuracy, dogs": classes["dog"].value,
+        "val accuracy, single look (--tta off)": single.accuracy,
+        "ECE (5 bins)": ev.calibration_error(),
+        "val images": ev.n,
+        "epochs": len(history),
+        "train images/s": meta["metrics"]["train_images_per_s"],
+        "train wall time (s)": meta["wall_time_s"],
+        "s to reach seed's best val acc": _time_to_reach(history, seed_best),
+        "s to reach 96% val acc": _time_to_reach(history, 0.96),
+        "predict images/s (in process)": _throughput(predictor, Path(args.predict_source)),
+        "CLI predict test1.zip wall (s)": cli_wall,
+        "CLI predict images/s incl. start-up": cli_rate,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", default=str(config.KAGGLE_TRAIN_ZIP))
+    parser.add_argument("--predict-source", default=str(config.KAGGLE_TEST_ZIP))
+    parser.add_argument("--seed-run", help="id of a finished seed run to reuse instead of training one")
+    parser.add_argument("--best-run", help="id of a best run to use instead of models/default.keras")
+    parser.add_argument("--previous", help="git revision of the previous shipped model (default: the one before)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        models = _models(args, RunStore(), Path(scratch))
+        held = [set(meta["validation_names"]) for _, _, meta, _ in models]
+        shared = sorted(set.intersection(*held))
+        seed_best = float(models[0][3].val_accuracy.max())
+        rows = {name: _row(model, meta, history, shared, seed_best, args) for name, model, meta, history in models}
     table = pd.DataFrame(rows)
+    previous = models[1][0]
     table["best / seed"] = table["best"] / table["seed"]
-    pd.set_option("display.float_format", lambda v: f"{v:,.3f}")
-    print(f"\nseed run {seed_run.id} (best val acc {seed_best:.4f}) vs best model {best_model}")
-    print(f"shared validation split: {len(shared_val)} images of {Path(args.source).name}\n")
+    table["best / previous"] = table["best"] / table[previous]
+    pd.set_option("display.float_format", lambda v: f"{v:,.4f}")
+    print(
+        f"\nseed run {models[0][2]['id']} (best val acc {seed_best:.4f}), {previous} {models[1][2]['id']}, "
+        f"best {models[2][1]} ({models[2][2]['id']})"
+    )
+    print(f"shared validation photos: {len(shared)} of {Path(args.source).name}, held out by all three\n")
     print(table.to_string())
-    gain = rows["best"]["val_accuracy (shared split)"] - rows["seed"]["val_accuracy (shared split)"]
-    print(f"\naccuracy gain: {100 * gain:+.1f} points")
+    for name in ("seed", previous):
+        gain = rows["best"]["val accuracy (shared photos)"] - rows[name]["val accuracy (shared photos)"]
+        print(f"accuracy gain over {name}: {100 * gain:+.2f} points")
 
 
 if __name__ == "__main__":

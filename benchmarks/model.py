@@ -19,7 +19,6 @@ which validates with one look.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from core import config
 from core.config import ROOT
 from core.data import iter_inputs
 from core.predict import Predictor, evaluate
-from core.runs import RunStore
+from core.runs import RunStore, model_history, model_meta
 from core.settings import TrainConfig
 from core.train import train
 
@@ -68,16 +67,20 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True)
 
 
+def _model(name: str, path: Path) -> tuple[str, Path, dict, pd.DataFrame]:
+    """(name, model file, metadata, history), read as the app reads them beside any model file."""
+    return name, path, model_meta(path), model_history(path)
+
+
 def _previous_model(rev: str | None, into: Path) -> tuple[str, Path, dict, pd.DataFrame]:
-    """models/default.keras, its metadata and its history as they were at git rev (None: the commit before the
+    """models/default.keras with its metadata and history as they were at git rev (None: the commit before the
     last one that changed the model), written into a scratch folder."""
     if rev is None:
         revs = _git("log", "-n", "2", "--format=%h", "--", "models/default.keras").stdout.decode().split()
         rev = revs[-1]
     for name in ("default.keras", "default.json", "default-history.csv"):
         (into / name).write_bytes(_git("show", f"{rev}:models/{name}").stdout)
-    meta = json.loads((into / "default.json").read_text())
-    return f"previous ({rev})", into / "default.keras", meta, pd.read_csv(into / "default-history.csv")
+    return _model(f"previous ({rev})", into / "default.keras")
 
 
 def _models(args, store: RunStore, scratch: Path) -> list[tuple[str, Path, dict, pd.DataFrame]]:
@@ -87,14 +90,8 @@ def _models(args, store: RunStore, scratch: Path) -> list[tuple[str, Path, dict,
     else:
         print("training the seed preset (10 epochs, the tutorial's settings)...", flush=True)
         seed_run = train(args.source, TrainConfig.for_preset("seed")).run
-    if args.best_run:
-        best_run = store.get(args.best_run)
-        best = ("best", best_run.model_path, best_run.meta, best_run.history)
-    else:
-        meta = json.loads(config.DEFAULT_MODEL_META.read_text())
-        best = ("best", config.DEFAULT_MODEL, meta, pd.read_csv(config.MODELS_DIR / "default-history.csv"))
-    seed = ("seed", seed_run.model_path, seed_run.meta, seed_run.history)
-    return [seed, _previous_model(args.previous, scratch), best]
+    best = store.get(args.best_run).model_path if args.best_run else config.DEFAULT_MODEL
+    return [_model("seed", seed_run.model_path), _previous_model(args.previous, scratch), _model("best", best)]
 
 
 def _row(model: Path, meta: dict, history: pd.DataFrame, shared: list[str], seed_best: float, args) -> dict:

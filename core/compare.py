@@ -67,7 +67,8 @@ class Paired:
         return float(binomtest(self.only_first, disagreements, 0.5).pvalue) if disagreements else 1.0
 
     def sentence(self, first: str, second: str) -> str:
-        verdict = "unlikely to be chance (p < 0.05)" if self.p_value < 0.05 else "could be chance at this many photos"
+        chance = self.p_value >= 0.05
+        verdict = "could be chance at this many photos" if chance else "is unlikely to be chance (p < 0.05)"
         return (
             f"On the same {self.n:,} photos: both right on {self.both_right:,}, only {first} on {self.only_first:,}, "
             f"only {second} on {self.only_second:,}, both wrong on {self.both_wrong:,}. Exact McNemar test on the "

@@ -71,4 +71,5 @@ def test_the_exact_mcnemar_test_on_the_disagreements(only_first, only_second, p)
     assert counts.p_value == pytest.approx(p)
     said = counts.sentence("A", "B")
     assert f"only A on {only_first}, only B on {only_second}" in said
-    assert ("unlikely to be chance" in said) == (p < 0.05)
+    assert ("a difference that is unlikely to be chance (p < 0.05)." in said) == (p < 0.05)
+    assert ("a difference that could be chance at this many photos." in said) == (p >= 0.05)

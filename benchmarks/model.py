@@ -1,6 +1,7 @@
 """The seed preset, the previous shipped model and the shipped (or a candidate) model, side by side: accuracy
 overall and per class, calibration error (ECE) on the same validation photos, training speed, the time to reach
-the seed's best and 96% validation accuracy, and prediction throughput.
+the seed's best and 96% validation accuracy, prediction throughput, and single-photo latency on the app's serving
+path (the ONNX export on ONNX Runtime, decode included, the models taking turns photo by photo).
 
 Usage:
   python benchmarks/model.py                      # trains the seed preset, compares it with the shipped model
@@ -19,10 +20,12 @@ which validates with one look.
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +33,7 @@ import pandas as pd
 from core import config
 from core.config import ROOT
 from core.data import iter_inputs
+from core.fastpath import FastPredictor, ensure_export_in_child
 from core.predict import Predictor, evaluate
 from core.runs import RunStore, model_history, model_meta
 from core.settings import TrainConfig
@@ -48,6 +52,23 @@ def _throughput(predictor: Predictor, source: Path, repeats: int = 2) -> float:
     for _ in range(repeats):
         predictor.predict_many(items)
     return repeats * len(items) / (time.perf_counter() - started)
+
+
+def _latencies(models: list[Path], source: Path, photos: int = 40, rounds: int = 3) -> list[float]:
+    """Median ms per single-photo predict_bytes on the app's serving path, the models taking turns per photo."""
+    with zipfile.ZipFile(source) as z:
+        data = [z.read(n) for n in sorted(n for n in z.namelist() if n.endswith(".jpg"))[:photos]]
+    for m in models:
+        ensure_export_in_child(m)  # made once, as the app makes it on first use
+    predictors = [FastPredictor(m) for m in models]
+    found: list[list[float]] = [[] for _ in models]
+    for r in range(rounds):
+        for i, photo in enumerate(data):
+            for k in [(i + r + j) % len(models) for j in range(len(models))]:
+                started = time.perf_counter()
+                predictors[k].predict_bytes(photo)
+                found[k].append((time.perf_counter() - started) * 1000)
+    return [statistics.median(ms) for ms in found]
 
 
 def _cli_throughput(model: Path, source: Path) -> tuple[float, float]:
@@ -132,6 +153,9 @@ def main() -> None:
         shared = sorted(set.intersection(*held))
         seed_best = float(models[0][3].val_accuracy.max())
         rows = {name: _row(model, meta, history, shared, seed_best, args) for name, model, meta, history in models}
+        latency = _latencies([model for _, model, _, _ in models], Path(args.predict_source))
+    for (name, *_), ms in zip(models, latency, strict=True):
+        rows[name]["single-photo latency incl. decode, ONNX Runtime (ms)"] = ms
     table = pd.DataFrame(rows)
     previous = models[1][0]
     table["best / seed"] = table["best"] / table["seed"]

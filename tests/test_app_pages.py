@@ -468,7 +468,7 @@ def test_as_the_model_sees_it_follows_the_active_model_not_the_train_pages_setti
     at.switch_page("pages/dataset.py").run()
     at.text_input(key="dataset_search").set_value("dog.1001.").run()
     at.toggle(key="dataset_model_view").set_value(True).run()
-    assert "96x96 rgb" in at.toggle(key="dataset_model_view").label  # the shipped model's input
+    assert "112x112 rgb" in at.toggle(key="dataset_model_view").label  # the shipped model's input
     assert not at.exception and len(at.image) == 2
 
 

@@ -36,6 +36,7 @@ from core.pipeline import ImageError, PipelineConfig, decode, to_model_input
 from core.predict import Predictor
 
 SHIPPED = config.DEFAULT_MODEL
+SIZE = json.loads(config.DEFAULT_MODEL_META.read_text())["pipeline"]["size"]  # the shipped model's input side
 EXAMPLES = config.ROOT / "examples"
 TOLERANCE = 1e-4  # |delta P(dog)| an export may differ from the app by (float32 engines reach ~1e-6)
 CASES = [(fmt, engine) for fmt, engines in ENGINES.items() for engine in engines]
@@ -52,7 +53,7 @@ def exports(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def test1(test_zip) -> tuple[list[str], np.ndarray]:
     """The first 300 photos of test1.zip (original size) decoded to the shipped model's uint8 input."""
-    cfg = PipelineConfig(size=96, color_mode="rgb")
+    cfg = PipelineConfig(size=SIZE, color_mode="rgb")
     names, pixels = [], []
     with zipfile.ZipFile(test_zip) as z:
         for name in sorted(n for n in z.namelist() if n.endswith(".jpg"))[:300]:
@@ -164,14 +165,14 @@ def test_an_exports_sidecar_says_how_to_use_it_and_what_it_came_from(exports, fm
     assert sidecar_path(exports[fmt]).is_file() and meta["format"] == fmt
     assert meta["input"] == {
         "name": "image",
-        "shape": [None, 96, 96, 3],
+        "shape": [None, SIZE, SIZE, 3],
         "dtype": "uint8",
         "layout": "NHWC",
         "color": "RGB",
     }
     assert meta["output"]["name"] == "prob_dog"
     assert meta["preprocessing"]["resize"] == {
-        "size": [96, 96],
+        "size": [SIZE, SIZE],
         "method": "cv2.INTER_AREA",
         "keep_aspect_ratio": False,
         "crop": None,
@@ -202,7 +203,7 @@ def test_the_onnx_graph_takes_uint8_pixels_and_names_its_axes(exports):
 
     session = ort.InferenceSession(str(exports["onnx"]), providers=["CPUExecutionProvider"])
     (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, inp.type, inp.shape) == ("image", "tensor(uint8)", ["batch", 96, 96, 3])
+    assert (inp.name, inp.type, inp.shape) == ("image", "tensor(uint8)", ["batch", SIZE, SIZE, 3])
     assert (out.name, out.shape) == ("prob_dog", ["batch", 1])
 
 
@@ -361,11 +362,11 @@ from core.export import load_export
 from core.pipeline import PipelineConfig, decode
 from core.tta import flip_tta
 
-artifact, engine, test_zip, folder = sys.argv[1:]
+artifact, engine, test_zip, folder, size = sys.argv[1:]
 model = load_export(artifact, "models/default.keras", engine=engine)
 with zipfile.ZipFile(test_zip) as z:
     names = sorted(n for n in z.namelist() if n.endswith(".jpg"))[:100]
-    pixels = np.stack([decode(z.read(n), PipelineConfig(size=96, color_mode="rgb")) for n in names])
+    pixels = np.stack([decode(z.read(n), PipelineConfig(size=int(size), color_mode="rgb")) for n in names])
 probs = flip_tta(model.predict, pixels, mode="unsure", margin=model.metadata["tta"]["margin"])
 sys.argv = ["predict_onnx.py", folder, "--model", artifact, "--engine", engine]
 sys.path.insert(0, "examples")  # as `python examples/predict_onnx.py` would
@@ -379,7 +380,7 @@ print(json.dumps({"probs": probs.tolist(), "rows": len(printed.getvalue().splitl
 @pytest.mark.parametrize("engine", ENGINES["onnx"])
 def test_prediction_runs_without_tensorflow_in_the_process(exports, test_zip, app_says, photo_folder, engine):
     proc = subprocess.run(
-        [sys.executable, "-c", TF_FREE, exports["onnx"], engine, test_zip, photo_folder],
+        [sys.executable, "-c", TF_FREE, exports["onnx"], engine, test_zip, photo_folder, str(SIZE)],
         cwd=config.ROOT,
         capture_output=True,
         text=True,

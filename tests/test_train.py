@@ -112,7 +112,14 @@ def test_a_run_json_saved_before_the_tree_held_the_net_loads_with_its_presets():
     }
     best = TrainConfig.for_preset("best")
     assert TrainConfig.from_record(old) == best.changed(
-        {"epochs": 50, "time_budget_min": 50, "calibration_split": 0.0, "precision": "float32"}
+        {
+            "epochs": 50,
+            "time_budget_min": 50,
+            "calibration_split": 0.0,
+            "precision": "float32",
+            "image_size": 96,  # the best preset of the day: 96 px last (112 since the evening of 2026-12-02)
+            "train_scales": (2 / 3, 5 / 6, 1),
+        }
     )
     assert TrainConfig.from_record({"preset": "seed", "epochs": 3}) == TrainConfig(epochs=3)
     record = json.loads(json.dumps(dataclasses.asdict(TrainConfig.for_preset("best", **{"net.stem": 8}))))
@@ -348,7 +355,7 @@ def test_the_time_budget_rate_is_a_cosine_from_the_rate_to_one_percent_of_it():
 def test_the_best_preset_trains_to_a_budget_under_the_hour():
     cfg = TrainConfig.for_preset("best")
     assert cfg.time_budget_min is not None and cfg.time_budget_min <= 57  # decode, validation and saving: < 60 min
-    assert cfg.augment and cfg.pipeline == PipelineConfig(96, "rgb")
+    assert cfg.augment and cfg.pipeline == PipelineConfig(112, "rgb")  # 64, 88, then 112 px
     assert TrainConfig.for_preset("seed").time_budget_min is None
 
 

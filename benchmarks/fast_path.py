@@ -38,11 +38,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # this process loads TensorF
 from core import config
 from core.config import ROOT
 from core.fastpath import ENGINE_ENV, ensure_export_in_child
-from core.hardware import has_amx
+from core.hardware import has_amx, has_bf16_inference
 from core.predict import BasePredictor
 
 TODAY, FAST = "tensorflow", "onnxruntime"
-PATHS = (TODAY, FAST, "openvino-bf16") if has_amx() else (TODAY, FAST)
+PATHS = (TODAY, FAST, "openvino-bf16") if has_bf16_inference() else (TODAY, FAST)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
@@ -263,7 +263,7 @@ def report(serve: dict, one: dict, lat: dict, e2e: dict, count: int, export_s: f
         f"{spread(rate['decode'], '{:,.0f}')} img/s; each path runs at this share of it: {shares}."
     )
     print(f"First use of a model without an export: {export_s:.1f} s to export it (once per model file).")
-    print(f"CPU flags: amx_bf16 {'found' if has_amx() else 'not found'}")
+    print(f"CPU flags: amx_bf16 {'found' if has_amx() else 'not found'}, bf16 inference native: {has_bf16_inference()}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 FastPredictor on the model's ONNX export when it can and the Keras Predictor otherwise, with a note saying why.
 ONNX Runtime is the engine because benchmarks/engines.py measured it the fastest exact (f32) engine here: 3.4x
 TensorFlow at batch 1, level at batch 128, and a process that starts 26x sooner in 0.15x the memory. Where the CPU
-has AMX (bf16 in hardware), the default engine is OpenVINO bf16 with a guard (GuardedBf16): photos whose bf16
-P(dog) is near a decision are predicted again on ONNX Runtime, so the labels are f32's (benchmarks/fast_path.py).
+runs bf16 natively (AMX or AVX-512 BF16), the default engine is OpenVINO bf16 with a guard (GuardedBf16): photos
+whose bf16 P(dog) is near a decision are predicted again on ONNX Runtime, so the labels are f32's
+(benchmarks/fast_path.py).
 
 The export lives beside the .keras file (default.keras -> default.onnx + default.onnx.json) and its sidecar holds
 the .keras file's sha256: every load checks the export's bytes and that hash (core.export.verify_export), so a
@@ -32,13 +33,13 @@ from filelock import FileLock
 from core.config import ROOT, TTA_MODES
 from core.errors import ModelMissing, SettingsError
 from core.export import ExportedModel, ExportError, export_path, load_export, verify_export
-from core.hardware import has_amx
+from core.hardware import has_bf16_inference
 from core.pipeline import PipelineConfig
 from core.predict import BasePredictor, Predictor
 from core.tta import flip_tta
 
-# CVD_PREDICT_ENGINE picks the engine: auto (the default: openvino-bf16 where the CPU has AMX, else onnxruntime),
-# onnxruntime, openvino-bf16, or tensorflow, which turns the fast path off everywhere (the Keras path).
+# CVD_PREDICT_ENGINE picks the engine: auto (the default: openvino-bf16 where the CPU has AMX or AVX-512 BF16, else
+# onnxruntime), onnxruntime, openvino-bf16, or tensorflow, which turns the fast path off everywhere (the Keras path).
 ENGINE_ENV = "CVD_PREDICT_ENGINE"
 ENGINES = ("auto", "onnxruntime", "openvino-bf16", "tensorflow")
 # bf16 looks are trusted only this far from a decision (the 0.5 threshold, the TTA's unsure bounds): twice the
@@ -194,13 +195,14 @@ def ensure_export_in_child(model_path: str | os.PathLike, fmt: str = "onnx", not
 
 def engine_wanted(flags: frozenset[str] | None = None) -> str:
     """The engine asked for through CVD_PREDICT_ENGINE, with auto (the default) resolved for this CPU: openvino-bf16
-    where it has AMX (`amx_bf16`: bf16 in hardware) and OpenVINO is installed, else onnxruntime."""
+    where it runs bf16 natively (AMX or AVX-512 BF16) and OpenVINO is installed, else onnxruntime."""
     wanted = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
     if wanted not in ENGINES:
         raise SettingsError(f"{ENGINE_ENV}={wanted!r}: use one of {', '.join(ENGINES)}")
     if wanted != "auto":
         return wanted
-    return "openvino-bf16" if has_amx(flags) and importlib.util.find_spec("openvino") else "onnxruntime"
+    native = has_bf16_inference(flags)
+    return "openvino-bf16" if native and importlib.util.find_spec("openvino") else "onnxruntime"
 
 
 def _reason(err: Exception) -> str:

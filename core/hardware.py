@@ -21,8 +21,15 @@ def cpu_flags() -> frozenset[str]:
 
 def has_amx(flags: frozenset[str] | None = None) -> bool:
     """Whether the CPU multiplies bfloat16 matrices in hardware (AMX, `amx_bf16`): the one test of where bf16 pays,
-    for training (training_precision) and for prediction (core.fastpath's auto engine)."""
+    for training (training_precision)."""
     return "amx_bf16" in (cpu_flags() if flags is None else flags)
+
+
+def has_bf16_inference(flags: frozenset[str] | None = None) -> bool:
+    """Whether OpenVINO runs bfloat16 inference natively here: AMX (`amx_bf16`) or AVX-512 BF16 (`avx512_bf16`, its
+    bf16 dot products), for core.fastpath's auto engine. Training asks has_amx: TensorFlow gains on AMX only."""
+    found = cpu_flags() if flags is None else flags
+    return "amx_bf16" in found or "avx512_bf16" in found
 
 
 def training_precision(choice: str, flags: frozenset[str] | None = None) -> str:

@@ -25,7 +25,7 @@ from core.config import ROOT, UNSURE_MARGIN
 from core.data import Source, iter_inputs
 from core.export import ExportedModel, file_sha256, load_export, sidecar_path, verify_export
 from core.fastpath import BF16_GUARD, ENGINE_ENV, FastPredictor, GuardedBf16, engine_wanted, open_predictor
-from core.hardware import has_amx
+from core.hardware import has_bf16_inference
 from core.pipeline import decode
 from core.predict import Predictor, evaluate, submission_frame
 
@@ -224,10 +224,11 @@ def five_hundred(test_zip, train_zip) -> list:
     ]
 
 
-def test_auto_takes_openvino_bf16_only_where_the_cpu_has_amx(monkeypatch):
+def test_auto_takes_openvino_bf16_only_where_the_cpu_runs_bf16_natively(monkeypatch):
     monkeypatch.delenv(ENGINE_ENV, raising=False)
     assert engine_wanted(frozenset({"avx512f", "amx_tile", "amx_bf16"})) == "openvino-bf16"
-    assert engine_wanted(frozenset({"avx512f", "avx512_bf16"})) == "onnxruntime"  # no AMX: f32, exact
+    assert engine_wanted(frozenset({"avx512f", "avx512_bf16"})) == "openvino-bf16"  # AVX-512 BF16, no AMX
+    assert engine_wanted(frozenset({"avx2", "avx512f", "avx512_vnni"})) == "onnxruntime"  # bf16 emulated: f32, exact
     assert engine_wanted(frozenset()) == "onnxruntime"
     monkeypatch.setenv(ENGINE_ENV, "onnxruntime")
     assert engine_wanted(frozenset({"amx_bf16"})) == "onnxruntime"  # asked for by name: taken as asked
@@ -239,7 +240,7 @@ def test_by_default_the_cli_takes_this_cpus_engine_and_keeps_the_keras_labels(fi
     (run,) = result["runs"]
     assert result["loaded"] == [] and run["code"] == 0
     report = json.loads(run["stdout"].strip().splitlines()[-1])
-    assert report["engine"] == ("openvino-bf16" if has_amx() else "onnxruntime")
+    assert report["engine"] == ("openvino-bf16" if has_bf16_inference() else "onnxruntime")
     expected = evaluate(keras_path, labeled_zip)
     assert report["confusion"] == expected.confusion and report["accuracy"] == expected.accuracy
 

@@ -3,7 +3,8 @@
 Usage: python benchmarks/fast_path.py [--model models/default.keras] [--rounds 3] [--e2e-rounds 1]
 
 The paths alternate round by round, each the same commands with CVD_PREDICT_ENGINE set: tensorflow (today's),
-onnxruntime, and, where the CPU has AMX, openvino-bf16 (OpenVINO bf16 with f32 looks near the decisions).
+onnxruntime, and, where the CPU runs bf16 natively (AMX or AVX-512 BF16), openvino-bf16 (OpenVINO bf16 with f32
+looks near the decisions).
 - `python -m core serve`: seconds from the start of the process until /health answers, and its peak RSS
   (VmHWM) after 20 predictions;
 - `python -m core predict PHOTO`: the whole process, start to exit, and its peak RSS;

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -153,21 +155,46 @@ class _TrainingBars:
             bar.close()
 
 
+@contextmanager
+def _ctrl_c_stops(cancel: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C stops the training after the batch in hand, as the Train page's Stop does (the best epoch
+    kept, run.json finished); a second one interrupts at once. An interrupt raised inside TensorFlow's input
+    pipeline could leave the process hung instead of ending it."""
+
+    def stop(signum, frame) -> None:
+        cancel.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\nstopping after this batch (Ctrl-C again to interrupt now)", file=sys.stderr)
+
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def cmd_train(args) -> int:
     from core.settings import TrainConfig
     from core.train import train
 
     config = TrainConfig.for_preset(args.preset, **given_settings(args))
-    progress = _TrainingBars(config.preset)
-    with _one_training_per_folder(args.allow_concurrent):
+    progress, cancel = _TrainingBars(config.preset), threading.Event()
+    with _one_training_per_folder(args.allow_concurrent), _ctrl_c_stops(cancel):
         try:
-            result = train(args.source, config, progress=progress)
+            result = train(args.source, config, progress=progress, cancel=cancel)
         finally:
             progress.close()  # before any error line, which must stay the last line
     print(
         f"run {result.status}: best val_accuracy {result.metrics['best_val_accuracy']} in {result.wall_time_s:.0f} s",
         file=sys.stderr,
     )
+    if cancel.is_set():  # stopped by Ctrl-C: kept in its run folder, never promoted over --out
+        print(result.run.path)
+        print("interrupted", file=sys.stderr)
+        return 130
     if args.out:
         from core.runs import promote_run
 

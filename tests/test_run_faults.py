@@ -241,12 +241,15 @@ def test_a_second_training_in_the_same_folder_is_refused_unless_allowed(small_zi
         statuses = {r.id: r.status for r in RunStore(runs).runs()}
         assert statuses == {first_run.name: RUNNING, second_run.name: "finished"}
         wait_for(lambda: (first_run / "model.keras").is_file(), first, tmp_path / "first.log", "first checkpoint")
-        first.send_signal(signal.SIGINT)  # Ctrl-C: the run ends, and says so itself
+        first.send_signal(signal.SIGINT)  # Ctrl-C: the run stops after its batch, and says so itself
         first.wait(120)
         assert first.returncode == 130
     finally:
         end(first)
-    assert json.loads((first_run / "run.json").read_text())["status"] == INTERRUPTED
+    said = (tmp_path / "first.log").read_text()
+    assert "stopping after this batch" in said and said.rstrip().endswith("interrupted")
+    meta = json.loads((first_run / "run.json").read_text())
+    assert meta["status"] == "stopped" and meta["metrics"]["best_epoch"] >= 1  # finished properly, best epoch kept
 
 
 def _namespace_ready() -> bool:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from core.config import TTA_MODES
+from core.config import TTA_MODES, atomic_write, check_writable
 from core.errors import ModelError, SettingsError, TrainingInProgress, UserError
 from core.export import FORMATS, export_model, sidecar_path
 from core.settings import PRESETS, minutes, settings
@@ -181,6 +181,10 @@ def cmd_train(args) -> int:
     from core.train import train
 
     config = TrainConfig.for_preset(args.preset, **given_settings(args))
+    if args.out:  # an unusable --out fails now, not after the training it was to keep
+        from core.runs import check_model_target
+
+        check_model_target(Path(args.out))
     progress, cancel = _TrainingBars(config.preset), threading.Event()
     with _one_training_per_folder(args.allow_concurrent), _ctrl_c_stops(cancel):
         try:
@@ -246,10 +250,12 @@ def cmd_predict(args) -> int:
     from core.fastpath import open_predictor
     from core.predict import predictions_frame
 
+    if args.csv:
+        check_writable(args.csv)
     predictor = open_predictor(_model_path(args.model), tta=args.tta)
     frame = predictions_frame(predictor.predict_many(iter_inputs(args.sources)))
     if args.csv:
-        frame.to_csv(args.csv, index=False)
+        atomic_write(args.csv, lambda tmp: frame.to_csv(tmp, index=False))
         print(f"wrote {len(frame)} rows to {args.csv} ({frame.error.notna().sum()} errors)", file=sys.stderr)
     else:
         frame.to_csv(sys.stdout, index=False)
@@ -261,10 +267,11 @@ def cmd_submission(args) -> int:
     from core.fastpath import open_predictor
     from core.predict import submission_frame
 
+    check_writable(args.out)
     predictor = open_predictor(_model_path(args.model))
     preds = predictor.predict_many(iter_inputs([args.source]))
     frame = submission_frame(preds)
-    frame.to_csv(args.out, index=False)
+    atomic_write(args.out, lambda tmp: frame.to_csv(tmp, index=False))
     bad = [p for p in preds if p.error]
     print(
         f"wrote {len(frame)} rows to {args.out}; {len(bad)} files could not be predicted "
@@ -296,6 +303,7 @@ def cmd_label_issues(args) -> int:
 
     if args.time_budget is not None and args.time_budget <= 0:
         raise SettingsError("--time-budget must be more than 0 minutes")
+    check_writable(args.csv)
     config = replace(FinderConfig(), limit=args.limit, seed=args.seed)
     if args.time_budget:
         config = replace(config, time_budget_min=args.time_budget)

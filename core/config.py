@@ -116,6 +116,21 @@ def write_error(path: str | os.PathLike, err: OSError) -> WriteError:
     return WriteError(err.errno, f"could not write {path}: {reason}")
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """path, if a file could be written there; checked before long work whose result is to be saved there.
+
+    WriteError: path is a folder, or no folder above it is one this process may write in (missing folders
+    between are made when the file is written).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise WriteError(errno.EISDIR, f"could not write {path}: it is a folder; give a file's name in it")
+    folder = next(p for p in path.absolute().parents if p.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise WriteError(errno.EACCES, f"could not write {path}: {folder} is not a folder this process may write in")
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Write path through a temp file in its folder, then os.replace, so readers see the old file or the new one.
 

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from core.config import CLASS_NAMES, atomic_write, temp_sibling
+from core.config import CLASS_NAMES, atomic_write
 from core.corrections import corrections_path
 from core.data import LoadedDataset, Source, load_dataset
 from core.errors import DatasetError, SettingsError
@@ -168,15 +168,8 @@ class LabelIssues:
         )
 
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write the suspects CSV atomically (temp file, then os.replace)."""
-        path = Path(path)
-        tmp = temp_sibling(path)
-        try:
-            self.suspects().to_csv(tmp, index=False, float_format="%.6f")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        """Write the suspects CSV atomically (temp file, then os.replace); WriteError names path if it fails."""
+        return atomic_write(path, lambda tmp: self.suspects().to_csv(tmp, index=False, float_format="%.6f"))
 
 
 class _Clock:

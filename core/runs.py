@@ -19,7 +19,7 @@ import psutil
 from filelock import FileLock, Timeout
 
 from core import config
-from core.config import atomic_write, write_error
+from core.config import atomic_write, check_writable, write_error
 from core.data import label_from_name
 from core.errors import DatasetError, NotFound, RunError, TrainingInProgress
 from core.metrics import held_out, recorded_accuracies
@@ -305,6 +305,18 @@ def regression_sample(validation_names: list[str], n: int = 400, seed: int = 0) 
     return sorted(picked)
 
 
+def check_model_target(target: Path) -> Path:
+    """The path a trained model is to be saved at, refused before a training run rather than after it.
+
+    RunError: not a .keras file name (Keras loads no other); WriteError: a folder, or where this process may not
+    write.
+    """
+    target = Path(target)
+    if target.suffix != ".keras":
+        raise RunError(f"{target}: a model is saved as a .keras file; give a name like {target.stem or 'model'}.keras")
+    return check_writable(target)
+
+
 def promote_run(run: Run, target: Path | None = None, source: str | os.PathLike | None = None) -> Path:
     """Copy a run's model to target (atomically), its metadata to target.json, its curves to target-history.csv.
 
@@ -315,7 +327,7 @@ def promote_run(run: Run, target: Path | None = None, source: str | os.PathLike 
     """
     if not run.has_model:
         raise RunError(f"run {run.id} saved no model: it was stopped before its first epoch ended")
-    target = Path(config.DEFAULT_MODEL if target is None else target)
+    target = check_model_target(config.DEFAULT_MODEL if target is None else target)
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(target, lambda tmp: shutil.copyfile(run.model_path, tmp))
     run_meta = run.meta

@@ -311,6 +311,37 @@ def test_a_model_file_that_is_not_a_model_is_one_line_error(cli_home, tmp_path, 
     assert_one_line_error(run_cli(cli_home, "predict", photo, "--model", fake), "not a Keras model")
 
 
+@pytest.mark.parametrize("where", ["no-suffix", "a-folder", "under-a-file"])
+def test_train_refuses_an_out_it_could_not_save_to_before_it_trains(cli_home, small_zip, tmp_path, where):
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    out = {
+        "no-suffix": tmp_path / "mymodel",
+        "a-folder": tmp_path / "a-folder",
+        "under-a-file": tmp_path / "file.txt" / "m.keras",
+    }
+    runs_before = sorted((cli_home / "runs").iterdir())
+    proc = run_cli(cli_home, "train", small_zip, "--epochs", "1", "--limit", "64", "--out", out[where])
+    assert_one_line_error(proc, str(out[where]))
+    assert "epoch" not in proc.stderr  # refused before the first epoch, not after the last
+    assert sorted((cli_home / "runs").iterdir()) == runs_before and not (tmp_path / "mymodel").exists()
+
+
+@pytest.mark.parametrize(
+    "command, flag", [("predict", "--csv"), ("submission", "--out"), ("label-issues", "--csv")], ids=lambda c: c
+)
+def test_a_csv_it_could_not_write_is_refused_before_the_work_not_after(cli_home, small_zip, tmp_path, command, flag):
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+    for out in (tmp_path / "a-folder", tmp_path / "file.txt" / "out.csv"):
+        proc = run_cli(cli_home, command, small_zip, flag, out)
+        assert_one_line_error(proc, f"could not write {out}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder", "file.txt"]
+    assert (
+        list((tmp_path / "a-folder").iterdir()) == [] and (tmp_path / "file.txt").read_text() == "a file, not a folder"
+    )
+
+
 def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_is_refused(cli_home, small_zip):
     # The best preset's progressive resizing stays on: one epoch goes to the last, full-size stage.
     proc = run_cli(
@@ -339,7 +370,7 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
     assert set(meta) >= set(shipped) - promoted
     added_since = {"net", "optimizer", "calibration_split", "corrections", "extras", "erase"}  # newer than it
     assert set(meta["config"]) == set(shipped["config"]) | added_since
-    assert meta["config"]["net"] == {"kind": "vgg_bn", "widths": [32, 64, 128, 256], "stem": 16}
+    assert meta["config"]["net"] == {"kind": "vgg_bn", "widths": [32, 64, 128, 256], "stem": 16, "se": 0}
     assert meta["config"]["optimizer"] == {"name": "adamw", "weight_decay": 0.05, "label_smoothing": 0.05}
     history = pd.read_csv(Path(proc.stdout.strip().splitlines()[-1]) / "history.csv")
     assert history["train_size"].tolist() == [32]

@@ -42,6 +42,7 @@ def build_vgg_bn(
     pipeline: PipelineConfig,
     widths: tuple[int, ...] = (16, 32, 64, 128),
     stem: int = 0,
+    se: int = 0,
     name: str = "improved",
     any_size: bool = False,
     dtype: str = "float32",
@@ -51,9 +52,10 @@ def build_vgg_bn(
     Batch norm uses momentum 0.9: with 0.99 the moving statistics trailed the weights by ~100 steps, and
     validation accuracy sat near chance for the first epochs while training accuracy climbed.
     With any_size the input takes photos of any size (progressive resizing trains on several); global pooling
-    makes the net itself size-agnostic. dtype is each layer's Keras dtype policy (e.g. "mixed_bfloat16"), given to
-    the layers rather than set globally, so a run training in a thread changes no other model; the sigmoid stays
-    float32.
+    makes the net itself size-agnostic. se > 0 adds a squeeze-and-excitation gate after each conv pair (Hu et al.
+    2018): its channels rescaled by a sigmoid of two dense layers over their global means. dtype is each layer's
+    Keras dtype policy (e.g. "mixed_bfloat16"), given to the layers rather than set globally, so a run training in a
+    thread changes no other model; the sigmoid stays float32.
     """
     shape = (None, None, pipeline.channels) if any_size else pipeline.input_shape
     inputs = keras.Input(shape, name="image")
@@ -67,12 +69,23 @@ def build_vgg_bn(
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}_{j + 1}", dtype=dtype)(x)
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i + 1}_{j + 1}", dtype=dtype)(x)
             x = layers.Activation("relu", name=f"relu{i + 1}_{j + 1}", dtype=dtype)(x)
+        if se:
+            x = _squeeze_excite(x, width, se, f"se{i + 1}", dtype)
         if i < len(widths) - 1:
             x = layers.MaxPooling2D(name=f"pool{i + 1}", dtype=dtype)(x)
     x = layers.GlobalAveragePooling2D(name="gap", dtype=dtype)(x)
     x = layers.Dropout(0.3, name="dropout", dtype=dtype)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="prob_dog")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _squeeze_excite(x, width: int, ratio: int, name: str, dtype: str):
+    # Dense layers, not 1x1 convolutions, so that Grad-CAM's last convolution is still the last conv pair's.
+    gate = layers.GlobalAveragePooling2D(name=f"{name}_squeeze", dtype=dtype)(x)
+    gate = layers.Dense(max(4, width // ratio), activation="relu", name=f"{name}_reduce", dtype=dtype)(gate)
+    gate = layers.Dense(width, activation="sigmoid", name=f"{name}_gate", dtype=dtype)(gate)
+    gate = layers.Reshape((1, 1, width), name=f"{name}_shape", dtype=dtype)(gate)
+    return layers.Multiply(name=f"{name}_excite", dtype=dtype)([x, gate])
 
 
 def build_model(config: TrainConfig, any_size: bool = False, precision: str = "float32") -> keras.Model:
@@ -89,7 +102,9 @@ def build_model(config: TrainConfig, any_size: bool = False, precision: str = "f
             raise SettingsError("the seed net trains as the tutorial did: at one size, in float32")
         return build_seed(config.pipeline, net.widths, name=config.preset)
     dtype = "mixed_bfloat16" if precision == "bfloat16" else "float32"
-    return build_vgg_bn(config.pipeline, net.widths, net.stem, name=config.preset, any_size=any_size, dtype=dtype)
+    return build_vgg_bn(
+        config.pipeline, net.widths, net.stem, net.se, name=config.preset, any_size=any_size, dtype=dtype
+    )
 
 
 def fixed_size(model: keras.Model, config: TrainConfig) -> keras.Model:

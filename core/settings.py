@@ -92,6 +92,9 @@ class NetConfig:
         (64, 64), "filters of each conv (seed) or conv pair (vgg_bn)", parse=widths, metavar="W1,W2,..."
     )
     stem: int = setting(0, "vgg_bn only: >0 puts a stride-2 conv stem of this width first, halving the resolution")
+    se: int = setting(
+        0, "vgg_bn only: >0 gates each conv pair's channels by squeeze-and-excitation, its hidden width the pair's / se"
+    )
 
     def __post_init__(self):
         _check_choices(self)

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 from keras import layers
 
+from core.gradcam import last_conv_layer
 from core.model import (
     build_model,
     compile_model,
+    fixed_size,
     inference_model,
     load_model,
     model_pipeline,
@@ -236,6 +238,32 @@ def test_the_net_is_built_from_the_settings_tree_not_from_the_preset_name():
     assert convs == [8, 8, 16, 16] and model.input_shape == (None, 32, 32, 3) and model.name == "best"
     seed = build_model(SEED.changed({"net.widths": (32, 16, 8)}))
     assert [layer.filters for layer in seed.layers if isinstance(layer, layers.Conv2D)] == [32, 16, 8]
+
+
+def test_squeeze_excitation_gates_each_conv_pair_at_any_size_and_saves(tmp_path):
+    config = BEST.changed({"net.widths": (8, 16), "net.stem": 0, "net.se": 4, "image_size": 32})
+    model = build_model(config, any_size=True)
+    assert [layer.units for layer in model.layers if layer.name.endswith("_gate")] == [8, 16]
+    assert [layer.units for layer in model.layers if layer.name.endswith("_reduce")] == [4, 4]  # never under 4
+    rng = np.random.default_rng(0)
+    model(rng.random((2, 48, 48, 3), dtype=np.float32), training=True)  # progressive resizing trains at others
+    fixed = fixed_size(model, config)
+    x = rng.random((2, 32, 32, 3), dtype=np.float32)
+    loaded = load_model(save_model(fixed, tmp_path / "se.keras"))
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(fixed(x)), atol=1e-6)
+    assert last_conv_layer(loaded).name == "conv2_2"  # Grad-CAM still explains the last conv pair
+    # The gate acts: closed (sigmoid of -50), it zeroes the features, and every photo gets the same P(dog).
+    gate = loaded.get_layer("se2_gate")
+    gate.set_weights([np.zeros_like(gate.kernel), np.full(16, -50.0, np.float32)])
+    closed = np.asarray(loaded(x))
+    assert closed[0, 0] == pytest.approx(closed[1, 0]) and not np.allclose(np.asarray(fixed(x))[:, 0], closed[0, 0])
+
+
+def test_a_net_with_gates_says_so_where_a_run_is_described():
+    from ui.status import net_text
+
+    assert net_text(BEST.net) == "VGG-BN, pairs 32-64-128-256, stem 16"
+    assert net_text(BEST.changed({"net.se": 8}).net) == "VGG-BN, pairs 32-64-128-256, stem 16, SE /8"
 
 
 def test_loading_uses_safe_mode_and_refuses_lambda_code(tmp_path):

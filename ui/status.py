@@ -84,11 +84,14 @@ def run_settings(state: TrainingState) -> dict[str, str]:
 
 
 def net_text(net: NetConfig) -> str:
-    """A network in words: "seed CNN, convs 64-64" or "VGG-BN, pairs 32-64-128-256, stem 16"."""
+    """A network in words: "seed CNN, convs 64-64" or "VGG-BN, pairs 32-64-128-256, stem 16" (", SE /8"
+    with squeeze-and-excitation gates)."""
     widths = "-".join(str(w) for w in net.widths)
     if net.kind == "seed":
         return f"seed CNN, convs {widths}"
-    return f"VGG-BN, pairs {widths}" + (f", stem {net.stem}" if net.stem else "")
+    return (
+        f"VGG-BN, pairs {widths}" + (f", stem {net.stem}" if net.stem else "") + (f", SE /{net.se}" if net.se else "")
+    )
 
 
 def optimizer_text(optimizer: OptimizerConfig) -> str:

@@ -1,8 +1,8 @@
 """The Keras side of training, imported only once a run starts so that `core.train` stays cheap to import.
 
 Each callback does one job. `training_callbacks` puts them in the one order that works: the learning-rate
-schedule first (the logs then carry its rate), the logs next, the best checkpoint after the epoch log it
-reads, progress after both, and the checks that end training last.
+schedule first (the logs then carry its rate), the logs next, the weights' moving average (if kept) swapped in
+before the best checkpoint, which reads the epoch log, progress after both, and the checks that end training last.
 """
 
 from __future__ import annotations
@@ -108,6 +108,42 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.run.update_meta(metrics={**best, "best_epoch": row["epoch"]})
 
 
+class WeightAverage(keras.callbacks.Callback):
+    """With the optimiser's moving average of the weights (`optimizer.ema`): validation and the epoch's end see the
+    average, so the best checkpoint keeps it; the next epoch trains the raw weights again, as if it never ran.
+
+    Keras's fit() also writes the average into the model when it ends; `on_train_end` undoes that too, so the
+    stages of progressive resizing train on as one run.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.raw: list | None = None  # the raw weights while the average is swapped in
+
+    def swap_in(self) -> None:
+        if self.raw is None:
+            self.raw = [variable.numpy() for variable in self.model.trainable_variables]
+            self.model.optimizer.finalize_variable_values(self.model.trainable_variables)  # the average, assigned
+
+    def swap_out(self) -> None:
+        if self.raw is not None:
+            for variable, value in zip(self.model.trainable_variables, self.raw, strict=True):
+                variable.assign(value)
+            self.raw = None
+
+    def on_test_begin(self, logs=None):
+        self.swap_in()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.swap_in()  # a run without validation keeps the average too
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.swap_out()
+
+    def on_train_end(self, logs=None):
+        self.swap_out()
+
+
 class Progress(keras.callbacks.Callback):
     """Reports each batch and each whole epoch to a plain callable, as ProgressEvents."""
 
@@ -198,10 +234,13 @@ class TrainingCallbacks:
     stop: StopOnCancel
     budget: TimeBudget | None
     early: keras.callbacks.EarlyStopping | None
+    average: WeightAverage | None = None
 
     def in_order(self, stage_end: StageEnd | None = None) -> list[keras.callbacks.Callback]:
-        """The schedule, the logs, the checkpoint, progress, then what ends training (a stage's end last)."""
-        ordered = [self.budget, self.batches, self.epochs, self.best, self.progress, self.stop, self.early, stage_end]
+        """The schedule, the logs, the averaged weights, the checkpoint, progress, then what ends training (a
+        stage's end last)."""
+        ordered = [self.budget, self.batches, self.epochs, self.average, self.best, self.progress, self.stop]
+        ordered += [self.early, stage_end]
         return [callback for callback in ordered if callback is not None]
 
 
@@ -231,4 +270,5 @@ def training_callbacks(
             if config.early_stopping and validates
             else None
         ),
+        average=WeightAverage() if config.optimizer.ema else None,
     )

@@ -165,19 +165,21 @@ def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | No
     loss_weights).
 
     AdamW decays along a cosine over total_steps; with total_steps None its rate is a plain variable that a
-    `core.callbacks.TimeBudget` drives over wall time instead.
+    `core.callbacks.TimeBudget` drives over wall time instead. With `optimizer.ema` the optimiser also keeps a
+    moving average of the weights, which `core.callbacks.WeightAverage` swaps in to validate and keep.
     """
     settings, rate = config.optimizer, config.learning_rate
+    average = {"use_ema": True, "ema_momentum": settings.ema} if settings.ema else {}  # see core.callbacks
     if settings.name == "adamw":
         schedule = (
             rate
             if total_steps is None
             else keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(total_steps, 1), alpha=0.01)
         )
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay)
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay, **average)
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=rate)
+        optimizer = keras.optimizers.Adam(learning_rate=rate, **average)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.label_smoothing),

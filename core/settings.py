@@ -111,9 +111,17 @@ class OptimizerConfig:
         0.0, "adamw only: decoupled weight decay, scaled by the rate (not of batch norm, biases)"
     )
     label_smoothing: float = setting(0.0, "pulls the training targets from 0 and 1 towards 0.5 by this much")
+    # The moving average is what each epoch validates and what the run keeps; training steps the raw weights.
+    ema: float = setting(
+        0.0,
+        "keeps a moving average of the weights (this much of it kept each step, e.g. 0.995) and validates and "
+        "saves it instead of the raw weights (0: none)",
+    )
 
     def __post_init__(self):
         _check_choices(self)
+        if not 0 <= self.ema < 1:
+            raise SettingsError(f"ema {self.ema!r} is the share of the average kept each step: at least 0, below 1")
 
 
 @dataclass(frozen=True)

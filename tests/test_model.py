@@ -266,6 +266,18 @@ def test_a_net_with_gates_says_so_where_a_run_is_described():
     assert net_text(BEST.changed({"net.se": 8}).net) == "VGG-BN, pairs 32-64-128-256, stem 16, SE /8"
 
 
+def test_an_optimiser_with_a_weight_average_keeps_one_and_says_so():
+    from ui.status import optimizer_text
+
+    averaged = BEST.changed({"optimizer.ema": 0.995})
+    assert compile_model(build_model(averaged), averaged, total_steps=None).optimizer.use_ema
+    assert compile_model(build_model(averaged), averaged, total_steps=None).optimizer.ema_momentum == 0.995
+    assert not compile_model(build_model(BEST), BEST, total_steps=None).optimizer.use_ema
+    assert optimizer_text(averaged.optimizer) == (
+        "adamw, weight decay 0.05, label smoothing 0.05, weights averaged (0.995 a step)"
+    )
+
+
 def test_loading_uses_safe_mode_and_refuses_lambda_code(tmp_path):
     lam = keras.Sequential(
         [keras.Input((80, 80, 1)), layers.Lambda(lambda t: t * 2), layers.Flatten(), layers.Dense(1)]

@@ -87,6 +87,9 @@ def test_an_unknown_override_is_an_error_not_silently_dropped(name):
 def test_a_setting_outside_its_choices_is_refused():
     with pytest.raises(SettingsError, match="color_mode 'sepia' is not one of grayscale, rgb"):
         TrainConfig(color_mode="sepia")
+    for ema in (1.0, -0.1):  # an average that never moves, or one that overshoots
+        with pytest.raises(SettingsError, match=f"ema {ema!r} is the share of the average kept each step"):
+            TrainConfig.for_preset("best", **{"optimizer.ema": ema})
     with pytest.raises(SettingsError, match="kind 'resnet'"):
         TrainConfig.for_preset("best", **{"net.kind": "resnet"})
 
@@ -183,7 +186,7 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
     assert meta["status"] == "finished"
     assert meta["config"] == json.loads(json.dumps(dataclasses.asdict(TrainConfig(epochs=2, limit=SLICE))))
     assert meta["config"]["net"] == {"kind": "seed", "widths": [64, 64], "stem": 0, "se": 0}  # the whole settings tree
-    assert meta["config"]["optimizer"] == {"name": "adam", "weight_decay": 0.0, "label_smoothing": 0.0}
+    assert meta["config"]["optimizer"] == {"name": "adam", "weight_decay": 0.0, "label_smoothing": 0.0, "ema": 0.0}
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)
     assert meta["class_names"] == ["cat", "dog"]
@@ -234,6 +237,56 @@ def test_the_saved_model_is_the_best_epoch_by_validation_loss_and_carries_its_pi
     # The validation images are the seed's deterministic split, recorded by name.
     _, val_idx = split_indices(small_slice.y, 0.2, 42)
     assert sorted(meta["validation_names"]) == sorted(small_slice.names[val_idx].tolist())
+
+
+def _epoch_end_weights(small_slice, ema: float):
+    """Two real epochs of the seed net on the slice's photos: the weights each epoch's end saw, those fit() left,
+    the logged validation losses, and the model."""
+    from core.callbacks import WeightAverage
+    from core.model import build_model, compile_model
+
+    keras = pytest.importorskip("keras")
+    cfg = TrainConfig(optimizer=dataclasses.replace(TrainConfig().optimizer, ema=ema))
+    keras.utils.set_random_seed(0)
+    model = compile_model(build_model(cfg), cfg, total_steps=None)
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: seen.append(model.get_weights()))
+    callbacks = [WeightAverage(), record] if ema else [record]
+    x, y = to_model_input(small_slice.x), small_slice.y.astype("float32")
+    history = model.fit(x[:96], y[:96], validation_data=(x[96:], y[96:]), epochs=2, callbacks=callbacks, verbose=0)
+    return seen, model.get_weights(), history.history["val_loss"], model, (x[96:], y[96:])
+
+
+def test_a_weight_average_is_what_each_epoch_validates_and_keeps_while_the_raw_weights_train_on(small_slice):
+    seen, raw, val_loss, model, (x_val, y_val) = _epoch_end_weights(small_slice, ema=0.9)
+    assert not all(np.array_equal(a, b) for a, b in zip(seen[-1], raw, strict=True))  # fit() ends on the raw weights
+    for weights, logged in zip(seen, val_loss, strict=True):  # what the checkpoint saw is what was validated
+        model.set_weights(weights)
+        assert model.evaluate(x_val, y_val, verbose=0)[0] == pytest.approx(logged, rel=1e-5)
+    model.set_weights(raw)
+    assert model.evaluate(x_val, y_val, verbose=0)[0] != pytest.approx(val_loss[-1], rel=1e-5)
+    # Without the setting, the epoch's end sees the very weights that train on.
+    seen, raw, *_ = _epoch_end_weights(small_slice, ema=0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(seen[-1], raw, strict=True))
+
+
+@pytest.mark.slow
+def test_a_run_with_a_weight_average_saves_the_average_it_validated_across_stages(small_zip, tmp_path):
+    cfg = TrainConfig.for_preset(
+        "improved", epochs=3, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 0.75, 1)
+    ).changed({"optimizer.ema": 0.9, "early_stopping": False})
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "finished" and result.history["train_size"].tolist() == [16, 24, 32]
+    data = load_dataset(small_zip, cfg.pipeline, limit=SLICE, seed=42, cache_dir=False)
+    _, val = split_indices(data.y, 0.2, 42)
+    prob = (
+        load_model(result.run.model_path)
+        .predict(to_model_input(data.x[val]), verbose=0)
+        .reshape(-1)
+        .clip(1e-7, 1 - 1e-7)
+    )
+    loss = -np.mean(data.y[val] * np.log(prob) + (1 - data.y[val]) * np.log(1 - prob))
+    assert loss == pytest.approx(result.run.meta["metrics"]["best_val_loss"], rel=1e-3)
 
 
 def test_training_needs_both_classes(small_slice, tmp_path):

@@ -99,6 +99,7 @@ def optimizer_text(optimizer: OptimizerConfig) -> str:
     parts = [optimizer.name]
     parts += [f"weight decay {optimizer.weight_decay:g}"] if optimizer.name == "adamw" else []
     parts += [f"label smoothing {optimizer.label_smoothing:g}"] if optimizer.label_smoothing else []
+    parts += [f"weights averaged ({optimizer.ema:g} a step)"] if optimizer.ema else []
     return ", ".join(parts)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from core.augment import IDENTITY, Augmentation, augment_batch
+from core.augment import IDENTITY, Augmentation, augment_batch, cutmix
 from core.distribute import batch_sizes
 from core.pipeline import to_model_input
 
@@ -43,11 +43,13 @@ class Feeder(keras.utils.PyDataset):
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         idx = np.sort(self.order[self.bounds[i] : self.bounds[i + 1]])
-        pixels = self.x[idx]
+        pixels, labels = self.x[idx], self.y[idx].astype(np.float32)
         if self.augment or (self.size and self.size != pixels.shape[1]):  # the warp also rescales
             rng = np.random.default_rng([self.shuffle_seed or 0, self.epoch, i])
             pixels = augment_batch(pixels, rng, self.augment or IDENTITY, self.size)
-        return to_model_input(pixels), self.y[idx].astype(np.float32)
+            if self.augment and self.augment.cutmix:  # drawn last: without it, the photos are as they were
+                pixels, labels = cutmix(pixels, labels, rng, self.augment.cutmix)
+        return to_model_input(pixels), labels
 
     def on_epoch_end(self) -> None:
         if self.shuffle_seed is not None:

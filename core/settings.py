@@ -139,6 +139,11 @@ class TrainConfig:
     erase: float = setting(
         0.0, "with augment: the share of training photos that get a random rectangle replaced with noise (0: none)"
     )
+    cutmix: float = setting(
+        0.0,
+        "with augment: the share of training photos that get a box of another photo pasted in, the label mixed by"
+        " its area (CutMix; 0: none)",
+    )
     early_stopping: bool = setting(False, "stop when the validation loss stalls for `patience` epochs")
     patience: int = setting(4, "epochs without a better validation loss before early stopping ends the run")
     seed: int = setting(42, "seed of the split, the shuffles, the augmentation and the initial weights")
@@ -194,8 +199,9 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choices(self)
-        if not 0 <= self.erase <= 1:
-            raise SettingsError(f"erase {self.erase!r} is a share of the photos: between 0 and 1")
+        for name in ("erase", "cutmix"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SettingsError(f"{name} {getattr(self, name)!r} is a share of the photos: between 0 and 1")
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> TrainConfig:

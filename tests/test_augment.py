@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.augment import Augmentation, augment_batch
+from core.augment import Augmentation, augment_batch, cutmix
 from core.feeder import Feeder
 
 NONE = Augmentation(rotation_deg=0, zoom=0, translation=0, contrast=0, flip=False)
@@ -152,3 +152,36 @@ def test_erasing_is_off_by_default_and_draws_after_the_other_transforms():
     same = (plain == erased).all(axis=(1, 2, 3))
     assert not same.any()  # every photo got its rectangle, on top of the same warp
     assert ((plain == erased).mean(axis=(1, 2, 3)) > 0.7).all()
+
+
+def test_cutmix_pastes_one_box_of_another_photo_and_mixes_the_labels_by_its_area():
+    n, size = 200, 40
+    batch = np.repeat(np.arange(n, dtype=np.uint8)[:, None, None, None], size * size * 3).reshape(n, size, size, 3)
+    labels = (np.arange(n) % 2).astype(np.float32)  # photo k is flat grey k: a pixel's value names its photo
+    out, mixed = cutmix(batch, labels, np.random.default_rng(7), share=0.5)
+    np.testing.assert_array_equal(batch[:, 0, 0, 0], np.arange(n))  # the input is not changed
+    assert mixed.dtype == np.float32 and ((mixed >= 0) & (mixed <= 1)).all()
+    pasted = out[..., 0] != np.arange(n, dtype=np.uint8)[:, None, None]  # (N, H, W)
+    areas = pasted.mean(axis=(1, 2))
+    assert 70 <= (areas > 0).sum() <= 130  # about half the photos (less the few that drew themselves)
+    for k in np.flatnonzero(areas):
+        sources = np.unique(out[k][pasted[k]][:, 0])
+        assert len(sources) == 1  # one other photo's pixels
+        rows, cols = np.flatnonzero(pasted[k].any(axis=1)), np.flatnonzero(pasted[k].any(axis=0))
+        assert pasted[k].sum() == len(rows) * len(cols)  # one box
+        assert mixed[k] == pytest.approx((1 - areas[k]) * labels[k] + areas[k] * labels[sources[0]])
+    np.testing.assert_array_equal(mixed[areas == 0], labels[areas == 0])
+    assert 0.15 < areas[areas > 0].mean() < 0.5  # uniform area, less what the borders clip
+
+
+def test_cutmix_in_the_feeder_gives_soft_labels_on_top_of_the_same_warps_and_is_off_by_default():
+    x = blob_batch(32)
+    y = np.arange(32) % 2
+    plain_px, plain_y = Feeder(x, y, 32, shuffle_seed=3, augment=Augmentation())[0]
+    mixed_px, mixed_y = Feeder(x, y, 32, shuffle_seed=3, augment=Augmentation(cutmix=1.0))[0]
+    np.testing.assert_array_equal(plain_y, y.astype(np.float32))  # one batch of all 32, in order: hard labels
+    soft = (mixed_y > 0) & (mixed_y < 1)
+    assert soft.sum() >= 8 and not np.array_equal(plain_px, mixed_px)
+    untouched = (plain_px == mixed_px).all(axis=(1, 2, 3))
+    np.testing.assert_array_equal(mixed_y[untouched], plain_y[untouched])  # same warp, nothing pasted, same label
+    assert (plain_px == mixed_px).mean() > 0.3  # the warps are the same; only the boxes differ

@@ -278,6 +278,16 @@ def test_an_optimiser_with_a_weight_average_keeps_one_and_says_so():
     )
 
 
+def test_training_accuracy_scores_a_cutmix_photo_by_its_larger_label_share():
+    model = compile_model(build_model(BEST), BEST, total_steps=None)
+    x = np.random.default_rng(0).random((8, *model.input_shape[1:]), dtype=np.float32)
+    said_dog = model.predict(x, verbose=0)[:, 0] > 0.5
+    soft = np.array([0.7, 0.3, 0.9, 0.1, 0.6, 0.4, 1.0, 0.0], np.float32)  # CutMix labels, and two hard ones
+    scores = model.evaluate(x, soft, verbose=0, return_dict=True)
+    assert scores["accuracy"] == pytest.approx(np.mean(said_dog == (soft > 0.5)))
+    assert scores["accuracy"] != pytest.approx(np.mean(said_dog == soft))  # plain binary accuracy: only 2 can match
+
+
 def test_loading_uses_safe_mode_and_refuses_lambda_code(tmp_path):
     lam = keras.Sequential(
         [keras.Input((80, 80, 1)), layers.Lambda(lambda t: t * 2), layers.Flatten(), layers.Dense(1)]

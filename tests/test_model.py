@@ -266,6 +266,14 @@ def test_a_net_with_gates_says_so_where_a_run_is_described():
     assert net_text(BEST.changed({"net.se": 8}).net) == "VGG-BN, pairs 32-64-128-256, stem 16, SE /8"
 
 
+def test_a_run_with_erasing_or_cutmix_says_so_where_a_run_is_described():
+    from ui.status import augmentation_text
+
+    assert augmentation_text(BEST) == "on" and augmentation_text(SEED) == "off"
+    assert augmentation_text(BEST.changed({"erase": 0.5, "cutmix": 0.25})) == "on, erasing 50%, CutMix 25%"
+    assert augmentation_text(SEED.changed({"cutmix": 0.5})) == "off"  # without augmentation neither is drawn
+
+
 def test_an_optimiser_with_a_weight_average_keeps_one_and_says_so():
     from ui.status import optimizer_text
 

@@ -11,7 +11,7 @@ from core.data import summarize
 from core.jobs import TrainingState, owner_label
 from core.metrics import Accuracy, percent
 from core.runs import RunStore
-from core.settings import NetConfig, OptimizerConfig
+from core.settings import NetConfig, OptimizerConfig, TrainConfig
 from ui.resources import (
     active_dataset,
     active_model,
@@ -73,7 +73,7 @@ def run_settings(state: TrainingState) -> dict[str, str]:
         "learning rate": f"{cfg.learning_rate:g}",
         "image": f"{cfg.image_size}x{cfg.image_size} {cfg.color_mode}",
         "train sizes (px)": scales,
-        "augmentation": "on" if cfg.augment else "off",
+        "augmentation": augmentation_text(cfg),
         "early stopping": f"on (patience {cfg.patience})" if cfg.early_stopping else "off",
         "network": net_text(cfg.net),
         "optimizer": optimizer_text(cfg.optimizer),
@@ -81,6 +81,15 @@ def run_settings(state: TrainingState) -> dict[str, str]:
         "seed": str(cfg.seed),
         "photos": f"{cfg.limit:,}" if cfg.limit else "all",
     }
+
+
+def augmentation_text(cfg: TrainConfig) -> str:
+    """The training photos' augmentation in words: "off", "on", or "on, erasing 50%, CutMix 50%"."""
+    if not cfg.augment:
+        return "off"
+    extras = [f"erasing {cfg.erase:.0%}"] if cfg.erase else []
+    extras += [f"CutMix {cfg.cutmix:.0%}"] if cfg.cutmix else []
+    return ", ".join(["on", *extras])
 
 
 def net_text(net: NetConfig) -> str:

@@ -24,6 +24,7 @@ class Augmentation:
     translation: float = 0.1  # shift of up to this fraction of the side, each axis
     contrast: float = 0.1  # (x - mean) * f + mean with f uniform in [1 - c, 1 + c]
     flip: bool = True  # mirror left-right half the time
+    alternate_flip: bool = False  # with flip: the feeder mirrors each photo every other epoch instead (see Feeder)
     erase: float = 0.0  # share of photos that get one random rectangle (2-25% of the area) replaced with noise
     cutmix: float = 0.0  # share of photos that get a box of another photo of the batch (see cutmix())
 
@@ -36,12 +37,17 @@ IDENTITY = Augmentation(rotation_deg=0, zoom=0, translation=0, contrast=0, flip=
 
 
 def augment_batch(
-    pixels: np.ndarray, rng: np.random.Generator, aug: Augmentation = Augmentation(), size: int | None = None
+    pixels: np.ndarray,
+    rng: np.random.Generator,
+    aug: Augmentation = Augmentation(),
+    size: int | None = None,
+    flips: np.ndarray | None = None,
 ) -> np.ndarray:
     """A randomly transformed copy of a uint8 batch of shape (N, H, W, C); the input is not changed.
 
     With size, the photos come out size x size: the same warp also scales them, at no extra cost (progressive
-    resizing trains early epochs on smaller photos).
+    resizing trains early epochs on smaller photos). flips, one bool a photo, mirrors those photos instead of a
+    random half (the random draw is still made, so the other transforms stay as they were).
     """
     if pixels.ndim != 4 or pixels.dtype != np.uint8:
         raise ValueError(f"expected a uint8 batch (N, H, W, C), got {pixels.dtype} {pixels.shape}")
@@ -50,7 +56,8 @@ def augment_batch(
     angles = rng.uniform(-aug.rotation_deg, aug.rotation_deg, n)
     scales = rng.uniform(1 - aug.zoom, 1 + aug.zoom, n)
     shifts = rng.uniform(-aug.translation, aug.translation, (n, 2)) * (w, h)
-    flips = rng.random(n) < 0.5 if aug.flip else np.zeros(n, bool)
+    drawn = rng.random(n) < 0.5 if aug.flip else np.zeros(n, bool)
+    flips = drawn if flips is None else np.asarray(flips, bool)
     factors = rng.uniform(1 - aug.contrast, 1 + aug.contrast, n)
     out = np.empty((n, out_h, out_w, c), np.uint8)
     centre = ((w - 1) / 2, (h - 1) / 2)

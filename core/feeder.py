@@ -15,7 +15,9 @@ class Feeder(keras.utils.PyDataset):
 
     Random draws are fixed by (seed, epoch, batch), so a run can be repeated. shuffle_seed None: the photos in
     order, every epoch (validation). augment: True for the default Augmentation, or the one to use. size: the side to
-    train at, when it is not the photos' own.
+    train at, when it is not the photos' own. With the Augmentation's alternate_flip, each photo's mirror is drawn
+    once and alternates from epoch to epoch ("alternating flip", Jordan 2024): every photo is seen both ways in any
+    two epochs in a row, where random flips leave a quarter of them the same way twice.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class Feeder(keras.utils.PyDataset):
         self.batch_images = np.array(batch_sizes(len(y), batch_size, replicas))  # images in each batch
         self.bounds = np.cumsum([0, *self.batch_images])
         self.order = np.arange(len(y))
+        self.first_flips = np.random.default_rng([shuffle_seed or 0, len(y)]).random(len(y)) < 0.5
         self.epoch = first_epoch
         self.on_epoch_end()
 
@@ -46,10 +49,15 @@ class Feeder(keras.utils.PyDataset):
         pixels, labels = self.x[idx], self.y[idx].astype(np.float32)
         if self.augment or (self.size and self.size != pixels.shape[1]):  # the warp also rescales
             rng = np.random.default_rng([self.shuffle_seed or 0, self.epoch, i])
-            pixels = augment_batch(pixels, rng, self.augment or IDENTITY, self.size)
+            pixels = augment_batch(pixels, rng, self.augment or IDENTITY, self.size, self._flips(idx))
             if self.augment and self.augment.cutmix:  # drawn last: without it, the photos are as they were
                 pixels, labels = cutmix(pixels, labels, rng, self.augment.cutmix)
         return to_model_input(pixels), labels
+
+    def _flips(self, idx: np.ndarray) -> np.ndarray | None:
+        if not (self.augment and self.augment.flip and self.augment.alternate_flip):
+            return None  # augment_batch draws them
+        return self.first_flips[idx] ^ bool(self.epoch % 2)
 
     def on_epoch_end(self) -> None:
         if self.shuffle_seed is not None:

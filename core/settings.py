@@ -21,6 +21,7 @@ from core.pipeline import PipelineConfig
 NET_KINDS = ("seed", "vgg_bn")
 OPTIMIZERS = ("adam", "adamw")
 COLOR_MODES = ("grayscale", "rgb")
+FLIPS = ("random", "alternate")
 
 
 def setting(default, help: str, **interface):
@@ -138,6 +139,12 @@ class TrainConfig:
     augment: bool = setting(False, "random flips, rotation, zoom, shifts and contrast on the training photos")
     erase: float = setting(
         0.0, "with augment: the share of training photos that get a random rectangle replaced with noise (0: none)"
+    )
+    flip: str = setting(
+        "random",
+        "with augment: mirror a random half of the training photos each epoch (random), or each photo every other"
+        " epoch (alternate)",
+        choices=FLIPS,
     )
     cutmix: float = setting(
         0.0,

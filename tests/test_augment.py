@@ -185,3 +185,24 @@ def test_cutmix_in_the_feeder_gives_soft_labels_on_top_of_the_same_warps_and_is_
     untouched = (plain_px == mixed_px).all(axis=(1, 2, 3))
     np.testing.assert_array_equal(mixed_y[untouched], plain_y[untouched])  # same warp, nothing pasted, same label
     assert (plain_px == mixed_px).mean() > 0.3  # the warps are the same; only the boxes differ
+
+
+def test_alternating_flips_mirror_each_photo_every_other_epoch_where_random_flips_do_not():
+    x, y = blob_batch(n=64, size=48), np.arange(64) % 2  # the disc left of centre: a mirror puts it right
+    only_flips = {"rotation_deg": 0, "zoom": 0, "translation": 0, "contrast": 0}
+
+    def mirrored_by_epoch(aug: Augmentation) -> np.ndarray:
+        feeder, seen = Feeder(x, y, 64, shuffle_seed=5, augment=aug), []
+        for _ in range(4):
+            seen.append(np.array([centroid_x(p * 255) > 24 for p in feeder[0][0]]))  # one batch: all 64, in order
+            feeder.on_epoch_end()
+        return np.array(seen)
+
+    alternate = mirrored_by_epoch(Augmentation(**only_flips, alternate_flip=True))
+    assert 20 <= alternate[0].sum() <= 44  # about half, the first time
+    assert (alternate[1] != alternate[0]).all() and (alternate[2] == alternate[0]).all()
+    assert (alternate[3] == alternate[1]).all()
+    random = mirrored_by_epoch(Augmentation(**only_flips))
+    assert (random[1] == random[0]).any()  # random flips show some photos the same way twice in a row
+    later = Feeder(x, y, 64, shuffle_seed=5, augment=Augmentation(**only_flips, alternate_flip=True), first_epoch=1)
+    np.testing.assert_array_equal([centroid_x(p * 255) > 24 for p in later[0][0]], alternate[1])  # a stage continues

@@ -160,10 +160,12 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name=f"{model.name}_folded")
 
 
+@keras.saving.register_keras_serializable(package="core")
 class MajorityAccuracy(keras.metrics.BinaryAccuracy):
     """Binary accuracy against each photo's larger label share: a CutMix photo that is 70% dog counts as a dog, where
     plain binary accuracy would count it wrong whatever the net said. Hard labels (every photo without CutMix, and
-    all validation photos) score exactly as with plain binary accuracy."""
+    all validation photos) score exactly as with plain binary accuracy. Only CutMix runs compile with it: the others
+    (the seed tutorial's among them) keep Keras's own "accuracy"."""
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         majority = keras.ops.cast(keras.ops.greater(y_true, 0.5), "float32")
@@ -180,6 +182,7 @@ def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | No
     """
     settings, rate = config.optimizer, config.learning_rate
     average = {"use_ema": True, "ema_momentum": settings.ema} if settings.ema else {}  # see core.callbacks
+    mixed = config.augment and config.cutmix > 0  # soft training labels
     if settings.name == "adamw":
         schedule = (
             rate
@@ -193,7 +196,7 @@ def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | No
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.label_smoothing),
-        metrics=[MajorityAccuracy(name="accuracy")],  # named as Keras names "accuracy": history keeps its keys
+        metrics=[MajorityAccuracy(name="accuracy") if mixed else "accuracy"],  # one name: history keeps its keys
     )
     return model
 

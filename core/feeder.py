@@ -37,7 +37,7 @@ class Feeder(keras.utils.PyDataset):
         self.batch_images = np.array(batch_sizes(len(y), batch_size, replicas))  # images in each batch
         self.bounds = np.cumsum([0, *self.batch_images])
         self.order = np.arange(len(y))
-        self.first_flips = np.random.default_rng([shuffle_seed or 0, len(y)]).random(len(y)) < 0.5
+        self.first_flips = self._first_flips()  # None unless the flips alternate
         self.epoch = first_epoch
         self.on_epoch_end()
 
@@ -54,8 +54,13 @@ class Feeder(keras.utils.PyDataset):
                 pixels, labels = cutmix(pixels, labels, rng, self.augment.cutmix)
         return to_model_input(pixels), labels
 
-    def _flips(self, idx: np.ndarray) -> np.ndarray | None:
+    def _first_flips(self) -> np.ndarray | None:
         if not (self.augment and self.augment.flip and self.augment.alternate_flip):
+            return None
+        return np.random.default_rng([self.shuffle_seed or 0, len(self.y)]).random(len(self.y)) < 0.5
+
+    def _flips(self, idx: np.ndarray) -> np.ndarray | None:
+        if self.first_flips is None:
             return None  # augment_batch draws them
         return self.first_flips[idx] ^ bool(self.epoch % 2)
 

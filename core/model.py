@@ -43,6 +43,7 @@ def build_vgg_bn(
     widths: tuple[int, ...] = (16, 32, 64, 128),
     stem: int = 0,
     se: int = 0,
+    residual: bool = False,
     name: str = "improved",
     any_size: bool = False,
     dtype: str = "float32",
@@ -53,9 +54,11 @@ def build_vgg_bn(
     validation accuracy sat near chance for the first epochs while training accuracy climbed.
     With any_size the input takes photos of any size (progressive resizing trains on several); global pooling
     makes the net itself size-agnostic. se > 0 adds a squeeze-and-excitation gate after each conv pair (Hu et al.
-    2018): its channels rescaled by a sigmoid of two dense layers over their global means. dtype is each layer's
-    Keras dtype policy (e.g. "mixed_bfloat16"), given to the layers rather than set globally, so a run training in a
-    thread changes no other model; the sigmoid stays float32.
+    2018): its channels rescaled by a sigmoid of two dense layers over their global means. residual adds an identity
+    shortcut around each pair's second conv, whose batch norm starts at zero (a zero-initialised residual, Goyal et al.
+    2017), so each pair starts as its first conv alone. dtype is each layer's Keras dtype policy (e.g.
+    "mixed_bfloat16"), given to the layers rather than set globally, so a run training in a thread changes no other
+    model; the sigmoid stays float32.
     """
     shape = (None, None, pipeline.channels) if any_size else pipeline.input_shape
     inputs = keras.Input(shape, name="image")
@@ -65,10 +68,7 @@ def build_vgg_bn(
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn", dtype=dtype)(x)
         x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
     for i, width in enumerate(widths):
-        for j in range(2):
-            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}_{j + 1}", dtype=dtype)(x)
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i + 1}_{j + 1}", dtype=dtype)(x)
-            x = layers.Activation("relu", name=f"relu{i + 1}_{j + 1}", dtype=dtype)(x)
+        x = _conv_pair(x, width, f"{i + 1}", residual, dtype)
         if se:
             x = _squeeze_excite(x, width, se, f"se{i + 1}", dtype)
         if i < len(widths) - 1:
@@ -77,6 +77,21 @@ def build_vgg_bn(
     x = layers.Dropout(0.3, name="dropout", dtype=dtype)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="prob_dog")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def _conv_pair(x, width: int, name: str, residual: bool, dtype: str):
+    """Two 3x3 convs, each with batch norm and relu; with residual, the first's output is added to the second's
+    normalised one before its relu, the second's batch norm starting at zero."""
+    for j in (1, 2):
+        shortcut, added = x, residual and j == 2
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{name}_{j}", dtype=dtype)(x)
+        start = "zeros" if added else "ones"
+        norm = layers.BatchNormalization(
+            momentum=BN_MOMENTUM, gamma_initializer=start, name=f"bn{name}_{j}", dtype=dtype
+        )
+        x = layers.Add(name=f"add{name}", dtype=dtype)([shortcut, norm(x)]) if added else norm(x)
+        x = layers.Activation("relu", name=f"relu{name}_{j}", dtype=dtype)(x)
+    return x
 
 
 def _squeeze_excite(x, width: int, ratio: int, name: str, dtype: str):
@@ -103,7 +118,14 @@ def build_model(config: TrainConfig, any_size: bool = False, precision: str = "f
         return build_seed(config.pipeline, net.widths, name=config.preset)
     dtype = "mixed_bfloat16" if precision == "bfloat16" else "float32"
     return build_vgg_bn(
-        config.pipeline, net.widths, net.stem, net.se, name=config.preset, any_size=any_size, dtype=dtype
+        config.pipeline,
+        net.widths,
+        net.stem,
+        net.se,
+        net.residual,
+        name=config.preset,
+        any_size=any_size,
+        dtype=dtype,
     )
 
 

@@ -96,6 +96,11 @@ class NetConfig:
     se: int = setting(
         0, "vgg_bn only: >0 gates each conv pair's channels by squeeze-and-excitation, its hidden width the pair's / se"
     )
+    residual: bool = setting(
+        False,
+        "vgg_bn only: adds each pair's first conv's output to its second's (an identity shortcut, the second's batch "
+        "norm starting at zero so each pair starts as one conv)",
+    )
 
     def __post_init__(self):
         _check_choices(self)

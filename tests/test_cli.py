@@ -370,7 +370,13 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
     assert set(meta) >= set(shipped) - promoted
     added_since = {"net", "optimizer", "calibration_split", "corrections", "extras", "erase", "cutmix", "flip"}  # newer
     assert set(meta["config"]) == set(shipped["config"]) | added_since
-    assert meta["config"]["net"] == {"kind": "vgg_bn", "widths": [32, 64, 128, 256], "stem": 16, "se": 0}
+    assert meta["config"]["net"] == {
+        "kind": "vgg_bn",
+        "widths": [32, 64, 128, 256],
+        "stem": 16,
+        "se": 0,
+        "residual": False,
+    }
     assert meta["config"]["optimizer"] == {"name": "adamw", "weight_decay": 0.05, "label_smoothing": 0.05, "ema": 0.0}
     history = pd.read_csv(Path(proc.stdout.strip().splitlines()[-1]) / "history.csv")
     assert history["train_size"].tolist() == [32]

@@ -264,6 +264,36 @@ def test_a_net_with_gates_says_so_where_a_run_is_described():
 
     assert net_text(BEST.net) == "VGG-BN, pairs 32-64-128-256, stem 16"
     assert net_text(BEST.changed({"net.se": 8}).net) == "VGG-BN, pairs 32-64-128-256, stem 16, SE /8"
+    both = BEST.changed({"net.se": 8, "net.residual": True, "net.stem": 0}).net
+    assert net_text(both) == "VGG-BN, pairs 32-64-128-256, SE /8, residual"
+
+
+def test_a_residual_pair_starts_as_its_first_conv_and_then_adds_the_second(tmp_path):
+    config = BEST.changed({"net.widths": (8, 16), "net.stem": 0, "net.residual": True, "image_size": 32})
+    model = build_model(config, any_size=True)
+    plain_config = config.changed({"net.residual": False})
+    plain = build_model(plain_config, any_size=True)
+    assert [layer.name for layer in model.layers if isinstance(layer, layers.Add)] == ["add1", "add2"]
+    assert model.count_params() == plain.count_params()  # the shortcut is free
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 48, 48, 3), dtype=np.float32)  # progressive resizing trains at other sizes
+    # The second conv's batch norm starts at zero, so its branch adds nothing yet.
+    first_only = keras.Model(model.inputs, model.get_layer("relu2_2").output)(x)
+    np.testing.assert_allclose(first_only, keras.Model(model.inputs, model.get_layer("relu2_1").output)(x), atol=1e-6)
+    # Once the second conv's batch norm is on, the pair's output is relu(first + second), unlike the plain pair's.
+    for layer in (model.get_layer("bn1_2"), model.get_layer("bn2_2")):
+        layer.gamma.assign(np.ones(layer.gamma.shape, np.float32))
+    plain.set_weights(model.get_weights())
+    fixed = fixed_size(model, config)
+    loaded = load_model(save_model(fixed, tmp_path / "residual.keras"))
+    x = x[:, :32, :32]
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(fixed(x)), atol=1e-6)
+    first = keras.Model(loaded.inputs, loaded.get_layer("relu2_1").output)(x)
+    second = keras.Model(loaded.inputs, loaded.get_layer("bn2_2").output)(x)
+    np.testing.assert_allclose(
+        keras.Model(loaded.inputs, loaded.get_layer("relu2_2").output)(x), np.maximum(first + second, 0), atol=1e-5
+    )
+    assert not np.allclose(np.asarray(loaded(x)), np.asarray(fixed_size(plain, plain_config)(x)), atol=1e-4)
 
 
 def test_a_run_with_erasing_or_cutmix_says_so_where_a_run_is_described():

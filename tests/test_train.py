@@ -185,7 +185,13 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
     meta = json.loads((result.run.path / "run.json").read_text())
     assert meta["status"] == "finished"
     assert meta["config"] == json.loads(json.dumps(dataclasses.asdict(TrainConfig(epochs=2, limit=SLICE))))
-    assert meta["config"]["net"] == {"kind": "seed", "widths": [64, 64], "stem": 0, "se": 0}  # the whole settings tree
+    assert meta["config"]["net"] == {
+        "kind": "seed",
+        "widths": [64, 64],
+        "stem": 0,
+        "se": 0,
+        "residual": False,
+    }  # the whole settings tree
     assert meta["config"]["optimizer"] == {"name": "adam", "weight_decay": 0.0, "label_smoothing": 0.0, "ema": 0.0}
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)

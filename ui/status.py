@@ -95,13 +95,12 @@ def augmentation_text(cfg: TrainConfig) -> str:
 
 def net_text(net: NetConfig) -> str:
     """A network in words: "seed CNN, convs 64-64" or "VGG-BN, pairs 32-64-128-256, stem 16" (", SE /8"
-    with squeeze-and-excitation gates)."""
+    with squeeze-and-excitation gates, ", residual" with shortcuts)."""
     widths = "-".join(str(w) for w in net.widths)
     if net.kind == "seed":
         return f"seed CNN, convs {widths}"
-    return (
-        f"VGG-BN, pairs {widths}" + (f", stem {net.stem}" if net.stem else "") + (f", SE /{net.se}" if net.se else "")
-    )
+    extras = [f"stem {net.stem}"] * bool(net.stem) + [f"SE /{net.se}"] * bool(net.se) + ["residual"] * net.residual
+    return ", ".join([f"VGG-BN, pairs {widths}", *extras])
 
 
 def optimizer_text(optimizer: OptimizerConfig) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from core.augment import IDENTITY, Augmentation, augment_batch, cutmix
+from core.augment import IDENTITY, Augmentation, augment_batch, cutmix, mixup
 from core.distribute import batch_sizes
 from core.pipeline import to_model_input
 
@@ -52,6 +52,8 @@ class Feeder(keras.utils.PyDataset):
             pixels = augment_batch(pixels, rng, self.augment or IDENTITY, self.size, self._flips(idx))
             if self.augment and self.augment.cutmix:  # drawn last: without it, the photos are as they were
                 pixels, labels = cutmix(pixels, labels, rng, self.augment.cutmix)
+            if self.augment and self.augment.mixup:  # after CutMix, so a run without mixup draws as before
+                pixels, labels = mixup(pixels, labels, rng, self.augment.mixup)
         return to_model_input(pixels), labels
 
     def _first_flips(self) -> np.ndarray | None:

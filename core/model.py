@@ -204,7 +204,7 @@ def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | No
     """
     settings, rate = config.optimizer, config.learning_rate
     average = {"use_ema": True, "ema_momentum": settings.ema} if settings.ema else {}  # see core.callbacks
-    mixed = config.augment and config.cutmix > 0  # soft training labels
+    mixed = config.augment and (config.cutmix > 0 or config.mixup > 0)  # soft training labels
     if settings.name == "adamw":
         schedule = (
             rate

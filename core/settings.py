@@ -156,6 +156,11 @@ class TrainConfig:
         "with augment: the share of training photos that get a box of another photo pasted in, the label mixed by"
         " its area (CutMix; 0: none)",
     )
+    mixup: float = setting(
+        0.0,
+        "with augment: the share of training photos blended with another photo, the labels by the same weight"
+        " (mixup; 0: none)",
+    )
     early_stopping: bool = setting(False, "stop when the validation loss stalls for `patience` epochs")
     patience: int = setting(4, "epochs without a better validation loss before early stopping ends the run")
     seed: int = setting(42, "seed of the split, the shuffles, the augmentation and the initial weights")
@@ -211,7 +216,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_choices(self)
-        for name in ("erase", "cutmix"):
+        for name in ("erase", "cutmix", "mixup"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SettingsError(f"{name} {getattr(self, name)!r} is a share of the photos: between 0 and 1")
 

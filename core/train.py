@@ -235,7 +235,7 @@ class Feeds:
         cfg, placement = self.config, self.placement
         size = cfg.stages[stage]
         augment = cfg.augment and Augmentation(
-            erase=cfg.erase, cutmix=cfg.cutmix, alternate_flip=cfg.flip == "alternate"
+            erase=cfg.erase, cutmix=cfg.cutmix, mixup=cfg.mixup, alternate_flip=cfg.flip == "alternate"
         )
         return Feeder(self.x, self.y, placement.global_batch, cfg.seed, placement.replicas, augment, size, first_epoch)
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.augment import Augmentation, augment_batch, cutmix
+from core.augment import Augmentation, augment_batch, cutmix, mixup
 from core.feeder import Feeder
 
 NONE = Augmentation(rotation_deg=0, zoom=0, translation=0, contrast=0, flip=False)
@@ -185,6 +185,35 @@ def test_cutmix_in_the_feeder_gives_soft_labels_on_top_of_the_same_warps_and_is_
     untouched = (plain_px == mixed_px).all(axis=(1, 2, 3))
     np.testing.assert_array_equal(mixed_y[untouched], plain_y[untouched])  # same warp, nothing pasted, same label
     assert (plain_px == mixed_px).mean() > 0.3  # the warps are the same; only the boxes differ
+
+
+def test_mixup_blends_each_chosen_photo_with_one_other_and_mixes_the_labels_by_the_same_weight():
+    n, size = 400, 8
+    grey = np.arange(n) % 2 * 200 + 20  # cats flat grey 20, dogs flat grey 220: a pixel's value gives the weight
+    batch = np.repeat(grey.astype(np.uint8)[:, None, None, None], size * size * 3).reshape(n, size, size, 3)
+    labels = (np.arange(n) % 2).astype(np.float32)
+    out, mixed = mixup(batch, labels, np.random.default_rng(3), share=0.5)
+    np.testing.assert_array_equal(batch[:, 0, 0, 0], grey)  # the input is not changed
+    assert out.dtype == np.uint8 and mixed.dtype == np.float32
+    assert (out == out[:, :1, :1]).all()  # flat photos blend to flat photos: the same weight on every pixel
+    np.testing.assert_allclose(mixed, (out[:, 0, 0, 0] - 20.0) / 200, atol=0.5 / 200 + 1e-6)  # label = dog share
+    blended = (mixed > 0.01) & (mixed < 0.99)
+    assert 60 <= blended.sum() <= 140  # half chosen, half of those with a dog-cat partner, less lam near 0 or 1
+    assert ((mixed < 0.1) | (mixed > 0.9)).mean() > 0.5  # Beta(0.4, 0.4): most weights near 0 or 1
+
+
+def test_mixup_in_the_feeder_blends_on_top_of_the_same_warps_and_is_off_by_default():
+    x = blob_batch(32)
+    y = np.arange(32) % 2
+    plain_px, plain_y = Feeder(x, y, 32, shuffle_seed=3, augment=Augmentation())[0]
+    mixed_px, mixed_y = Feeder(x, y, 32, shuffle_seed=3, augment=Augmentation(mixup=1.0))[0]
+    np.testing.assert_array_equal(plain_y, y.astype(np.float32))
+    soft = (mixed_y > 0) & (mixed_y < 1)
+    assert soft.sum() >= 8 and not np.array_equal(plain_px, mixed_px)
+    for k in np.flatnonzero(soft):  # labels differ: the label gives the weight, and some other photo matches
+        lam = 1 - abs(float(mixed_y[k]) - float(plain_y[k]))
+        blends = lam * plain_px[k] + (1 - lam) * plain_px[plain_y != plain_y[k]]  # each other-class partner
+        assert np.abs(blends - mixed_px[k]).max(axis=(1, 2, 3)).min() <= 1.01 / 255  # uint8 rounding only
 
 
 def test_alternating_flips_mirror_each_photo_every_other_epoch_where_random_flips_do_not():

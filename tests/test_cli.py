@@ -368,7 +368,7 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
     promoted = {"model_file", "source_run", "model_bytes", "model_sha256", "regression_sample"}
     promoted |= {"calibration", "before_calibration"}  # `python -m core calibrate` after training
     assert set(meta) >= set(shipped) - promoted
-    added_since = {"net", "optimizer", "calibration_split", "corrections", "extras", "erase", "cutmix", "flip"}  # newer
+    added_since = {"net", "optimizer", "calibration_split", "corrections", "extras", "erase", "cutmix", "flip", "mixup"}
     assert set(meta["config"]) == set(shipped["config"]) | added_since
     assert meta["config"]["net"] == {
         "kind": "vgg_bn",

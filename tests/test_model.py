@@ -302,6 +302,7 @@ def test_a_run_with_erasing_or_cutmix_says_so_where_a_run_is_described():
     assert augmentation_text(BEST) == "on" and augmentation_text(SEED) == "off"
     assert augmentation_text(BEST.changed({"erase": 0.5, "cutmix": 0.25})) == "on, erasing 50%, CutMix 25%"
     assert augmentation_text(BEST.changed({"flip": "alternate"})) == "on, alternating flips"
+    assert augmentation_text(BEST.changed({"mixup": 0.5})) == "on, mixup 50%"
     assert augmentation_text(SEED.changed({"cutmix": 0.5})) == "off"  # without augmentation neither is drawn
 
 

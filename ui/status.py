@@ -84,12 +84,14 @@ def run_settings(state: TrainingState) -> dict[str, str]:
 
 
 def augmentation_text(cfg: TrainConfig) -> str:
-    """The training photos' augmentation in words: "off", "on", or "on, alternating flips, erasing 50%, CutMix 50%"."""
+    """The training photos' augmentation in words: "off", "on", or "on, alternating flips, erasing 50%, CutMix 50%,
+    mixup 50%"."""
     if not cfg.augment:
         return "off"
     extras = ["alternating flips"] if cfg.flip == "alternate" else []
     extras += [f"erasing {cfg.erase:.0%}"] if cfg.erase else []
     extras += [f"CutMix {cfg.cutmix:.0%}"] if cfg.cutmix else []
+    extras += [f"mixup {cfg.mixup:.0%}"] if cfg.mixup else []
     return ", ".join(["on", *extras])
 
 

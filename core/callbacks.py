@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.feeder import Feeder
-from core.model import save_model
+from core.model import rate_schedule, save_model
 from core.progress import ProgressEvent, ProgressFn
 from core.runs import Run
 from core.settings import TrainConfig
@@ -177,14 +177,14 @@ class StopOnCancel(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    # A cosine learning rate over wall time, and the end of training when the time is up, so a run fits a budget
-    # on any machine: a slow one trains fewer epochs but still anneals to the end. The epoch it stops in is
-    # still validated, so the best-model keeper sees the final, lowest-rate weights.
-    def __init__(self, budget_s: float, learning_rate: float, alpha: float = 0.01):
+    # The optimiser's learning-rate schedule over wall time, and the end of training when the time is up, so a run
+    # fits a budget on any machine: a slow one trains fewer epochs but still anneals to the end. The epoch it stops
+    # in is still validated, so the best-model keeper sees the final, lowest-rate weights.
+    def __init__(self, budget_s: float, learning_rate: float, optimizer: str = "adamw"):
         super().__init__()
         self.budget_s = budget_s
-        # Keras's own cosine, with seconds as its steps (it holds at alpha past the end).
-        self.schedule = keras.optimizers.schedules.CosineDecay(learning_rate, max(budget_s, 1e-6), alpha=alpha)
+        # core.model.rate_schedule with seconds as its steps (it holds at its end value past the end).
+        self.schedule = rate_schedule(optimizer, learning_rate, budget_s)
         self.started = 0.0
         self.expired = False
 
@@ -264,7 +264,9 @@ def training_callbacks(
         best=BestCheckpoint(run, epochs, export),
         progress=Progress(emit, batches, epochs, config.epochs, started),
         stop=StopOnCancel(cancel),
-        budget=TimeBudget(config.time_budget_min * 60, config.learning_rate) if budgeted else None,
+        budget=TimeBudget(config.time_budget_min * 60, config.learning_rate, config.optimizer.name)
+        if budgeted
+        else None,
         early=(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
             if config.early_stopping and validates

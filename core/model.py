@@ -17,6 +17,7 @@ from core.pipeline import PipelineConfig
 from core.settings import TrainConfig
 
 BN_MOMENTUM = 0.9
+SGD_WARMUP = 0.2  # SGD's warm-up: this share of the run, from this share of the rate up to the rate
 
 
 def build_seed(pipeline: PipelineConfig, widths: tuple[int, ...] = (64, 64), name: str = "seed") -> keras.Model:
@@ -194,27 +195,45 @@ class MajorityAccuracy(keras.metrics.BinaryAccuracy):
         return super().update_state(majority, y_pred, sample_weight)
 
 
+def rate_schedule(optimizer: str, rate: float, length: float) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The learning rate over a run of `length` steps (or seconds): a cosine down to 1% of the rate; for SGD, after
+    a linear warm-up from a fifth of the rate over the first fifth (Keras's own cosine with warm-up)."""
+    length = max(length, 1e-6)
+    if optimizer != "sgd":
+        return keras.optimizers.schedules.CosineDecay(rate, decay_steps=length, alpha=0.01)
+    return keras.optimizers.schedules.CosineDecay(
+        rate * SGD_WARMUP,
+        decay_steps=length * (1 - SGD_WARMUP),
+        alpha=0.01,
+        warmup_target=rate,
+        warmup_steps=length * SGD_WARMUP,
+    )
+
+
 def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | None) -> keras.Model:
     """Compile with the run's optimiser and loss, with keyword arguments (positional metrics would land in
     loss_weights).
 
-    AdamW decays along a cosine over total_steps; with total_steps None its rate is a plain variable that a
-    `core.callbacks.TimeBudget` drives over wall time instead. With `optimizer.ema` the optimiser also keeps a
-    moving average of the weights, which `core.callbacks.WeightAverage` swaps in to validate and keep.
+    AdamW and SGD follow `rate_schedule` over total_steps; with total_steps None the rate is a plain variable that
+    a `core.callbacks.TimeBudget` drives along the same schedule over wall time instead. With `optimizer.ema` the
+    optimiser also keeps a moving average of the weights, which `core.callbacks.WeightAverage` swaps in to validate
+    and keep.
     """
-    settings, rate = config.optimizer, config.learning_rate
+    settings = config.optimizer
     average = {"use_ema": True, "ema_momentum": settings.ema} if settings.ema else {}  # see core.callbacks
     mixed = config.augment and (config.cutmix > 0 or config.mixup > 0)  # soft training labels
-    if settings.name == "adamw":
-        schedule = (
-            rate
-            if total_steps is None
-            else keras.optimizers.schedules.CosineDecay(rate, decay_steps=max(total_steps, 1), alpha=0.01)
-        )
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay, **average)
-        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+    if settings.name == "adam":  # the seed's: a constant rate
+        optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, **average)
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=rate, **average)
+        steps = None if total_steps is None else max(total_steps, 1)
+        rate = config.learning_rate if steps is None else rate_schedule(settings.name, config.learning_rate, steps)
+        decay = {"learning_rate": rate, "weight_decay": settings.weight_decay, **average}
+        optimizer = (
+            keras.optimizers.AdamW(**decay)
+            if settings.name == "adamw"
+            else keras.optimizers.SGD(momentum=0.9, nesterov=True, **decay)
+        )
+        optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(label_smoothing=settings.label_smoothing),

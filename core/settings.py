@@ -19,7 +19,7 @@ from core.hardware import PRECISIONS
 from core.pipeline import PipelineConfig
 
 NET_KINDS = ("seed", "vgg_bn")
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 COLOR_MODES = ("grayscale", "rgb")
 FLIPS = ("random", "alternate")
 
@@ -111,10 +111,14 @@ class OptimizerConfig:
     """The optimiser and the loss it minimises."""
 
     name: str = setting(
-        "adam", "adam (the seed's), or adamw: AdamW, its rate on a cosine", flag="optimizer", choices=OPTIMIZERS
+        "adam",
+        "adam (the seed's); adamw: AdamW, its rate on a cosine; or sgd: Nesterov SGD (momentum 0.9), its rate "
+        "warming up from a fifth over the first fifth of training, then on a cosine",
+        flag="optimizer",
+        choices=OPTIMIZERS,
     )
     weight_decay: float = setting(
-        0.0, "adamw only: decoupled weight decay, scaled by the rate (not of batch norm, biases)"
+        0.0, "adamw and sgd: decoupled weight decay, scaled by the rate (not of batch norm, biases)"
     )
     label_smoothing: float = setting(0.0, "pulls the training targets from 0 and 1 towards 0.5 by this much")
     # The moving average is what each epoch validates and what the run keeps; training steps the raw weights.
@@ -138,7 +142,9 @@ class TrainConfig:
     epochs: int = setting(10, "passes over the training photos (an upper bound with a time budget)")
     batch_size: int = setting(32, "photos per batch, shared by all replicas")
     validation_split: float = setting(0.2, "share of the photos held out to validate and measure the model")
-    learning_rate: float = setting(1e-3, "the optimiser's learning rate (where a decay starts)")
+    learning_rate: float = setting(
+        1e-3, "the optimiser's learning rate (where a decay starts: SGD's peak, after its warm-up)"
+    )
     image_size: int = setting(80, "side of the model's square input, in pixels")
     color_mode: str = setting("grayscale", "the model's input colour", choices=COLOR_MODES)
     augment: bool = setting(False, "random flips, rotation, zoom, shifts and contrast on the training photos")

@@ -137,12 +137,24 @@ def test_improved_compiles_with_adamw_and_a_cosine_decaying_learning_rate():
     assert compiled["loss_weights"] is None
 
 
-def test_best_decays_conv_and_dense_kernels_but_not_batch_norm_or_biases():
-    preset = BEST
+def test_sgd_is_nesterov_with_a_warm_up_to_the_rate_then_a_cosine_down():
+    preset = BEST.changed({"optimizer.name": "sgd", "learning_rate": 0.05, "optimizer.weight_decay": 5e-4})
+    compiled = compile_model(build_model(preset), preset, total_steps=100).get_compile_config()
+    assert compiled["optimizer"]["class_name"] == "SGD"
+    assert compiled["optimizer"]["config"]["nesterov"] and compiled["optimizer"]["config"]["momentum"] == 0.9
+    schedule = keras.optimizers.schedules.deserialize(compiled["optimizer"]["config"]["learning_rate"])
+    rates = [float(schedule(step)) for step in (0, 10, 20, 60, 100)]
+    assert rates[:3] == pytest.approx([0.01, 0.03, 0.05])  # linear from a fifth of the rate over the first fifth
+    assert rates[3] == pytest.approx(0.05 * (0.01 + 0.99 * 0.5)) and rates[4] == pytest.approx(0.0005)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_best_decays_conv_and_dense_kernels_but_not_batch_norm_or_biases(name):
+    preset = BEST.changed({"optimizer.name": name})
     model = compile_model(build_model(preset), preset, total_steps=None)
     for variable in model.trainable_variables:  # no zeros, so that a decay would show
         variable.assign(np.full(variable.shape, 0.5, np.float32))
-    # A zero gradient moves nothing through Adam itself; only the decoupled weight decay changes a variable.
+    # A zero gradient moves nothing through Adam or SGD (no momentum yet); only the weight decay changes a variable.
     model.optimizer.apply_gradients([(np.zeros(v.shape, np.float32), v) for v in model.trainable_variables])
     factor = 1 - preset.learning_rate * preset.optimizer.weight_decay
     kinds = {variable.path.split("/")[-1] for variable in model.trainable_variables}

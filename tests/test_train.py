@@ -411,6 +411,14 @@ def test_the_time_budget_rate_is_a_cosine_from_the_rate_to_one_percent_of_it():
     assert budget.rate(100) == budget.rate(1e6) == pytest.approx(2e-5)
 
 
+def test_the_time_budget_warms_sgd_up_over_the_first_fifth_of_the_time():
+    from core.callbacks import TimeBudget
+
+    budget = TimeBudget(100, 0.05, "sgd")
+    assert [budget.rate(t) for t in (0, 10, 20)] == pytest.approx([0.01, 0.03, 0.05])
+    assert budget.rate(100) == budget.rate(1e6) == pytest.approx(5e-4)
+
+
 def test_the_best_preset_trains_to_a_budget_under_the_hour():
     cfg = TrainConfig.for_preset("best")
     assert cfg.time_budget_min is not None and cfg.time_budget_min <= 57  # decode, validation and saving: < 60 min

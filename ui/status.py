@@ -108,7 +108,8 @@ def net_text(net: NetConfig) -> str:
 def optimizer_text(optimizer: OptimizerConfig) -> str:
     """An optimiser in words: "adam", or "adamw, weight decay 0.05, label smoothing 0.05"."""
     parts = [optimizer.name]
-    parts += [f"weight decay {optimizer.weight_decay:g}"] if optimizer.name == "adamw" else []
+    parts += ["Nesterov momentum 0.9"] if optimizer.name == "sgd" else []
+    parts += [f"weight decay {optimizer.weight_decay:g}"] if optimizer.name != "adam" else []
     parts += [f"label smoothing {optimizer.label_smoothing:g}"] if optimizer.label_smoothing else []
     parts += [f"weights averaged ({optimizer.ema:g} a step)"] if optimizer.ema else []
     return ", ".join(parts)

@@ -85,3 +85,17 @@ def test_a_run_is_estimated_at_the_pace_of_the_newest_run_like_it_on_this_machin
     other_batch = estimate_training(TrainConfig(batch_size=8), 1000, runs)  # no run at batch 8: the nearest kind
     assert other_batch.based_on == "20260102-000000-seed-bbbb"
     assert estimate_training(TrainConfig.for_preset("best"), 1000, runs) is None  # never timed here
+
+
+def test_the_runs_table_names_each_runs_optimiser(tmp_path):
+    from dataclasses import asdict
+
+    from core.settings import TrainConfig
+
+    for name, optimizer in (("20260101-000000-best-aaaa", "adamw"), ("20260102-000000-best-bbbb", "sgd")):
+        cfg = TrainConfig.for_preset("best", **{"optimizer.name": optimizer})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"id": name, "config": asdict(cfg)}))
+    settings = RunStore(tmp_path).table().set_index("run").settings
+    assert settings["20260101-000000-best-aaaa"].endswith("lr 0.002 · adamw · augmented")
+    assert settings["20260102-000000-best-bbbb"].endswith("lr 0.002 · sgd · augmented")

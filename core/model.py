@@ -14,7 +14,7 @@ from keras import layers
 from core.config import atomic_write
 from core.errors import ModelError, SettingsError
 from core.pipeline import PipelineConfig
-from core.settings import TrainConfig
+from core.settings import SGD_MOMENTUM, TrainConfig
 
 BN_MOMENTUM = 0.9
 SGD_WARMUP = 0.2  # SGD's warm-up: this share of the run, from this share of the rate up to the rate
@@ -225,13 +225,14 @@ def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | No
     if settings.name == "adam":  # the seed's: a constant rate
         optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate, **average)
     else:
-        steps = None if total_steps is None else max(total_steps, 1)
-        rate = config.learning_rate if steps is None else rate_schedule(settings.name, config.learning_rate, steps)
+        rate = config.learning_rate
+        if total_steps is not None:
+            rate = rate_schedule(settings.name, rate, max(total_steps, 1))
         decay = {"learning_rate": rate, "weight_decay": settings.weight_decay, **average}
         optimizer = (
             keras.optimizers.AdamW(**decay)
             if settings.name == "adamw"
-            else keras.optimizers.SGD(momentum=0.9, nesterov=True, **decay)
+            else keras.optimizers.SGD(momentum=SGD_MOMENTUM, nesterov=True, **decay)
         )
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(

@@ -256,7 +256,8 @@ def summary_row(name: str, meta: dict) -> dict:
     score = app or single
     settings = [cfg.get("preset"), f"{meta.get('n_images') or 0:,} photos", f"{cfg.get('image_size')} px"]
     settings += [cfg.get("color_mode"), f"batch {cfg.get('batch_size')}", f"lr {cfg.get('learning_rate') or 0:g}"]
-    settings += [(cfg.get("optimizer") or {}).get("name")] if cfg.get("optimizer") else []  # adamw and sgd differ
+    optimizer = (cfg.get("optimizer") or {}).get("name")  # adamw and sgd runs of one preset differ
+    settings += [optimizer] if optimizer else []
     settings += ["augmented"] if cfg.get("augment") else []
     interval = score.interval_text.removeprefix("95% CI ") if score else ""
     return {

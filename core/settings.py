@@ -20,6 +20,7 @@ from core.pipeline import PipelineConfig
 
 NET_KINDS = ("seed", "vgg_bn")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SGD_MOMENTUM = 0.9  # sgd's Nesterov momentum
 COLOR_MODES = ("grayscale", "rgb")
 FLIPS = ("random", "alternate")
 

@@ -11,7 +11,7 @@ from core.data import summarize
 from core.jobs import TrainingState, owner_label
 from core.metrics import Accuracy, percent
 from core.runs import RunStore
-from core.settings import NetConfig, OptimizerConfig, TrainConfig
+from core.settings import SGD_MOMENTUM, NetConfig, OptimizerConfig, TrainConfig
 from ui.resources import (
     active_dataset,
     active_model,
@@ -108,7 +108,7 @@ def net_text(net: NetConfig) -> str:
 def optimizer_text(optimizer: OptimizerConfig) -> str:
     """An optimiser in words: "adam", or "adamw, weight decay 0.05, label smoothing 0.05"."""
     parts = [optimizer.name]
-    parts += ["Nesterov momentum 0.9"] if optimizer.name == "sgd" else []
+    parts += [f"Nesterov momentum {SGD_MOMENTUM:g}"] if optimizer.name == "sgd" else []
     parts += [f"weight decay {optimizer.weight_decay:g}"] if optimizer.name != "adam" else []
     parts += [f"label smoothing {optimizer.label_smoothing:g}"] if optimizer.label_smoothing else []
     parts += [f"weights averaged ({optimizer.ema:g} a step)"] if optimizer.ema else []

@@ -45,6 +45,7 @@ def build_vgg_bn(
     stem: int = 0,
     se: int = 0,
     residual: bool = False,
+    whiten: bool = False,
     name: str = "improved",
     any_size: bool = False,
     dtype: str = "float32",
@@ -57,7 +58,8 @@ def build_vgg_bn(
     makes the net itself size-agnostic. se > 0 adds a squeeze-and-excitation gate after each conv pair (Hu et al.
     2018): its channels rescaled by a sigmoid of two dense layers over their global means. residual adds an identity
     shortcut around each pair's second conv, whose batch norm starts at zero (a zero-initialised residual, Goyal et al.
-    2017), so each pair starts as its first conv alone. dtype is each layer's Keras dtype policy (e.g.
+    2017), so each pair starts as its first conv alone. whiten freezes the stem conv, for `whiten_stem` to set it to
+    a patch-whitening filter bank before training. dtype is each layer's Keras dtype policy (e.g.
     "mixed_bfloat16"), given to the layers rather than set globally, so a run training in a thread changes no other
     model; the sigmoid stays float32.
     """
@@ -65,7 +67,9 @@ def build_vgg_bn(
     inputs = keras.Input(shape, name="image")
     x = inputs
     if stem:
-        x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem_conv", dtype=dtype)(x)
+        conv = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem_conv", dtype=dtype)
+        conv.trainable = not whiten
+        x = conv(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_bn", dtype=dtype)(x)
         x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
     for i, width in enumerate(widths):
@@ -124,10 +128,37 @@ def build_model(config: TrainConfig, any_size: bool = False, precision: str = "f
         net.stem,
         net.se,
         net.residual,
+        net.whiten,
         name=config.preset,
         any_size=any_size,
         dtype=dtype,
     )
+
+
+def whitening_kernel(images: np.ndarray, filters: int, eps: float = 5e-4) -> np.ndarray:
+    """A 3x3 conv kernel (3, 3, channels, filters) that whitens the patches of images (airbench, Jordan 2024).
+
+    images: model input (n, h, w, channels), float in [0, 1]. The top filters/2 principal directions of their 3x3
+    patches, each divided by the square root of its variance (plus eps), so that it responds to those patches with
+    unit variance, uncorrelated with the others; then the same negated, so that both signs pass the relu after it.
+    """
+    channels, kept = images.shape[-1], filters // 2
+    if filters % 2 or not 0 < kept <= 9 * channels:
+        raise SettingsError(f"a whitening stem has an even number of filters, 2 to {18 * channels}: not {filters}")
+    windows = np.lib.stride_tricks.sliding_window_view(images, (3, 3), axis=(1, 2))  # (n, h-2, w-2, c, 3, 3)
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 9 * channels)  # (kh, kw, c): the kernel's order
+    variances, directions = np.linalg.eigh(np.cov(patches, rowvar=False))  # ascending
+    top = np.argsort(variances)[::-1][:kept]
+    kernel = (directions[:, top] / np.sqrt(variances[top] + eps)).reshape(3, 3, channels, kept)
+    return np.concatenate([kernel, -kernel], axis=-1).astype(np.float32)
+
+
+def whiten_stem(model: keras.Model, images: np.ndarray) -> None:
+    """Set a whitening net's frozen stem conv (`build_vgg_bn(whiten=True)`) to whiten the patches of images."""
+    stem = model.get_layer("stem_conv")
+    if stem.trainable:
+        raise SettingsError(f"{model.name}: its stem trains; only a net built with whiten has one to whiten")
+    stem.kernel.assign(whitening_kernel(images, stem.filters))
 
 
 def fixed_size(model: keras.Model, config: TrainConfig) -> keras.Model:

@@ -102,9 +102,20 @@ class NetConfig:
         "vgg_bn only: adds each pair's first conv's output to its second's (an identity shortcut, the second's batch "
         "norm starting at zero so each pair starts as one conv)",
     )
+    whiten: bool = setting(
+        False,
+        "vgg_bn with an even stem only: the stem conv is frozen as a patch-whitening filter bank (airbench), fitted "
+        "before training to the first stage's training photos: the top stem/2 principal directions of their 3x3 "
+        "patches, scaled to unit variance, and their negatives",
+    )
 
     def __post_init__(self):
         _check_choices(self)
+        if self.whiten and (self.kind != "vgg_bn" or self.stem <= 0 or self.stem % 2):
+            raise SettingsError(
+                f"whiten needs the vgg_bn net with an even stem (a filter per sign of each direction kept), not "
+                f"{self.kind} with stem {self.stem}"
+            )
 
 
 @dataclass(frozen=True)

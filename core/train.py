@@ -30,6 +30,8 @@ from core.settings import TrainConfig
 
 __all__ = ["ProgressEvent", "ProgressFn", "RunResult", "TrainConfig", "batch_sizes", "split_indices", "train"]
 
+WHITEN_BATCHES = 2  # a whitening stem is fitted to the 3x3 patches of this many training batches (128 photos at 64)
+
 
 @dataclass
 class RunResult:
@@ -163,6 +165,7 @@ def _train_run(t: Training, source: str | os.PathLike | LoadedDataset, strategy)
     t.run.update_meta(**_data_record(t.config, dataset, split, placement))
     feeds = Feeds(dataset, split, t.config, placement)
     model = _build(t.config, placement, feeds.steps)
+    _whiten(t.config, model, feeds)
     callbacks = _callbacks(t, feeds)
     _announce(t, split, feeds.steps, placement)
     fit_time = _fit_stages(t, model, feeds, callbacks, placement)
@@ -252,6 +255,17 @@ def _build(config: TrainConfig, placement: Placement, steps: int):
         model = build_model(config, any_size=config.stages != (config.image_size,), precision=placement.precision)
         compile_model(model, config, total_steps=None if budgeted else steps * config.epochs)
     return model
+
+
+def _whiten(config: TrainConfig, model, feeds: Feeds) -> None:
+    """With net.whiten, the frozen stem fitted to the first batches of training photos, as the first stage feeds
+    them (its size, its augmentation)."""
+    if not config.net.whiten:
+        return
+    from core.model import whiten_stem
+
+    batches = [feeds.first[i][0] for i in range(len(feeds.first))[:WHITEN_BATCHES]]
+    whiten_stem(model, np.concatenate(batches))
 
 
 def _callbacks(t: Training, feeds: Feeds):

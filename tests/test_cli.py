@@ -376,6 +376,7 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
         "stem": 16,
         "se": 0,
         "residual": False,
+        "whiten": False,
     }
     assert meta["config"]["optimizer"] == {"name": "adamw", "weight_decay": 0.05, "label_smoothing": 0.05, "ema": 0.0}
     history = pd.read_csv(Path(proc.stdout.strip().splitlines()[-1]) / "history.csv")

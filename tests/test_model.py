@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from keras import layers
 
+from core.errors import SettingsError
 from core.gradcam import last_conv_layer
 from core.model import (
     build_model,
@@ -278,6 +279,8 @@ def test_a_net_with_gates_says_so_where_a_run_is_described():
     assert net_text(BEST.changed({"net.se": 8}).net) == "VGG-BN, pairs 32-64-128-256, stem 16, SE /8"
     both = BEST.changed({"net.se": 8, "net.residual": True, "net.stem": 0}).net
     assert net_text(both) == "VGG-BN, pairs 32-64-128-256, SE /8, residual"
+    whitened = BEST.changed({"net.whiten": True}).net
+    assert net_text(whitened) == "VGG-BN, pairs 32-64-128-256, stem 16, whitened"
 
 
 def test_a_residual_pair_starts_as_its_first_conv_and_then_adds_the_second(tmp_path):
@@ -376,3 +379,35 @@ def test_tensorflow_runs_its_onednn_kernels_unless_the_user_says_not(given, expe
     proc = subprocess.run([sys.executable, "-c", ONEDNN], cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == expected
+
+
+def test_a_whitening_kernel_makes_the_patches_of_real_photos_unit_variance_and_uncorrelated(small_zip):
+    from core.data import load_dataset
+    from core.model import whitening_kernel
+    from core.pipeline import to_model_input
+
+    photos = to_model_input(load_dataset(small_zip, PipelineConfig(32, "rgb"), limit=64, seed=0, cache_dir=False).x)
+    kernel = whitening_kernel(photos, 16, eps=0)
+    assert kernel.shape == (3, 3, 3, 16)
+    np.testing.assert_array_equal(kernel[..., 8:], -kernel[..., :8])  # both signs of each direction
+    # Through the convolution itself: the kernel's layout is the conv's, so its responses are whitened.
+    responses = np.asarray(keras.ops.conv(photos, kernel[..., :8], padding="valid")).reshape(-1, 8)
+    np.testing.assert_allclose(np.cov(responses, rowvar=False), np.eye(8), atol=1e-3)
+    damped = np.asarray(keras.ops.conv(photos, whitening_kernel(photos, 16)[..., :8], padding="valid"))
+    variances = damped.reshape(-1, 8).var(axis=0)
+    assert np.all(variances < 1) and variances[0] > 0.99  # eps damps the faint directions, not the strong ones
+    with pytest.raises(SettingsError, match="even number of filters, 2 to 54"):
+        whitening_kernel(photos, 56)
+
+
+def test_a_whitening_stem_is_frozen_and_needs_an_even_stem():
+    from core.model import whiten_stem
+
+    for stem in (0, 15):
+        with pytest.raises(SettingsError, match="whiten needs the vgg_bn net with an even stem"):
+            BEST.changed({"net.whiten": True, "net.stem": stem})
+    config = BEST.changed({"net.whiten": True, "image_size": 32})
+    model = build_model(config, any_size=True)
+    assert not model.get_layer("stem_conv").trainable and model.get_layer("stem_bn").trainable
+    with pytest.raises(SettingsError, match="its stem trains"):
+        whiten_stem(build_model(BEST), np.zeros((2, 8, 8, 3), np.float32))

@@ -191,6 +191,7 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
         "stem": 0,
         "se": 0,
         "residual": False,
+        "whiten": False,
     }  # the whole settings tree
     assert meta["config"]["optimizer"] == {"name": "adam", "weight_decay": 0.0, "label_smoothing": 0.0, "ema": 0.0}
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
@@ -372,6 +373,21 @@ def test_progressive_resizing_trains_in_stages_and_saves_a_model_at_the_full_siz
     assert model.input_shape == (None, 32, 32, 3)
     assert model_pipeline(model) == PipelineConfig(32, "rgb")
     assert result.run.meta["config"]["train_scales"] == [0.5, 0.75, 1]
+
+
+def test_a_whitened_stem_is_fitted_before_training_and_stays_frozen_through_it(small_zip, tmp_path):
+    cfg = TrainConfig.for_preset(
+        "best", epochs=2, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 1), time_budget_min=None
+    ).changed({"net.whiten": True, "calibration_split": 0})
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "finished" and result.history["train_size"].tolist() == [16, 32]
+    model = load_model(result.run.model_path)
+    stem, kernel = model.get_layer("stem_conv"), np.asarray(model.get_layer("stem_conv").kernel)
+    assert not stem.trainable
+    # The whitening bank's two signs of each direction, as fitted: a random or a trained kernel is never so.
+    np.testing.assert_array_equal(kernel[..., 8:], -kernel[..., :8])
+    assert not np.allclose(np.asarray(model.get_layer("stem_bn").gamma), 1)  # the batch norm after it trained
+    assert result.run.meta["config"]["net"]["whiten"] is True
 
 
 @pytest.mark.slow

@@ -97,11 +97,13 @@ def augmentation_text(cfg: TrainConfig) -> str:
 
 def net_text(net: NetConfig) -> str:
     """A network in words: "seed CNN, convs 64-64" or "VGG-BN, pairs 32-64-128-256, stem 16" (", SE /8"
-    with squeeze-and-excitation gates, ", residual" with shortcuts)."""
+    with squeeze-and-excitation gates, ", residual" with shortcuts, "stem 16, whitened" with a frozen whitening
+    stem)."""
     widths = "-".join(str(w) for w in net.widths)
     if net.kind == "seed":
         return f"seed CNN, convs {widths}"
-    extras = [f"stem {net.stem}"] * bool(net.stem) + [f"SE /{net.se}"] * bool(net.se) + ["residual"] * net.residual
+    extras = [f"stem {net.stem}"] * bool(net.stem) + ["whitened"] * net.whiten + [f"SE /{net.se}"] * bool(net.se)
+    extras += ["residual"] * net.residual
     return ", ".join([f"VGG-BN, pairs {widths}", *extras])
 
 

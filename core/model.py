@@ -13,6 +13,7 @@ from keras import layers
 
 from core.config import atomic_write
 from core.errors import ModelError, SettingsError
+from core.optimizers import BiasRateAdamW, BiasRateSGD
 from core.pipeline import PipelineConfig
 from core.settings import SGD_MOMENTUM, TrainConfig
 
@@ -241,6 +242,17 @@ def rate_schedule(optimizer: str, rate: float, length: float) -> keras.optimizer
     )
 
 
+def _decaying_optimizer(settings, decay: dict) -> keras.optimizers.Optimizer:
+    """AdamW or Nesterov SGD with these keyword arguments; with a bias_rate, the kind that steps batch norm's betas
+    and the biases faster (core.optimizers)."""
+    extra = {"momentum": SGD_MOMENTUM, "nesterov": True} if settings.name == "sgd" else {}
+    if settings.bias_rate == 1:
+        kind = keras.optimizers.AdamW if settings.name == "adamw" else keras.optimizers.SGD
+        return kind(**decay, **extra)
+    kind = BiasRateAdamW if settings.name == "adamw" else BiasRateSGD
+    return kind(bias_rate=settings.bias_rate, **decay, **extra)
+
+
 def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | None) -> keras.Model:
     """Compile with the run's optimiser and loss, with keyword arguments (positional metrics would land in
     loss_weights).
@@ -260,11 +272,7 @@ def compile_model(model: keras.Model, config: TrainConfig, total_steps: int | No
         if total_steps is not None:
             rate = rate_schedule(settings.name, rate, max(total_steps, 1))
         decay = {"learning_rate": rate, "weight_decay": settings.weight_decay, **average}
-        optimizer = (
-            keras.optimizers.AdamW(**decay)
-            if settings.name == "adamw"
-            else keras.optimizers.SGD(momentum=SGD_MOMENTUM, nesterov=True, **decay)
-        )
+        optimizer = _decaying_optimizer(settings, decay)
         optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
     model.compile(
         optimizer=optimizer,

@@ -139,11 +139,19 @@ class OptimizerConfig:
         "keeps a moving average of the weights (this much of it kept each step, e.g. 0.995) and validates and "
         "saves it instead of the raw weights (0: none)",
     )
+    bias_rate: float = setting(
+        1.0,
+        "adamw and sgd: batch norm's betas and the biases step at this many times the rate (airbench: 64 with SGD)",
+    )
 
     def __post_init__(self):
         _check_choices(self)
         if not 0 <= self.ema < 1:
             raise SettingsError(f"ema {self.ema!r} is the share of the average kept each step: at least 0, below 1")
+        if self.bias_rate <= 0 or (self.bias_rate != 1 and self.name == "adam"):
+            raise SettingsError(
+                f"bias_rate {self.bias_rate!r} multiplies adamw's or sgd's bias rate: above 0, and 1 with adam"
+            )
 
 
 @dataclass(frozen=True)

@@ -333,6 +333,43 @@ def test_an_optimiser_with_a_weight_average_keeps_one_and_says_so():
     )
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_a_bias_rate_steps_batch_norm_betas_and_biases_that_many_times_further_and_nothing_else(name):
+    steps = {}
+    for rate in (1.0, 8.0):
+        preset = BEST.changed({"optimizer.name": name, "optimizer.bias_rate": rate})
+        model = compile_model(build_model(preset), preset, total_steps=None)
+        for variable in model.trainable_variables:  # the same start and gradients for both rates
+            variable.assign(np.full(variable.shape, 0.5, np.float32))
+        grads = [
+            np.random.default_rng(i).normal(size=v.shape).astype(np.float32)
+            for i, v in enumerate(model.trainable_variables)
+        ]
+        model.optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        steps[rate] = {v.path: np.asarray(v) - 0.5 for v in model.trainable_variables}
+    kinds = {path.split("/")[-1] for path in steps[1.0]}
+    assert kinds == {"kernel", "gamma", "beta", "bias"}
+    for path, step in steps[1.0].items():
+        scale = 8.0 if path.split("/")[-1] in ("beta", "bias") else 1.0
+        assert np.abs(step).max() > 0, path
+        np.testing.assert_allclose(steps[8.0][path], scale * step, rtol=1e-3, atol=1e-6, err_msg=path)
+
+
+def test_a_model_compiled_with_a_bias_rate_saves_and_loads_and_the_rate_says_so(tmp_path):
+    from ui.status import optimizer_text
+
+    preset = BEST.changed({"optimizer.bias_rate": 4})
+    model = compile_model(build_model(preset), preset, total_steps=100)
+    loaded = load_model(save_model(model, tmp_path / "m.keras"))
+    for a, b in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert optimizer_text(preset.optimizer) == "adamw, weight decay 0.05, label smoothing 0.05, biases at 4x the rate"
+    with pytest.raises(SettingsError, match="bias_rate"):
+        OptimizerConfig(name="adam", bias_rate=2)
+    with pytest.raises(SettingsError, match="bias_rate"):
+        OptimizerConfig(name="adamw", bias_rate=0)
+
+
 def test_training_accuracy_scores_a_cutmix_photo_by_its_larger_label_share():
     mixing = BEST.changed({"cutmix": 0.5})
     model = compile_model(build_model(mixing), mixing, total_steps=None)

@@ -193,7 +193,13 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
         "residual": False,
         "whiten": False,
     }  # the whole settings tree
-    assert meta["config"]["optimizer"] == {"name": "adam", "weight_decay": 0.0, "label_smoothing": 0.0, "ema": 0.0}
+    assert meta["config"]["optimizer"] == {
+        "name": "adam",
+        "weight_decay": 0.0,
+        "label_smoothing": 0.0,
+        "ema": 0.0,
+        "bias_rate": 1.0,
+    }
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)
     assert meta["class_names"] == ["cat", "dog"]

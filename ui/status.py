@@ -114,6 +114,7 @@ def optimizer_text(optimizer: OptimizerConfig) -> str:
     parts += [f"weight decay {optimizer.weight_decay:g}"] if optimizer.name != "adam" else []
     parts += [f"label smoothing {optimizer.label_smoothing:g}"] if optimizer.label_smoothing else []
     parts += [f"weights averaged ({optimizer.ema:g} a step)"] if optimizer.ema else []
+    parts += [f"biases at {optimizer.bias_rate:g}x the rate"] if optimizer.bias_rate != 1 else []
     return ", ".join(parts)
 
 

@@ -252,7 +252,8 @@ def _build(config: TrainConfig, placement: Placement, steps: int):
     keras.utils.set_random_seed(config.seed)  # the initial weights, and the dropout's draws
     budgeted = config.time_budget_min is not None
     with placement.strategy.scope():
-        model = build_model(config, any_size=config.stages != (config.image_size,), precision=placement.precision)
+        progressive = config.stages != (config.image_size,)
+        model = build_model(config, any_size=progressive, precision=placement.precision, to_train=True)
         compile_model(model, config, total_steps=None if budgeted else steps * config.epochs)
     return model
 

@@ -16,6 +16,7 @@ from keras import layers
 from core.errors import SettingsError
 from core.gradcam import last_conv_layer
 from core.model import (
+    FusedBatchNorm,
     build_model,
     compile_model,
     fixed_size,
@@ -188,6 +189,73 @@ def test_inference_model_folds_batch_norm_into_the_convolutions_with_the_same_ou
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
     assert folded.count_params() < model.count_params()
     np.testing.assert_allclose(np.asarray(folded(x)), np.asarray(model(x, training=False)), rtol=1e-4, atol=1e-5)
+
+
+def _ops_of(norm: layers.BatchNormalization, x) -> set[str]:
+    import tensorflow as tf
+
+    traced = tf.function(lambda v: norm(v, training=True)).get_concrete_function(tf.TensorSpec(x.shape, x.dtype))
+    return {op.type for op in traced.graph.get_operations()}
+
+
+def _one_training_step(norm: layers.BatchNormalization, x) -> list[np.ndarray]:
+    # Output, gradients (to the input, gamma and beta) of a loss that weighs every value apart (a sum of squares
+    # would give the input none: batch norm makes it constant), then the moving statistics after the step:
+    # everything a training step takes from a batch norm.
+    import tensorflow as tf
+
+    weights = np.random.default_rng(2).normal(0, 1, x.shape).astype(np.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = norm(x, training=True)
+        loss = tf.reduce_sum(tf.cast(y, "float32") * weights)
+    grads = tape.gradient(loss, [x, norm.gamma.value, norm.beta.value])
+    return [np.asarray(tf.cast(v, "float32")) for v in (y, *grads, norm.moving_mean, norm.moving_variance)]
+
+
+@pytest.mark.parametrize(("policy", "tolerance"), [("float32", 1e-4), ("mixed_bfloat16", 2e-2)])
+def test_the_fused_batch_norm_trains_exactly_as_keras_own_batch_norm_does(small_zip, policy, tolerance):
+    from core.data import load_dataset
+    from core.pipeline import to_model_input
+
+    photos = to_model_input(load_dataset(small_zip, PipelineConfig(32, "rgb"), limit=16, seed=0, cache_dir=False).x)
+    kernel = np.random.default_rng(0).normal(0, 1, (3, 3, 3, 8)).astype(np.float32)
+    maps = keras.ops.cast(keras.ops.conv(photos, kernel, padding="same") * 3 + 1, policy.removeprefix("mixed_"))
+    rng = np.random.default_rng(1)
+    gamma, beta = rng.uniform(0.5, 2, 8), rng.normal(0, 0.5, 8)
+    steps = []
+    for kind in (layers.BatchNormalization, FusedBatchNorm):
+        norm = kind(momentum=0.9, dtype=policy)
+        norm.build(maps.shape)
+        norm.gamma.assign(gamma)
+        norm.beta.assign(beta)
+        steps.append(_one_training_step(norm, maps))
+        if kind is FusedBatchNorm:  # the fused kernel really ran: no silent fall back to Keras's own code
+            assert "FusedBatchNormV3" in _ops_of(norm, maps)
+        else:
+            assert "FusedBatchNormV3" not in _ops_of(norm, maps)
+    names = ("output", "input gradient", "gamma gradient", "beta gradient", "moving mean", "moving variance")
+    for name, keras_own, fused in zip(names, *steps, strict=True):
+        scale = np.abs(keras_own).max()
+        np.testing.assert_allclose(fused, keras_own, atol=tolerance * scale, rtol=0, err_msg=name)
+
+
+def test_a_net_built_to_train_has_fused_batch_norms_and_is_saved_with_keras_own(tmp_path):
+    config = BEST.changed({"image_size": 32})
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 32, 32, 3), dtype=np.float32)
+    for any_size, precision in ((True, "bfloat16"), (False, "float32")):  # the second trains as it is saved
+        trained = build_model(config, any_size=any_size, precision=precision, to_train=True)
+        norms = [layer for layer in trained.layers if isinstance(layer, layers.BatchNormalization)]
+        assert norms and all(type(norm) is FusedBatchNorm for norm in norms)
+        trained.set_weights([w + rng.uniform(0.1, 0.5, w.shape) for w in trained.get_weights()])
+        saved = load_model(save_model(fixed_size(trained, config), tmp_path / f"{precision}.keras"))
+        assert all(type(layer).__module__.startswith("keras.") for layer in saved.layers)  # no code of ours
+        assert [layer.name for layer in saved.layers] == [layer.name for layer in trained.layers]
+        for mine, theirs in zip(trained.get_weights(), saved.get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+        if precision == "float32":
+            np.testing.assert_allclose(np.asarray(saved(x)), np.asarray(trained(x)), rtol=1e-5, atol=1e-6)
 
 
 def test_inference_model_leaves_a_net_without_batch_norm_as_it_is():

@@ -46,8 +46,9 @@ class FusedBatchNorm(layers.BatchNormalization):
 
     Keras's own layer upcasts bfloat16 to float32 and normalises in separate moment, scale and shift ops, forward and
     backward: half of the best net's training time on a 2-core CPU went there. FusedBatchNormV3 (oneDNN's kernel)
-    does it in one pass, in the compute dtype, with a fused gradient: about 2x the training throughput in mixed
-    bfloat16 and 1.3x in float32 (`benchmarks/batchnorm.py`). Its moving variance is kept biased, as Keras keeps it.
+    does it in one pass, in the compute dtype, with a fused gradient: 1.1-1.6x the training throughput
+    (`benchmarks/throughput.py --fused`), 1.58x over a full run of the best preset. Its moving variance is kept
+    biased, as Keras keeps it.
     Inference, and anything the fused kernel does not take, runs Keras's own code. Never saved: `fixed_size` turns
     a net that trained with it back into Keras's own layers, weight for weight, so a saved model needs no code of ours.
     """

@@ -230,10 +230,8 @@ def test_the_fused_batch_norm_trains_exactly_as_keras_own_batch_norm_does(small_
         norm.gamma.assign(gamma)
         norm.beta.assign(beta)
         steps.append(_one_training_step(norm, maps))
-        if kind is FusedBatchNorm:  # the fused kernel really ran: no silent fall back to Keras's own code
-            assert "FusedBatchNormV3" in _ops_of(norm, maps)
-        else:
-            assert "FusedBatchNormV3" not in _ops_of(norm, maps)
+        # the fused kernel really ran (no silent fall back to Keras's own code), and only there
+        assert ("FusedBatchNormV3" in _ops_of(norm, maps)) == (kind is FusedBatchNorm)
     names = ("output", "input gradient", "gamma gradient", "beta gradient", "moving mean", "moving variance")
     for name, keras_own, fused in zip(names, *steps, strict=True):
         scale = np.abs(keras_own).max()

@@ -86,6 +86,7 @@ def build_vgg_bn(
     any_size: bool = False,
     dtype: str = "float32",
     fused_norm: bool = False,
+    convs: tuple[int, ...] = (),
 ) -> keras.Model:
     """Conv pairs with batch norm and max-pooling, global average pooling, dropout 0.3, sigmoid.
 
@@ -99,7 +100,8 @@ def build_vgg_bn(
     a patch-whitening filter bank before training. dtype is each layer's Keras dtype policy (e.g.
     "mixed_bfloat16"), given to the layers rather than set globally, so a run training in a thread changes no other
     model; the sigmoid stays float32. fused_norm: the batch norms are `FusedBatchNorm`, the same function trained
-    faster, for a net to train (never to save).
+    faster, for a net to train (never to save). convs, one count per width, makes each "pair" that many convs (a
+    depth per stage; two each without it); with residual, each conv after a stage's first gets a shortcut.
     """
     norm = FusedBatchNorm if fused_norm else layers.BatchNormalization
     shape = (None, None, pipeline.channels) if any_size else pipeline.input_shape
@@ -112,7 +114,7 @@ def build_vgg_bn(
         x = norm(momentum=BN_MOMENTUM, name="stem_bn", dtype=dtype)(x)
         x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
     for i, width in enumerate(widths):
-        x = _conv_pair(x, width, f"{i + 1}", residual, dtype, norm)
+        x = _conv_pair(x, width, f"{i + 1}", residual, dtype, norm, convs[i] if convs else 2)
         if se:
             x = _squeeze_excite(x, width, se, f"se{i + 1}", dtype)
         if i < len(widths) - 1:
@@ -123,15 +125,16 @@ def build_vgg_bn(
     return keras.Model(inputs, outputs, name=name)
 
 
-def _conv_pair(x, width: int, name: str, residual: bool, dtype: str, norm: type = layers.BatchNormalization):
-    """Two 3x3 convs, each with batch norm and relu; with residual, the first's output is added to the second's
-    normalised one before its relu, the second's batch norm starting at zero."""
-    for j in (1, 2):
-        shortcut, added = x, residual and j == 2
+def _conv_pair(x, width: int, name: str, residual: bool, dtype: str, norm: type = layers.BatchNormalization, count=2):
+    """count 3x3 convs (a pair by default), each with batch norm and relu; with residual, each conv after the first
+    adds its input to its normalised output before its relu, its batch norm starting at zero."""
+    for j in range(1, count + 1):
+        shortcut, added = x, residual and j > 1
         x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{name}_{j}", dtype=dtype)(x)
         start = "zeros" if added else "ones"
         normalise = norm(momentum=BN_MOMENTUM, gamma_initializer=start, name=f"bn{name}_{j}", dtype=dtype)
-        x = layers.Add(name=f"add{name}", dtype=dtype)([shortcut, normalise(x)]) if added else normalise(x)
+        add = f"add{name}" if j == 2 else f"add{name}_{j}"  # a pair's one shortcut keeps its earlier name
+        x = layers.Add(name=add, dtype=dtype)([shortcut, normalise(x)]) if added else normalise(x)
         x = layers.Activation("relu", name=f"relu{name}_{j}", dtype=dtype)(x)
     return x
 
@@ -173,6 +176,7 @@ def build_model(
         any_size=any_size,
         dtype=dtype,
         fused_norm=to_train,
+        convs=net.convs,
     )
 
 

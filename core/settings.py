@@ -79,6 +79,11 @@ def widths(text: str) -> tuple[int, ...]:
     return _numbers(text, int, lambda w: w >= 1, "filter counts, like 32,64,128,256")
 
 
+def conv_counts(text: str) -> tuple[int, ...]:
+    """Comma-separated conv counts, each at least 1, as typed: 1,2,3,3."""
+    return _numbers(text, int, lambda c: c >= 1, "conv counts, like 1,2,3,3")
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """The network: the seed tutorial's CNN, or conv pairs with batch norm (vgg_bn)."""
@@ -102,6 +107,12 @@ class NetConfig:
         "vgg_bn only: adds each pair's first conv's output to its second's (an identity shortcut, the second's batch "
         "norm starting at zero so each pair starts as one conv)",
     )
+    convs: tuple[int, ...] = setting(
+        (),
+        "vgg_bn only: convs in each width's stage, one count per width (e.g. 1,2,3,3; empty: a pair each)",
+        parse=conv_counts,
+        metavar="C1,C2,...",
+    )
     whiten: bool = setting(
         False,
         "vgg_bn with an even stem only: the stem conv is frozen as a patch-whitening filter bank (airbench), fitted "
@@ -111,6 +122,11 @@ class NetConfig:
 
     def __post_init__(self):
         _check_choices(self)
+        if self.convs and (self.kind != "vgg_bn" or len(self.convs) != len(self.widths)):
+            raise SettingsError(
+                f"convs needs the vgg_bn net and a count per width ({len(self.widths)}), not {self.kind} with "
+                f"{len(self.convs)}"
+            )
         if self.whiten and (self.kind != "vgg_bn" or self.stem <= 0 or self.stem % 2):
             raise SettingsError(
                 f"whiten needs the vgg_bn net with an even stem (a filter per sign of each direction kept), not "

@@ -385,6 +385,7 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
         "stem": 16,
         "se": 0,
         "residual": False,
+        "convs": [],
         "whiten": False,
     }
     assert meta["config"]["optimizer"] == {
@@ -403,13 +404,19 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
 
 def test_train_scales_set_the_stages_and_nonsense_is_refused(cli_home, small_zip):
     args = ("train", small_zip, "--preset", "improved", "--epochs", "2", "--limit", "64", "--image-size", "32")
-    proc = run_cli(cli_home, *args, "--train-scales", "0.5,1", "--widths", "8,16", "--weight-decay", "0.01")
+    net = ("--widths", "8,16", "--convs", "1,3")
+    proc = run_cli(cli_home, *args, "--train-scales", "0.5,1", *net, "--weight-decay", "0.01")
     assert proc.returncode == 0, proc.stderr
     run = Path(proc.stdout.strip().splitlines()[-1])
     assert pd.read_csv(run / "history.csv")["train_size"].tolist() == [16, 32]
     saved = json.loads((run / "run.json").read_text())["config"]
     assert saved["train_scales"] == [0.5, 1.0]
     assert saved["net"]["widths"] == [8, 16] and saved["optimizer"]["weight_decay"] == 0.01  # flags of the tree
+    assert saved["net"]["convs"] == [1, 3]
+    for bad in ("0,2", "2", "two,two"):  # a stage without convs, a count short, not counts
+        refused = run_cli(cli_home, *args, "--widths", "8,16", "--convs", bad)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "conv counts" in refused.stderr or "a count per width" in refused.stderr
     for bad in ("0,1", "1.5", "half", ""):
         refused = run_cli(cli_home, *args, "--train-scales", bad)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr

@@ -347,6 +347,35 @@ def test_a_net_with_gates_says_so_where_a_run_is_described():
     assert net_text(both) == "VGG-BN, pairs 32-64-128-256, SE /8, residual"
     whitened = BEST.changed({"net.whiten": True}).net
     assert net_text(whitened) == "VGG-BN, pairs 32-64-128-256, stem 16, whitened"
+    deeper = BEST.changed({"net.convs": (2, 2, 3, 3)}).net
+    assert net_text(deeper) == "VGG-BN, pairs 32-64-128-256, stem 16, convs 2-2-3-3"
+
+
+def test_each_stage_has_the_convs_asked_for_and_with_residual_each_later_conv_adds_a_shortcut(tmp_path):
+    config = BEST.changed({"net.widths": (8, 16, 16), "net.convs": (1, 3, 2), "net.stem": 0, "image_size": 32})
+    plain = build_model(config)
+    assert [(layer.name, layer.filters) for layer in plain.layers if isinstance(layer, layers.Conv2D)] == [
+        ("conv1_1", 8),
+        ("conv2_1", 16),
+        ("conv2_2", 16),
+        ("conv2_3", 16),
+        ("conv3_1", 16),
+        ("conv3_2", 16),
+    ]
+    assert last_conv_layer(plain).name == "conv3_2"  # Grad-CAM explains the last stage's last conv
+    residual_config = config.changed({"net.residual": True})
+    model = build_model(residual_config, any_size=True, to_train=True)
+    assert [layer.name for layer in model.layers if isinstance(layer, layers.Add)] == ["add2", "add2_3", "add3"]
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 48, 48, 3), dtype=np.float32)
+    # Each shortcut's batch norm starts at zero: the three-conv stage starts as its first conv.
+    stage = keras.Model(model.inputs, [model.get_layer(name).output for name in ("relu2_1", "relu2_3")])(x)
+    np.testing.assert_allclose(stage[1], stage[0], atol=1e-6)
+    model(x, training=True)  # the fused batch norm trains; the saved net is Keras's own, weight for weight
+    fixed = fixed_size(model, residual_config)
+    loaded = load_model(save_model(fixed, tmp_path / "deeper.keras"))
+    np.testing.assert_allclose(np.asarray(loaded(x[:, :32, :32])), np.asarray(model(x[:, :32, :32])), atol=1e-5)
+    assert loaded.count_params() == plain.count_params()
 
 
 def test_a_residual_pair_starts_as_its_first_conv_and_then_adds_the_second(tmp_path):

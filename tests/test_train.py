@@ -92,6 +92,10 @@ def test_a_setting_outside_its_choices_is_refused():
             TrainConfig.for_preset("best", **{"optimizer.ema": ema})
     with pytest.raises(SettingsError, match="kind 'resnet'"):
         TrainConfig.for_preset("best", **{"net.kind": "resnet"})
+    with pytest.raises(SettingsError, match=r"a count per width \(4\), not vgg_bn with 3"):
+        TrainConfig.for_preset("best", **{"net.convs": (2, 2, 3)})
+    with pytest.raises(SettingsError, match="convs needs the vgg_bn net"):
+        TrainConfig.for_preset("seed", **{"net.convs": (1, 1)})
 
 
 def test_a_run_json_saved_before_the_tree_held_the_net_loads_with_its_presets():
@@ -191,6 +195,7 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
         "stem": 0,
         "se": 0,
         "residual": False,
+        "convs": [],
         "whiten": False,
     }  # the whole settings tree
     assert meta["config"]["optimizer"] == {

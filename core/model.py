@@ -75,6 +75,43 @@ class FusedBatchNorm(layers.BatchNormalization):
         return plain and channels_last and fused_kernel
 
 
+class SharpnessAware(keras.Model):
+    """A net training by sharpness-aware minimisation (SAM, Foret et al. 2021): training only, never saved.
+
+    Each step first takes the loss's gradient at the weights w, moves them to w + e, e = rho * g / |g| (to first
+    order the worst point within rho), and lets Keras's own step take the gradient there and apply it; then takes e
+    back off. Since the optimiser's update is added to the weights, that is its update of w by the gradient at
+    w + e (weight decay sees w + e: a difference of rate x decay x rho). Twice the compute a step; the batch norms'
+    moving statistics see both passes. TensorFlow backend, one replica. `fixed_size` saves the plain net.
+    """
+
+    def __init__(self, *args, rho: float = 0.05, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rho = rho
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        weights = self.trainable_weights
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(x=x, y=y, y_pred=self(x, training=True), sample_weight=sample_weight)
+        grads = tape.gradient(loss, weights)
+        scale = self.rho / (tf.linalg.global_norm([g for g in grads if g is not None]) + 1e-12)
+        moves = [(w, g * scale) for w, g in zip(weights, grads, strict=True) if g is not None]
+        for w, e in moves:
+            w.assign_add(e)
+        logs = super().train_step(data)
+        for w, e in moves:
+            w.assign_sub(e)
+        return logs
+
+
+def sharpness_aware(model: keras.Model, rho: float) -> keras.Model:
+    """The same net (the same layers and weights) as a `SharpnessAware` model that trains by SAM at rho."""
+    return SharpnessAware(model.inputs, model.outputs, rho=rho, name=model.name)
+
+
 def build_vgg_bn(
     pipeline: PipelineConfig,
     widths: tuple[int, ...] = (16, 32, 64, 128),
@@ -210,7 +247,7 @@ def fixed_size(model: keras.Model, config: TrainConfig) -> keras.Model:
     """The model at the run's input size in float32, with Keras's own layers only, so that a saved model says what
     input it expects, loads without this project's code and predicts alike on every CPU, whatever the run trained in."""
     in_float32 = all(layer.dtype_policy.name == "float32" for layer in model.layers)
-    keras_own = not any(isinstance(layer, FusedBatchNorm) for layer in model.layers)
+    keras_own = type(model) is not SharpnessAware and not any(isinstance(lr, FusedBatchNorm) for lr in model.layers)
     if model.input_shape[1:] == config.pipeline.input_shape and in_float32 and keras_own:
         return model
     fixed = build_model(config)

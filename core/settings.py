@@ -159,6 +159,11 @@ class OptimizerConfig:
         1.0,
         "adamw and sgd: batch norm's betas and the biases step at this many times the rate (airbench: 64 with SGD)",
     )
+    sam: float = setting(
+        0.0,
+        "sharpness-aware minimisation: each step's gradient is taken this far (rho, e.g. 0.05) uphill of the weights "
+        "and applied at them; twice the compute a step (0: off)",
+    )
 
     def __post_init__(self):
         _check_choices(self)
@@ -168,6 +173,8 @@ class OptimizerConfig:
             raise SettingsError(
                 f"bias_rate {self.bias_rate!r} multiplies adamw's or sgd's bias rate: above 0, and 1 with adam"
             )
+        if not self.sam >= 0:
+            raise SettingsError(f"sam {self.sam!r} is how far uphill each gradient is taken: 0 (off) or more")
 
 
 @dataclass(frozen=True)

@@ -247,13 +247,16 @@ def _build(config: TrainConfig, placement: Placement, steps: int):
     """The compiled model, built in the strategy's scope; AdamW's cosine runs over the steps unless over time."""
     import keras
 
-    from core.model import build_model, compile_model
+    from core.model import build_model, compile_model, sharpness_aware
 
     keras.utils.set_random_seed(config.seed)  # the initial weights, and the dropout's draws
     budgeted = config.time_budget_min is not None
+    if config.optimizer.sam and placement.strategy.num_replicas_in_sync > 1:
+        raise SettingsError("sam trains on one device: its step moves the weights between two passes")
     with placement.strategy.scope():
         progressive = config.stages != (config.image_size,)
         model = build_model(config, any_size=progressive, precision=placement.precision, to_train=True)
+        model = sharpness_aware(model, config.optimizer.sam) if config.optimizer.sam else model
         compile_model(model, config, total_steps=None if budgeted else steps * config.epochs)
     return model
 

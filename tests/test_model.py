@@ -543,3 +543,58 @@ def test_a_whitening_stem_is_frozen_and_needs_an_even_stem():
     assert not model.get_layer("stem_conv").trainable and model.get_layer("stem_bn").trainable
     with pytest.raises(SettingsError, match="its stem trains"):
         whiten_stem(build_model(BEST), np.zeros((2, 8, 8, 3), np.float32))
+
+
+def test_a_sharpness_aware_step_applies_the_gradient_taken_uphill_at_the_weights_themselves(tmp_path):
+    import tensorflow as tf
+
+    from core.model import SharpnessAware, sharpness_aware
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 16, 16, 3), dtype=np.float32), rng.integers(0, 2, (8, 1)).astype(np.float32)
+
+    def net():  # deterministic in training (no dropout), so both steps see the same function
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((16, 16, 3))
+        h = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(inputs))
+        return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(h))
+
+    loss = keras.losses.BinaryCrossentropy()
+
+    def gradient(model):
+        with tf.GradientTape() as tape:
+            value = loss(y, model(x, training=True))
+        return tape.gradient(value, model.trainable_weights)
+
+    # By hand: the gradient at w + rho * g / |g|, where g is the gradient at w, then one plain SGD step from w.
+    by_hand = net()
+    start = [np.asarray(w) for w in by_hand.trainable_weights]
+    g = gradient(by_hand)
+    scale = 0.05 / float(tf.linalg.global_norm(g))
+    for w, gw in zip(by_hand.trainable_weights, g, strict=True):
+        w.assign_add(gw * scale)
+    expected = [w - 0.1 * np.asarray(gw) for w, gw in zip(start, gradient(by_hand), strict=True)]
+    plain_step = [w - 0.1 * np.asarray(gw) for w, gw in zip(start, g, strict=True)]
+
+    model = sharpness_aware(net(), 0.05)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for after, want, plain in zip(model.trainable_weights, expected, plain_step, strict=True):
+        np.testing.assert_allclose(np.asarray(after), want, atol=1e-6)
+        assert not np.allclose(want, plain, atol=1e-6)  # and that is not the plain step
+
+    from ui.status import optimizer_text
+
+    sam = BEST.changed({"optimizer.sam": 0.05}).optimizer
+    assert optimizer_text(sam) == "adamw, weight decay 0.05, label smoothing 0.05, sharpness-aware (rho 0.05)"
+    # A run's net trains by SAM with its fused batch norms; what it saves is the plain net, Keras's own class.
+    config = BEST.changed({"net.widths": (4, 8), "net.stem": 0, "image_size": 16, "optimizer.sam": 0.05})
+    model = sharpness_aware(build_model(config, to_train=True), config.optimizer.sam)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    fixed = fixed_size(model, config)
+    assert type(model) is SharpnessAware and not isinstance(fixed, SharpnessAware)
+    loaded = load_model(save_model(fixed, tmp_path / "sam.keras"))
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
+    seed = SEED.changed({"optimizer.sam": 0.05})  # no batch norm to rebuild for: SAM's class alone is rebuilt
+    assert not isinstance(fixed_size(sharpness_aware(build_model(seed), 0.05), seed), SharpnessAware)

@@ -94,6 +94,8 @@ def test_a_setting_outside_its_choices_is_refused():
         TrainConfig.for_preset("best", **{"net.kind": "resnet"})
     with pytest.raises(SettingsError, match=r"a count per width \(4\), not vgg_bn with 3"):
         TrainConfig.for_preset("best", **{"net.convs": (2, 2, 3)})
+    with pytest.raises(SettingsError, match="sam -0.05 is how far uphill"):
+        TrainConfig.for_preset("best", **{"optimizer.sam": -0.05})
     with pytest.raises(SettingsError, match="convs needs the vgg_bn net"):
         TrainConfig.for_preset("seed", **{"net.convs": (1, 1)})
 
@@ -204,6 +206,7 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
         "label_smoothing": 0.0,
         "ema": 0.0,
         "bias_rate": 1.0,
+        "sam": 0.0,
     }
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)
@@ -305,6 +308,18 @@ def test_a_run_with_a_weight_average_saves_the_average_it_validated_across_stage
     )
     loss = -np.mean(data.y[val] * np.log(prob) + (1 - data.y[val]) * np.log(1 - prob))
     assert loss == pytest.approx(result.run.meta["metrics"]["best_val_loss"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_a_sharpness_aware_run_trains_across_stages_and_saves_the_plain_net(small_zip, tmp_path):
+    cfg = TrainConfig.for_preset(
+        "improved", epochs=2, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 1)
+    ).changed({"optimizer.sam": 0.05, "early_stopping": False})
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "finished" and result.history["train_size"].tolist() == [16, 32]
+    assert result.run.meta["config"]["optimizer"]["sam"] == 0.05
+    model = load_model(result.run.model_path)  # safe mode: Keras's own classes only
+    assert type(model).__name__ == "Functional" and model_pipeline(model) == PipelineConfig(32, "rgb")
 
 
 def test_training_needs_both_classes(small_slice, tmp_path):

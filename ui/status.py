@@ -115,6 +115,7 @@ def optimizer_text(optimizer: OptimizerConfig) -> str:
     parts += [f"label smoothing {optimizer.label_smoothing:g}"] if optimizer.label_smoothing else []
     parts += [f"weights averaged ({optimizer.ema:g} a step)"] if optimizer.ema else []
     parts += [f"biases at {optimizer.bias_rate:g}x the rate"] if optimizer.bias_rate != 1 else []
+    parts += [f"sharpness-aware (rho {optimizer.sam:g})"] if optimizer.sam else []
     return ", ".join(parts)
 
 

@@ -151,7 +151,7 @@ def build_vgg_bn(
         x = norm(momentum=BN_MOMENTUM, name="stem_bn", dtype=dtype)(x)
         x = layers.Activation("relu", name="stem_relu", dtype=dtype)(x)
     for i, width in enumerate(widths):
-        x = _conv_pair(x, width, f"{i + 1}", residual, dtype, norm, convs[i] if convs else 2)
+        x = _conv_stage(x, width, f"{i + 1}", residual, dtype, norm, convs[i] if convs else 2)
         if se:
             x = _squeeze_excite(x, width, se, f"se{i + 1}", dtype)
         if i < len(widths) - 1:
@@ -162,7 +162,7 @@ def build_vgg_bn(
     return keras.Model(inputs, outputs, name=name)
 
 
-def _conv_pair(x, width: int, name: str, residual: bool, dtype: str, norm: type = layers.BatchNormalization, count=2):
+def _conv_stage(x, width: int, name: str, residual: bool, dtype: str, norm: type, count: int = 2):
     """count 3x3 convs (a pair by default), each with batch norm and relu; with residual, each conv after the first
     adds its input to its normalised output before its relu, its batch norm starting at zero."""
     for j in range(1, count + 1):

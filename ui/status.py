@@ -95,15 +95,19 @@ def augmentation_text(cfg: TrainConfig) -> str:
     return ", ".join(["on", *extras])
 
 
+def _dashed(numbers: tuple[int, ...]) -> str:
+    return "-".join(str(n) for n in numbers)
+
+
 def net_text(net: NetConfig) -> str:
     """A network in words: "seed CNN, convs 64-64" or "VGG-BN, pairs 32-64-128-256, stem 16" (", SE /8"
     with squeeze-and-excitation gates, ", residual" with shortcuts, "stem 16, whitened" with a frozen whitening
     stem, ", convs 1-2-3-3" with a depth per stage)."""
-    widths = "-".join(str(w) for w in net.widths)
+    widths = _dashed(net.widths)
     if net.kind == "seed":
         return f"seed CNN, convs {widths}"
     extras = [f"stem {net.stem}"] * bool(net.stem) + ["whitened"] * net.whiten + [f"SE /{net.se}"] * bool(net.se)
-    extras += ["residual"] * net.residual + [f"convs {'-'.join(str(c) for c in net.convs)}"] * bool(net.convs)
+    extras += ["residual"] * net.residual + [f"convs {_dashed(net.convs)}"] * bool(net.convs)
     return ", ".join([f"VGG-BN, pairs {widths}", *extras])
 
 

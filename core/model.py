@@ -112,6 +112,45 @@ def sharpness_aware(model: keras.Model, rho: float) -> keras.Model:
     return SharpnessAware(model.inputs, model.outputs, rho=rho, name=model.name)
 
 
+class MutualPair(keras.Model):
+    """Two nets training together by deep mutual learning (Zhang et al. 2018): training only, never saved.
+
+    Each net fits the labels and, with `weight`, the other's P(dog): its loss adds the Bernoulli KL divergence from
+    the other's prediction (held fixed) to its own. Training minimises the mean of the two nets' losses, which is
+    the loss the run logs; the pair predicts, validates and is kept as the first net alone (`fixed_size` saves
+    that). Twice the compute a step. One replica: the KL terms are plain batch means.
+    """
+
+    def __init__(self, first: keras.Model, second: keras.Model, weight: float = 1.0, **kwargs):
+        super().__init__(name=first.name, **kwargs)
+        self.first, self.second, self.weight = first, second, weight
+
+    def call(self, inputs, training=None):
+        return self.first(inputs, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        own = super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        if not training:
+            return own
+        peer = self.second(x, training=True)
+        theirs = super().compute_loss(x=x, y=y, y_pred=peer, sample_weight=sample_weight, training=training)
+        fixed = keras.ops.stop_gradient
+        mutual = bernoulli_kl(fixed(peer), y_pred) + bernoulli_kl(fixed(y_pred), peer)
+        return (own + theirs + self.weight * mutual) / 2
+
+
+def bernoulli_kl(target, pred, eps: float = 1e-7):
+    """The batch mean of KL(target || pred) between the Bernoulli distributions of two P(dog)s: 0 where they agree."""
+    ops = keras.ops
+    p, q = (ops.clip(ops.cast(t, "float32"), eps, 1 - eps) for t in (target, pred))
+    return ops.mean(p * ops.log(p / q) + (1 - p) * ops.log((1 - p) / (1 - q)))
+
+
+def trained_nets(model: keras.Model) -> tuple[keras.Model, ...]:
+    """The nets a training model trains: a mutual pair's two, or the model itself."""
+    return (model.first, model.second) if isinstance(model, MutualPair) else (model,)
+
+
 def build_vgg_bn(
     pipeline: PipelineConfig,
     widths: tuple[int, ...] = (16, 32, 64, 128),
@@ -236,16 +275,19 @@ def whitening_kernel(images: np.ndarray, filters: int, eps: float = 5e-4) -> np.
 
 
 def whiten_stem(model: keras.Model, images: np.ndarray) -> None:
-    """Set a whitening net's frozen stem conv (`build_vgg_bn(whiten=True)`) to whiten the patches of images."""
-    stem = model.get_layer("stem_conv")
-    if stem.trainable:
-        raise SettingsError(f"{model.name}: its stem trains; only a net built with whiten has one to whiten")
-    stem.kernel.assign(whitening_kernel(images, stem.filters))
+    """Set a whitening net's frozen stem conv (`build_vgg_bn(whiten=True)`) to whiten the patches of images; both
+    nets' of a mutual pair."""
+    for net in trained_nets(model):
+        stem = net.get_layer("stem_conv")
+        if stem.trainable:
+            raise SettingsError(f"{net.name}: its stem trains; only a net built with whiten has one to whiten")
+        stem.kernel.assign(whitening_kernel(images, stem.filters))
 
 
 def fixed_size(model: keras.Model, config: TrainConfig) -> keras.Model:
     """The model at the run's input size in float32, with Keras's own layers only, so that a saved model says what
     input it expects, loads without this project's code and predicts alike on every CPU, whatever the run trained in."""
+    model = trained_nets(model)[0]  # a mutual pair keeps its first net
     in_float32 = all(layer.dtype_policy.name == "float32" for layer in model.layers)
     keras_own = type(model) is not SharpnessAware and not any(isinstance(lr, FusedBatchNorm) for lr in model.layers)
     if model.input_shape[1:] == config.pipeline.input_shape and in_float32 and keras_own:

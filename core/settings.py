@@ -164,6 +164,11 @@ class OptimizerConfig:
         "sharpness-aware minimisation: each step's gradient is taken this far (rho, e.g. 0.05) uphill of the weights "
         "and applied at them; twice the compute a step (0: off)",
     )
+    mutual: float = setting(
+        0.0,
+        "deep mutual learning: a second net of the same design trains alongside, each also fitting the other's "
+        "P(dog) with this weight (e.g. 1); the run keeps the first; twice the compute a step (0: off)",
+    )
 
     def __post_init__(self):
         _check_choices(self)
@@ -175,6 +180,8 @@ class OptimizerConfig:
             )
         if not self.sam >= 0:
             raise SettingsError(f"sam {self.sam!r} is how far uphill each gradient is taken: 0 (off) or more")
+        if not self.mutual >= 0 or (self.mutual and self.sam):
+            raise SettingsError(f"mutual {self.mutual!r} weighs the fit to a peer net: 0 (off) or more, not with sam")
 
 
 @dataclass(frozen=True)

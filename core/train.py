@@ -247,16 +247,20 @@ def _build(config: TrainConfig, placement: Placement, steps: int):
     """The compiled model, built in the strategy's scope; AdamW's cosine runs over the steps unless over time."""
     import keras
 
-    from core.model import build_model, compile_model, sharpness_aware
+    from core.model import MutualPair, build_model, compile_model, sharpness_aware
 
     keras.utils.set_random_seed(config.seed)  # the initial weights, and the dropout's draws
     budgeted = config.time_budget_min is not None
-    if config.optimizer.sam and placement.strategy.num_replicas_in_sync > 1:
-        raise SettingsError("sam trains on one device: its step moves the weights between two passes")
+    settings = config.optimizer
+    if (settings.sam or settings.mutual) and placement.strategy.num_replicas_in_sync > 1:
+        raise SettingsError("sam and mutual train on one device: their steps take two passes of one replica")
     with placement.strategy.scope():
         progressive = config.stages != (config.image_size,)
         model = build_model(config, any_size=progressive, precision=placement.precision, to_train=True)
-        model = sharpness_aware(model, config.optimizer.sam) if config.optimizer.sam else model
+        model = sharpness_aware(model, settings.sam) if settings.sam else model
+        if settings.mutual:
+            peer = build_model(config, any_size=progressive, precision=placement.precision, to_train=True)
+            model = MutualPair(model, peer, weight=settings.mutual)
         compile_model(model, config, total_steps=None if budgeted else steps * config.epochs)
     return model
 

@@ -120,6 +120,7 @@ def optimizer_text(optimizer: OptimizerConfig) -> str:
     parts += [f"weights averaged ({optimizer.ema:g} a step)"] if optimizer.ema else []
     parts += [f"biases at {optimizer.bias_rate:g}x the rate"] if optimizer.bias_rate != 1 else []
     parts += [f"sharpness-aware (rho {optimizer.sam:g})"] if optimizer.sam else []
+    parts += [f"mutual learning with a peer net (weight {optimizer.mutual:g})"] if optimizer.mutual else []
     return ", ".join(parts)
 
 

@@ -395,6 +395,7 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
         "ema": 0.0,
         "bias_rate": 1.0,
         "sam": 0.0,
+        "mutual": 0.0,
     }
     history = pd.read_csv(Path(proc.stdout.strip().splitlines()[-1]) / "history.csv")
     assert history["train_size"].tolist() == [32]

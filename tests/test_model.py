@@ -598,3 +598,62 @@ def test_a_sharpness_aware_step_applies_the_gradient_taken_uphill_at_the_weights
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(model(x)), atol=1e-5)
     seed = SEED.changed({"optimizer.sam": 0.05})  # no batch norm to rebuild for: SAM's class alone is rebuilt
     assert not isinstance(fixed_size(sharpness_aware(build_model(seed), 0.05), seed), SharpnessAware)
+
+
+def test_the_bernoulli_kl_is_kerass_kl_divergence_over_both_outcomes():
+    from core.model import bernoulli_kl
+
+    p, q = np.array([[0.9], [0.2], [0.5]], np.float32), np.array([[0.6], [0.3], [0.5]], np.float32)
+    two_class = keras.losses.KLDivergence()(np.hstack([p, 1 - p]), np.hstack([q, 1 - q]))
+    assert float(bernoulli_kl(p, q)) == pytest.approx(float(two_class), rel=1e-5)
+    assert float(bernoulli_kl(p, p)) == pytest.approx(0.0, abs=1e-6) and float(bernoulli_kl(p, q)) > 0
+
+
+def test_a_mutual_learning_step_moves_each_net_by_its_own_loss_plus_its_fit_to_the_other(tmp_path):
+    import tensorflow as tf
+
+    from core.model import MutualPair, bernoulli_kl
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((8, 16, 16, 3), dtype=np.float32), rng.integers(0, 2, (8, 1)).astype(np.float32)
+
+    def net(seed):  # deterministic in training (no dropout): the by-hand pass and the step see the same function
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((16, 16, 3))
+        h = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(inputs))
+        return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(h))
+
+    loss = keras.losses.BinaryCrossentropy()
+
+    def step(weight):  # by hand: each net's gradient of half its own loss plus its KL from the other, held fixed
+        a, b = net(1), net(2)
+        with tf.GradientTape(persistent=True) as tape:
+            pa, pb = a(x, training=True), b(x, training=True)
+            loss_a = loss(y, pa) + weight * bernoulli_kl(tf.stop_gradient(pb), pa)
+            loss_b = loss(y, pb) + weight * bernoulli_kl(tf.stop_gradient(pa), pb)
+        return [
+            np.asarray(w) - 0.1 * np.asarray(g) / 2
+            for own, m in ((loss_a, a), (loss_b, b))
+            for w, g in zip(m.trainable_weights, tape.gradient(own, m.trainable_weights), strict=True)
+        ]
+
+    expected, apart = step(1.0), step(0.0)
+    pair = MutualPair(net(1), net(2), weight=1.0)
+    pair.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    pair.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    for after, want in zip(pair.trainable_weights, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(after), want, atol=1e-6)
+    assert not all(np.allclose(w, a, atol=1e-6) for w, a in zip(expected, apart, strict=True))  # the fit moved them
+    # The pair predicts, validates and is saved as its first net: Keras's own class at the run's size.
+    np.testing.assert_allclose(np.asarray(pair(x)), np.asarray(pair.first(x)))
+    config = BEST.changed({"net.widths": (4, 8), "net.stem": 0, "image_size": 16, "optimizer.mutual": 1.0})
+    pair = MutualPair(build_model(config, to_train=True), build_model(config, to_train=True), weight=1.0)
+    pair.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    pair.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    loaded = load_model(save_model(fixed_size(pair, config), tmp_path / "mutual.keras"))
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(pair.first(x)), atol=1e-5)
+    assert not np.allclose(np.asarray(loaded(x)), np.asarray(pair.second(x)), atol=1e-3)
+
+    from ui.status import optimizer_text
+
+    assert optimizer_text(config.optimizer).endswith(", mutual learning with a peer net (weight 1)")

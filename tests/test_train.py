@@ -15,7 +15,7 @@ import pytest
 from core import config
 from core.data import load_dataset
 from core.errors import SettingsError
-from core.model import load_model, model_pipeline
+from core.model import build_model, load_model, model_pipeline
 from core.pipeline import PipelineConfig, to_model_input
 from core.settings import NetConfig, TrainConfig
 from core.train import ProgressEvent, split_indices, train
@@ -96,6 +96,9 @@ def test_a_setting_outside_its_choices_is_refused():
         TrainConfig.for_preset("best", **{"net.convs": (2, 2, 3)})
     with pytest.raises(SettingsError, match="sam -0.05 is how far uphill"):
         TrainConfig.for_preset("best", **{"optimizer.sam": -0.05})
+    for mutual in ({"optimizer.mutual": -1.0}, {"optimizer.mutual": 1.0, "optimizer.sam": 0.05}):
+        with pytest.raises(SettingsError, match="weighs the fit to a peer net: 0 .off. or more, not with sam"):
+            TrainConfig.for_preset("best", **mutual)
     with pytest.raises(SettingsError, match="convs needs the vgg_bn net"):
         TrainConfig.for_preset("seed", **{"net.convs": (1, 1)})
 
@@ -207,6 +210,7 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
         "ema": 0.0,
         "bias_rate": 1.0,
         "sam": 0.0,
+        "mutual": 0.0,
     }
     assert meta["dataset"]["fingerprint"] == load_dataset(small_zip, limit=SLICE, seed=42, cache_dir=False).fingerprint
     assert (meta["n_images"], meta["n_train"], meta["n_val"]) == (SLICE, 96, 24)
@@ -320,6 +324,25 @@ def test_a_sharpness_aware_run_trains_across_stages_and_saves_the_plain_net(smal
     assert result.run.meta["config"]["optimizer"]["sam"] == 0.05
     model = load_model(result.run.model_path)  # safe mode: Keras's own classes only
     assert type(model).__name__ == "Functional" and model_pipeline(model) == PipelineConfig(32, "rgb")
+
+
+@pytest.mark.slow
+def test_a_mutual_learning_run_trains_two_nets_across_stages_and_saves_the_first(small_zip, tmp_path):
+    cfg = TrainConfig.for_preset(
+        "improved", epochs=2, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 1)
+    ).changed({"optimizer.mutual": 1.0, "early_stopping": False})
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "finished" and result.history["train_size"].tolist() == [16, 32]
+    assert result.run.meta["config"]["optimizer"]["mutual"] == 1.0
+    model = load_model(result.run.model_path)  # safe mode: Keras's own classes only, one net's weights
+    assert type(model).__name__ == "Functional" and model_pipeline(model) == PipelineConfig(32, "rgb")
+    assert model.count_params() == build_model(cfg).count_params()
+    # The run validated the net it saved: the saved model's loss on the validation photos is the best epoch's.
+    data = load_dataset(small_zip, cfg.pipeline, limit=SLICE, seed=42, cache_dir=False)
+    _, val = split_indices(data.y, 0.2, 42)
+    prob = model.predict(to_model_input(data.x[val]), verbose=0).reshape(-1).clip(1e-7, 1 - 1e-7)
+    loss = -np.mean(data.y[val] * np.log(prob) + (1 - data.y[val]) * np.log(1 - prob))
+    assert loss == pytest.approx(result.run.meta["metrics"]["best_val_loss"], rel=1e-3)
 
 
 def test_training_needs_both_classes(small_slice, tmp_path):

@@ -302,47 +302,45 @@ def test_a_run_with_a_weight_average_saves_the_average_it_validated_across_stage
     ).changed({"optimizer.ema": 0.9, "early_stopping": False})
     result = train(small_zip, cfg, runs_dir=tmp_path)
     assert result.status == "finished" and result.history["train_size"].tolist() == [16, 24, 32]
+    assert _validation_loss(load_model(result.run.model_path), small_zip, cfg) == pytest.approx(
+        result.run.meta["metrics"]["best_val_loss"], rel=1e-3
+    )
+
+
+def _validation_loss(model, small_zip, cfg: TrainConfig) -> float:
+    """The model's plain cross-entropy on the slice's validation photos, as a run's split holds them out."""
     data = load_dataset(small_zip, cfg.pipeline, limit=SLICE, seed=42, cache_dir=False)
     _, val = split_indices(data.y, 0.2, 42)
-    prob = (
-        load_model(result.run.model_path)
-        .predict(to_model_input(data.x[val]), verbose=0)
-        .reshape(-1)
-        .clip(1e-7, 1 - 1e-7)
-    )
-    loss = -np.mean(data.y[val] * np.log(prob) + (1 - data.y[val]) * np.log(1 - prob))
-    assert loss == pytest.approx(result.run.meta["metrics"]["best_val_loss"], rel=1e-3)
+    prob = model.predict(to_model_input(data.x[val]), verbose=0).reshape(-1).clip(1e-7, 1 - 1e-7)
+    return float(-np.mean(data.y[val] * np.log(prob) + (1 - data.y[val]) * np.log(1 - prob)))
+
+
+def _two_stage_run(small_zip, tmp_path, setting: str, value: float):
+    """A short two-stage run of the improved preset with one optimizer setting; its config, result and saved model,
+    checked to be Keras's own plain net at the run's size."""
+    cfg = TrainConfig.for_preset(
+        "improved", epochs=2, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 1)
+    ).changed({f"optimizer.{setting}": value, "early_stopping": False})
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "finished" and result.history["train_size"].tolist() == [16, 32]
+    assert result.run.meta["config"]["optimizer"][setting] == value
+    model = load_model(result.run.model_path)  # safe mode: Keras's own classes only
+    assert type(model).__name__ == "Functional" and model_pipeline(model) == PipelineConfig(32, "rgb")
+    return cfg, result, model
 
 
 @pytest.mark.slow
 def test_a_sharpness_aware_run_trains_across_stages_and_saves_the_plain_net(small_zip, tmp_path):
-    cfg = TrainConfig.for_preset(
-        "improved", epochs=2, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 1)
-    ).changed({"optimizer.sam": 0.05, "early_stopping": False})
-    result = train(small_zip, cfg, runs_dir=tmp_path)
-    assert result.status == "finished" and result.history["train_size"].tolist() == [16, 32]
-    assert result.run.meta["config"]["optimizer"]["sam"] == 0.05
-    model = load_model(result.run.model_path)  # safe mode: Keras's own classes only
-    assert type(model).__name__ == "Functional" and model_pipeline(model) == PipelineConfig(32, "rgb")
+    _two_stage_run(small_zip, tmp_path, "sam", 0.05)
 
 
 @pytest.mark.slow
 def test_a_mutual_learning_run_trains_two_nets_across_stages_and_saves_the_first(small_zip, tmp_path):
-    cfg = TrainConfig.for_preset(
-        "improved", epochs=2, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 1)
-    ).changed({"optimizer.mutual": 1.0, "early_stopping": False})
-    result = train(small_zip, cfg, runs_dir=tmp_path)
-    assert result.status == "finished" and result.history["train_size"].tolist() == [16, 32]
-    assert result.run.meta["config"]["optimizer"]["mutual"] == 1.0
-    model = load_model(result.run.model_path)  # safe mode: Keras's own classes only, one net's weights
-    assert type(model).__name__ == "Functional" and model_pipeline(model) == PipelineConfig(32, "rgb")
-    assert model.count_params() == build_model(cfg).count_params()
+    cfg, result, model = _two_stage_run(small_zip, tmp_path, "mutual", 1.0)
+    assert model.count_params() == build_model(cfg).count_params()  # one net's weights
     # The run validated the net it saved: the saved model's loss on the validation photos is the best epoch's.
-    data = load_dataset(small_zip, cfg.pipeline, limit=SLICE, seed=42, cache_dir=False)
-    _, val = split_indices(data.y, 0.2, 42)
-    prob = model.predict(to_model_input(data.x[val]), verbose=0).reshape(-1).clip(1e-7, 1 - 1e-7)
-    loss = -np.mean(data.y[val] * np.log(prob) + (1 - data.y[val]) * np.log(1 - prob))
-    assert loss == pytest.approx(result.run.meta["metrics"]["best_val_loss"], rel=1e-3)
+    best = result.run.meta["metrics"]["best_val_loss"]
+    assert _validation_loss(model, small_zip, cfg) == pytest.approx(best, rel=1e-3)
 
 
 def test_training_needs_both_classes(small_slice, tmp_path):

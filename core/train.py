@@ -256,11 +256,9 @@ def _build(config: TrainConfig, placement: Placement, steps: int):
         raise SettingsError("sam and mutual train on one device: their steps take two passes of one replica")
     with placement.strategy.scope():
         progressive = config.stages != (config.image_size,)
-        model = build_model(config, any_size=progressive, precision=placement.precision, to_train=True)
-        model = sharpness_aware(model, settings.sam) if settings.sam else model
-        if settings.mutual:
-            peer = build_model(config, any_size=progressive, precision=placement.precision, to_train=True)
-            model = MutualPair(model, peer, weight=settings.mutual)
+        net = functools.partial(build_model, config, any_size=progressive, precision=placement.precision, to_train=True)
+        model = sharpness_aware(net(), settings.sam) if settings.sam else net()
+        model = MutualPair(model, net(), weight=settings.mutual) if settings.mutual else model
         compile_model(model, config, total_steps=None if budgeted else steps * config.epochs)
     return model
 

@@ -545,20 +545,38 @@ def test_a_whitening_stem_is_frozen_and_needs_an_even_stem():
         whiten_stem(build_model(BEST), np.zeros((2, 8, 8, 3), np.float32))
 
 
+def _tiny_batch():
+    """Eight random 16x16 photos and labels: the same for every test that calls it."""
+    rng = np.random.default_rng(0)
+    return rng.random((8, 16, 16, 3), dtype=np.float32), rng.integers(0, 2, (8, 1)).astype(np.float32)
+
+
+def _tiny_net(seed: int = 1) -> keras.Model:
+    """A conv, global pooling and a sigmoid, from seed: deterministic in training (no dropout), so a step by hand
+    and a step by Keras see the same function."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 16, 3))
+    h = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(inputs))
+    return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(h))
+
+
+def _fit_one_step(model: keras.Model, x, y, loss, shuffle: bool = True) -> None:
+    """One SGD step (rate 0.1) of the whole batch under this loss."""
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=shuffle, verbose=0)
+
+
+def _tiny_best(setting: str, value: float) -> TrainConfig:
+    """The best preset's net at 16 px, widths 4 and 8 and no stem, with one optimizer setting."""
+    return BEST.changed({"net.widths": (4, 8), "net.stem": 0, "image_size": 16, f"optimizer.{setting}": value})
+
+
 def test_a_sharpness_aware_step_applies_the_gradient_taken_uphill_at_the_weights_themselves(tmp_path):
     import tensorflow as tf
 
     from core.model import SharpnessAware, sharpness_aware
 
-    rng = np.random.default_rng(0)
-    x, y = rng.random((8, 16, 16, 3), dtype=np.float32), rng.integers(0, 2, (8, 1)).astype(np.float32)
-
-    def net():  # deterministic in training (no dropout), so both steps see the same function
-        keras.utils.set_random_seed(1)
-        inputs = keras.Input((16, 16, 3))
-        h = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(inputs))
-        return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(h))
-
+    x, y = _tiny_batch()
     loss = keras.losses.BinaryCrossentropy()
 
     def gradient(model):
@@ -567,7 +585,7 @@ def test_a_sharpness_aware_step_applies_the_gradient_taken_uphill_at_the_weights
         return tape.gradient(value, model.trainable_weights)
 
     # By hand: the gradient at w + rho * g / |g|, where g is the gradient at w, then one plain SGD step from w.
-    by_hand = net()
+    by_hand = _tiny_net()
     start = [np.asarray(w) for w in by_hand.trainable_weights]
     g = gradient(by_hand)
     scale = 0.05 / float(tf.linalg.global_norm(g))
@@ -576,9 +594,8 @@ def test_a_sharpness_aware_step_applies_the_gradient_taken_uphill_at_the_weights
     expected = [w - 0.1 * np.asarray(gw) for w, gw in zip(start, gradient(by_hand), strict=True)]
     plain_step = [w - 0.1 * np.asarray(gw) for w, gw in zip(start, g, strict=True)]
 
-    model = sharpness_aware(net(), 0.05)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
-    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    model = sharpness_aware(_tiny_net(), 0.05)
+    _fit_one_step(model, x, y, loss, shuffle=False)
     for after, want, plain in zip(model.trainable_weights, expected, plain_step, strict=True):
         np.testing.assert_allclose(np.asarray(after), want, atol=1e-6)
         assert not np.allclose(want, plain, atol=1e-6)  # and that is not the plain step
@@ -588,10 +605,9 @@ def test_a_sharpness_aware_step_applies_the_gradient_taken_uphill_at_the_weights
     sam = BEST.changed({"optimizer.sam": 0.05}).optimizer
     assert optimizer_text(sam) == "adamw, weight decay 0.05, label smoothing 0.05, sharpness-aware (rho 0.05)"
     # A run's net trains by SAM with its fused batch norms; what it saves is the plain net, Keras's own class.
-    config = BEST.changed({"net.widths": (4, 8), "net.stem": 0, "image_size": 16, "optimizer.sam": 0.05})
+    config = _tiny_best("sam", 0.05)
     model = sharpness_aware(build_model(config, to_train=True), config.optimizer.sam)
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    _fit_one_step(model, x, y, loss)
     fixed = fixed_size(model, config)
     assert type(model) is SharpnessAware and not isinstance(fixed, SharpnessAware)
     loaded = load_model(save_model(fixed, tmp_path / "sam.keras"))
@@ -614,19 +630,11 @@ def test_a_mutual_learning_step_moves_each_net_by_its_own_loss_plus_its_fit_to_t
 
     from core.model import MutualPair, bernoulli_kl
 
-    rng = np.random.default_rng(0)
-    x, y = rng.random((8, 16, 16, 3), dtype=np.float32), rng.integers(0, 2, (8, 1)).astype(np.float32)
-
-    def net(seed):  # deterministic in training (no dropout): the by-hand pass and the step see the same function
-        keras.utils.set_random_seed(seed)
-        inputs = keras.Input((16, 16, 3))
-        h = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, activation="relu")(inputs))
-        return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(h))
-
+    x, y = _tiny_batch()
     loss = keras.losses.BinaryCrossentropy()
 
     def step(weight):  # by hand: each net's gradient of half its own loss plus its KL from the other, held fixed
-        a, b = net(1), net(2)
+        a, b = _tiny_net(1), _tiny_net(2)
         with tf.GradientTape(persistent=True) as tape:
             pa, pb = a(x, training=True), b(x, training=True)
             loss_a = loss(y, pa) + weight * bernoulli_kl(tf.stop_gradient(pb), pa)
@@ -638,18 +646,16 @@ def test_a_mutual_learning_step_moves_each_net_by_its_own_loss_plus_its_fit_to_t
         ]
 
     expected, apart = step(1.0), step(0.0)
-    pair = MutualPair(net(1), net(2), weight=1.0)
-    pair.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
-    pair.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    pair = MutualPair(_tiny_net(1), _tiny_net(2), weight=1.0)
+    _fit_one_step(pair, x, y, loss, shuffle=False)
     for after, want in zip(pair.trainable_weights, expected, strict=True):
         np.testing.assert_allclose(np.asarray(after), want, atol=1e-6)
     assert not all(np.allclose(w, a, atol=1e-6) for w, a in zip(expected, apart, strict=True))  # the fit moved them
     # The pair predicts, validates and is saved as its first net: Keras's own class at the run's size.
     np.testing.assert_allclose(np.asarray(pair(x)), np.asarray(pair.first(x)))
-    config = BEST.changed({"net.widths": (4, 8), "net.stem": 0, "image_size": 16, "optimizer.mutual": 1.0})
+    config = _tiny_best("mutual", 1.0)
     pair = MutualPair(build_model(config, to_train=True), build_model(config, to_train=True), weight=1.0)
-    pair.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss)
-    pair.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    _fit_one_step(pair, x, y, loss)
     loaded = load_model(save_model(fixed_size(pair, config), tmp_path / "mutual.keras"))
     np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(pair.first(x)), atol=1e-5)
     assert not np.allclose(np.asarray(loaded(x)), np.asarray(pair.second(x)), atol=1e-3)

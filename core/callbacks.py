@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 
 from core.feeder import Feeder
-from core.model import rate_schedule, save_model
+from core.model import rate_schedule, recompute_batch_norm, save_model
 from core.progress import ProgressEvent, ProgressFn
 from core.runs import Run
-from core.settings import TrainConfig
+from core.settings import OptimizerConfig, TrainConfig
+
+BATCH_NORM_PHOTOS = 1024  # training photos a weight average's batch-norm statistics are recomputed on
 
 
 class BatchLog(keras.callbacks.Callback):
@@ -144,6 +146,66 @@ class WeightAverage(keras.callbacks.Callback):
         self.swap_out()
 
 
+class StochasticWeightAverage(keras.callbacks.Callback):
+    """Stochastic weight averaging (SWA, Izmailov et al. 2018): each epoch that begins past `start` of the time
+    budget (whose rate holds from there) ends by joining an equal average of the weights. Validation and the epoch's
+    end see the average, batch norm's moving statistics recomputed for it on BATCH_NORM_PHOTOS of the stage's
+    training photos, so the best checkpoint can keep it; the next epoch trains the raw weights on, as if it never ran.
+    """
+
+    def __init__(self, budget: TimeBudget, start: float):
+        super().__init__()
+        self.budget, self.start = budget, start
+        self.feeder: Feeder | None = None  # the stage's training photos: set by the run, stage by stage
+        self.mean: list | None = None  # the average of the trainable weights so far
+        self.count = 0
+        self.joining = False
+        self.raw: list | None = None  # all the raw weights (moving statistics too) while the average is swapped in
+
+    def swap_in(self) -> None:
+        if not self.joining or self.raw is not None:
+            return
+        self.raw = self.model.get_weights()
+        self._join([variable.numpy() for variable in self.model.trainable_variables])
+        for variable, value in zip(self.model.trainable_variables, self.mean, strict=True):
+            variable.assign(value)
+        recompute_batch_norm(self.model, self._photos())
+
+    def _join(self, weights: list) -> None:
+        self.count += 1
+        if self.mean is None:
+            self.mean = weights
+        else:
+            self.mean = [mean + (new - mean) / self.count for mean, new in zip(self.mean, weights, strict=True)]
+
+    def _photos(self) -> np.ndarray:
+        batches, photos = [], 0
+        for index in range(len(self.feeder)):
+            batches.append(self.feeder[index][0])
+            photos += len(batches[-1])
+            if photos >= BATCH_NORM_PHOTOS:
+                break
+        return np.concatenate(batches)
+
+    def swap_out(self) -> None:
+        if self.raw is not None:
+            self.model.set_weights(self.raw)
+            self.raw = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.swap_out()
+        self.joining = self.budget.fraction() >= self.start
+
+    def on_test_begin(self, logs=None):
+        self.swap_in()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.swap_in()  # a run without validation keeps the average too
+
+    def on_train_end(self, logs=None):
+        self.swap_out()
+
+
 class Progress(keras.callbacks.Callback):
     """Reports each batch and each whole epoch to a plain callable, as ProgressEvents."""
 
@@ -180,16 +242,18 @@ class TimeBudget(keras.callbacks.Callback):
     # The optimiser's learning-rate schedule over wall time, and the end of training when the time is up, so a run
     # fits a budget on any machine: a slow one trains fewer epochs but still anneals to the end. The epoch it stops
     # in is still validated, so the best-model keeper sees the final, lowest-rate weights.
-    def __init__(self, budget_s: float, learning_rate: float, optimizer: str = "adamw"):
+    def __init__(self, budget_s: float, learning_rate: float, optimizer: str = "adamw", hold_from: float = 1.0):
         super().__init__()
         self.budget_s = budget_s
-        # core.model.rate_schedule with seconds as its steps (it holds at its end value past the end).
+        # core.model.rate_schedule with seconds as its steps (it holds at its end value past the end), held from
+        # hold_from of the budget on (stochastic weight averaging's constant rate).
         self.schedule = rate_schedule(optimizer, learning_rate, budget_s)
+        self.hold_s = hold_from * budget_s
         self.started = 0.0
         self.expired = False
 
     def rate(self, elapsed_s: float) -> float:
-        return float(self.schedule(elapsed_s))
+        return float(self.schedule(min(elapsed_s, self.hold_s)))
 
     def fraction(self) -> float:
         """How much of the budget is spent, from 0 to 1."""
@@ -234,7 +298,7 @@ class TrainingCallbacks:
     stop: StopOnCancel
     budget: TimeBudget | None
     early: keras.callbacks.EarlyStopping | None
-    average: WeightAverage | None = None
+    average: WeightAverage | StochasticWeightAverage | None = None
 
     def in_order(self, stage_end: StageEnd | None = None) -> list[keras.callbacks.Callback]:
         """The schedule, the logs, the averaged weights, the checkpoint, progress, then what ends training (a
@@ -257,20 +321,30 @@ def training_callbacks(
     """The callbacks of one run: every job a fit() needs beyond the gradient steps."""
     batches = BatchLog(run, train_data.batch_images, started)
     epochs = EpochLog(run, cancel, len(train_data), config.stages[0], started)
-    budgeted = config.time_budget_min is not None
+    budgeted, settings = config.time_budget_min is not None, config.optimizer
+    budget = (
+        TimeBudget(config.time_budget_min * 60, config.learning_rate, settings.name, hold_from=1 - settings.swa)
+        if budgeted
+        else None
+    )
     return TrainingCallbacks(
         batches=batches,
         epochs=epochs,
         best=BestCheckpoint(run, epochs, export),
         progress=Progress(emit, batches, epochs, config.epochs, started),
         stop=StopOnCancel(cancel),
-        budget=TimeBudget(config.time_budget_min * 60, config.learning_rate, config.optimizer.name)
-        if budgeted
-        else None,
+        budget=budget,
         early=(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience)
             if config.early_stopping and validates
             else None
         ),
-        average=WeightAverage() if config.optimizer.ema else None,
+        average=_average(settings, budget),
     )
+
+
+def _average(settings: OptimizerConfig, budget: TimeBudget | None):
+    """The callback that swaps a weight average in for validation and the checkpoint, if the run keeps one."""
+    if settings.ema:
+        return WeightAverage()
+    return StochasticWeightAverage(budget, 1 - settings.swa) if settings.swa else None

@@ -284,6 +284,21 @@ def whiten_stem(model: keras.Model, images: np.ndarray) -> None:
         stem.kernel.assign(whitening_kernel(images, stem.filters))
 
 
+def recompute_batch_norm(model: keras.Model, photos: np.ndarray) -> None:
+    """Every batch norm's moving statistics set to those of photos, in one training-mode pass of each net (SWA's
+    update of batch norm for averaged weights, whose own statistics no step ever saw). Nothing else changes."""
+    for net in trained_nets(model):
+        norms = [layer for layer in net.layers if isinstance(layer, layers.BatchNormalization)]
+        momenta = [norm.momentum for norm in norms]
+        for norm in norms:
+            norm.momentum = 0.0  # the new statistics replace the old
+        try:
+            net(photos, training=True)
+        finally:
+            for norm, momentum in zip(norms, momenta, strict=True):
+                norm.momentum = momentum
+
+
 def fixed_size(model: keras.Model, config: TrainConfig) -> keras.Model:
     """The model at the run's input size in float32, with Keras's own layers only, so that a saved model says what
     input it expects, loads without this project's code and predicts alike on every CPU, whatever the run trained in."""

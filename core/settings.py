@@ -155,6 +155,12 @@ class OptimizerConfig:
         "keeps a moving average of the weights (this much of it kept each step, e.g. 0.995) and validates and "
         "saves it instead of the raw weights (0: none)",
     )
+    # Stochastic weight averaging (Izmailov et al. 2018): core.callbacks.StochasticWeightAverage.
+    swa: float = setting(
+        0.0,
+        "stochastic weight averaging over this last share of the time budget (e.g. 0.25): the rate holds there, and "
+        "each epoch's weights join an equal average that each epoch validates, batch norm recomputed (0: off)",
+    )
     bias_rate: float = setting(
         1.0,
         "adamw and sgd: batch norm's betas and the biases step at this many times the rate (airbench: 64 with SGD)",
@@ -174,6 +180,8 @@ class OptimizerConfig:
         _check_choices(self)
         if not 0 <= self.ema < 1:
             raise SettingsError(f"ema {self.ema!r} is the share of the average kept each step: at least 0, below 1")
+        if not 0 <= self.swa < 1 or (self.swa and self.ema):
+            raise SettingsError(f"swa {self.swa!r} is the last share of the time budget averaged: 0 to below 1, no ema")
         if self.bias_rate <= 0 or (self.bias_rate != 1 and self.name == "adam"):
             raise SettingsError(
                 f"bias_rate {self.bias_rate!r} multiplies adamw's or sgd's bias rate: above 0, and 1 with adam"
@@ -275,6 +283,8 @@ class TrainConfig:
         for name in ("erase", "cutmix", "mixup"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SettingsError(f"{name} {getattr(self, name)!r} is a share of the photos: between 0 and 1")
+        if self.optimizer.swa and self.time_budget_min is None:
+            raise SettingsError("swa averages the last share of a time budget: set time_budget_min too")
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> TrainConfig:

@@ -393,6 +393,7 @@ def test_time_budget_zero_turns_the_best_presets_budget_off_and_a_negative_one_i
         "weight_decay": 0.05,
         "label_smoothing": 0.05,
         "ema": 0.0,
+        "swa": 0.0,
         "bias_rate": 1.0,
         "sam": 0.0,
         "mutual": 0.0,

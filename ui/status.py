@@ -118,6 +118,7 @@ def optimizer_text(optimizer: OptimizerConfig) -> str:
     parts += [f"weight decay {optimizer.weight_decay:g}"] if optimizer.name != "adam" else []
     parts += [f"label smoothing {optimizer.label_smoothing:g}"] if optimizer.label_smoothing else []
     parts += [f"weights averaged ({optimizer.ema:g} a step)"] if optimizer.ema else []
+    parts += [f"weights averaged over the last {optimizer.swa:.0%} of the time"] if optimizer.swa else []
     parts += [f"biases at {optimizer.bias_rate:g}x the rate"] if optimizer.bias_rate != 1 else []
     parts += [f"sharpness-aware (rho {optimizer.sam:g})"] if optimizer.sam else []
     parts += [f"mutual learning with a peer net (weight {optimizer.mutual:g})"] if optimizer.mutual else []

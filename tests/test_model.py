@@ -428,6 +428,14 @@ def test_an_optimiser_with_a_weight_average_keeps_one_and_says_so():
     )
 
 
+def test_an_optimiser_with_stochastic_weight_averaging_says_over_how_much_of_the_time():
+    from ui.status import optimizer_text
+
+    assert optimizer_text(BEST.changed({"optimizer.swa": 0.25}).optimizer) == (
+        "adamw, weight decay 0.05, label smoothing 0.05, weights averaged over the last 25% of the time"
+    )
+
+
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_a_bias_rate_steps_batch_norm_betas_and_biases_that_many_times_further_and_nothing_else(name):
     steps = {}

@@ -7,6 +7,7 @@ import itertools
 import json
 import shutil
 import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -99,6 +100,11 @@ def test_a_setting_outside_its_choices_is_refused():
     for mutual in ({"optimizer.mutual": -1.0}, {"optimizer.mutual": 1.0, "optimizer.sam": 0.05}):
         with pytest.raises(SettingsError, match="weighs the fit to a peer net: 0 .off. or more, not with sam"):
             TrainConfig.for_preset("best", **mutual)
+    for swa in ({"optimizer.swa": 1.0}, {"optimizer.swa": -0.25}, {"optimizer.swa": 0.25, "optimizer.ema": 0.99}):
+        with pytest.raises(SettingsError, match="the last share of the time budget averaged: 0 to below 1, no ema"):
+            TrainConfig.for_preset("best", **swa)
+    with pytest.raises(SettingsError, match="swa averages the last share of a time budget"):
+        TrainConfig.for_preset("improved", **{"optimizer.swa": 0.25})
     with pytest.raises(SettingsError, match="convs needs the vgg_bn net"):
         TrainConfig.for_preset("seed", **{"net.convs": (1, 1)})
 
@@ -343,6 +349,72 @@ def test_a_mutual_learning_run_trains_two_nets_across_stages_and_saves_the_first
     assert _validation_loss(model, small_zip, cfg) == pytest.approx(best, rel=1e-3)
 
 
+def _net_with_batch_norm():
+    """A conv, a batch norm, global pooling and a sigmoid; its conv and its batch norm."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16, 16, 3))
+    conv = layers.Conv2D(4, 3, use_bias=False)(inputs)
+    norm = layers.BatchNormalization(momentum=0.9)
+    pooled = layers.GlobalAveragePooling2D()(layers.ReLU()(norm(conv)))
+    return keras.Model(inputs, layers.Dense(1, activation="sigmoid")(pooled)), keras.Model(inputs, conv), norm
+
+
+def test_weight_averaging_validates_the_mean_of_the_epochs_begun_past_its_start_with_batch_norm_recomputed():
+    from core.callbacks import StochasticWeightAverage, TimeBudget
+
+    model, conv, norm = _net_with_batch_norm()
+    rng = np.random.default_rng(0)
+    photos = rng.random((40, 16, 16, 3), dtype=np.float32)
+    budget = TimeBudget(100, 2e-3, hold_from=0.75)
+    average = StochasticWeightAverage(budget, start=0.75)
+    average.set_model(model)
+    average.feeder = [(photos[:20], None), (photos[20:], None)]  # the stage's batches: (photos, labels)
+
+    def epoch(spent: float) -> list:
+        """An epoch begun this share into the budget that trains to random weights, then validates."""
+        budget.started = time.time() - spent * budget.budget_s
+        average.on_epoch_begin(0)
+        trained = [rng.normal(size=variable.shape).astype("float32") for variable in model.trainable_variables]
+        for variable, value in zip(model.trainable_variables, trained, strict=True):
+            variable.assign(value)
+        average.on_test_begin()
+        return trained
+
+    def trainable() -> list:
+        return [variable.numpy() for variable in model.trainable_variables]
+
+    untouched = epoch(0.5)  # begun before the start: validates its own weights and batch norm
+    assert all(np.array_equal(a, b) for a, b in zip(trainable(), untouched, strict=True))
+    assert np.array_equal(norm.moving_mean.numpy(), np.zeros(4))
+    joined = [epoch(0.8), epoch(0.85), epoch(0.9)]
+    mean = [sum(weights) / 3 for weights in zip(*joined, strict=True)]
+    assert all(np.allclose(a, b) for a, b in zip(trainable(), mean, strict=True))
+    features = conv(photos).numpy()  # the averaged conv's output: batch norm's statistics are all 40 photos'
+    assert np.allclose(norm.moving_mean.numpy(), features.mean(axis=(0, 1, 2)), atol=1e-5)
+    assert np.allclose(norm.moving_variance.numpy(), features.var(axis=(0, 1, 2)), rtol=1e-4)
+    assert norm.momentum == 0.9
+    average.on_train_end()  # the raw weights, and their batch norm, train on
+    assert all(np.array_equal(a, b) for a, b in zip(trainable(), joined[-1], strict=True))
+    assert np.array_equal(norm.moving_mean.numpy(), np.zeros(4))
+
+
+@pytest.mark.slow
+def test_a_run_with_weight_averaging_holds_the_rate_and_saves_the_average_it_validated(small_zip, tmp_path):
+    # A share of the budget that every epoch after the first begins past, whatever this machine's speed.
+    cfg = TrainConfig.for_preset(
+        "improved", epochs=3, image_size=32, limit=SLICE, batch_size=16, train_scales=(0.5, 1), time_budget_min=60
+    ).changed({"optimizer.swa": 0.9999999, "early_stopping": False})
+    result = train(small_zip, cfg, runs_dir=tmp_path)
+    assert result.status == "finished" and result.history["train_size"].tolist() == [16, 32, 32]
+    assert result.history["learning_rate"].iloc[1] == result.history["learning_rate"].iloc[2]
+    assert _validation_loss(load_model(result.run.model_path), small_zip, cfg) == pytest.approx(
+        result.run.meta["metrics"]["best_val_loss"], rel=1e-3
+    )
+
+
 def test_training_needs_both_classes(small_slice, tmp_path):
     cats = dataclasses.replace(small_slice, x=small_slice.x[small_slice.y == 0], y=small_slice.y[small_slice.y == 0])
     with pytest.raises(ValueError, match="both cats and dogs"):
@@ -472,6 +544,15 @@ def test_the_time_budget_rate_is_a_cosine_from_the_rate_to_one_percent_of_it():
     assert budget.rate(0) == pytest.approx(2e-3)
     assert budget.rate(50) == pytest.approx(2e-3 * (0.01 + 0.99 * 0.5))
     assert budget.rate(100) == budget.rate(1e6) == pytest.approx(2e-5)
+
+
+def test_the_time_budget_rate_holds_from_where_weight_averaging_starts():
+    from core.callbacks import TimeBudget
+
+    held, plain = TimeBudget(100, 2e-3, hold_from=0.75), TimeBudget(100, 2e-3)
+    assert held.rate(0) == plain.rate(0) and held.rate(50) == plain.rate(50)
+    assert held.rate(75) == held.rate(90) == held.rate(1e6) == pytest.approx(plain.rate(75))
+    assert plain.rate(90) < plain.rate(75)
 
 
 def test_the_time_budget_warms_sgd_up_over_the_first_fifth_of_the_time():

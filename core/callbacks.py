@@ -169,7 +169,7 @@ class StochasticWeightAverage(keras.callbacks.Callback):
         self._join([variable.numpy() for variable in self.model.trainable_variables])
         for variable, value in zip(self.model.trainable_variables, self.mean, strict=True):
             variable.assign(value)
-        recompute_batch_norm(self.model, self._photos())
+        recompute_batch_norm(self.model, self._batches())
 
     def _join(self, weights: list) -> None:
         self.count += 1
@@ -178,14 +178,15 @@ class StochasticWeightAverage(keras.callbacks.Callback):
         else:
             self.mean = [mean + (new - mean) / self.count for mean, new in zip(self.mean, weights, strict=True)]
 
-    def _photos(self) -> np.ndarray:
+    def _batches(self) -> list[np.ndarray]:
+        """The stage's first training batches, at least BATCH_NORM_PHOTOS photos if it has them."""
         batches, photos = [], 0
         for index in range(len(self.feeder)):
-            batches.append(self.feeder[index][0])
-            photos += len(batches[-1])
             if photos >= BATCH_NORM_PHOTOS:
                 break
-        return np.concatenate(batches)
+            batches.append(self.feeder[index][0])
+            photos += len(batches[-1])
+        return batches
 
     def swap_out(self) -> None:
         if self.raw is not None:
@@ -299,6 +300,13 @@ class TrainingCallbacks:
     budget: TimeBudget | None
     early: keras.callbacks.EarlyStopping | None
     average: WeightAverage | StochasticWeightAverage | None = None
+
+    def start_stage(self, size: int, train_data: Feeder) -> None:
+        """A new stage of progressive resizing: the size the epoch log records, and the photos a stochastic weight
+        average's batch norm is recomputed on."""
+        self.epochs.image_size = size
+        if isinstance(self.average, StochasticWeightAverage):
+            self.average.feeder = train_data
 
     def in_order(self, stage_end: StageEnd | None = None) -> list[keras.callbacks.Callback]:
         """The schedule, the logs, the averaged weights, the checkpoint, progress, then what ends training (a

@@ -284,16 +284,18 @@ def whiten_stem(model: keras.Model, images: np.ndarray) -> None:
         stem.kernel.assign(whitening_kernel(images, stem.filters))
 
 
-def recompute_batch_norm(model: keras.Model, photos: np.ndarray) -> None:
-    """Every batch norm's moving statistics set to those of photos, in one training-mode pass of each net (SWA's
-    update of batch norm for averaged weights, whose own statistics no step ever saw). Nothing else changes."""
+def recompute_batch_norm(model: keras.Model, batches: list[np.ndarray]) -> None:
+    """Every batch norm's moving statistics set to the mean of its statistics over these batches, in training-mode
+    passes of each net (SWA's update of batch norm for averaged weights, whose own statistics no step saw; PyTorch's
+    `update_bn` averages alike). A batch at a time, so memory stays a training step's. Nothing else changes."""
     for net in trained_nets(model):
         norms = [layer for layer in net.layers if isinstance(layer, layers.BatchNormalization)]
         momenta = [norm.momentum for norm in norms]
-        for norm in norms:
-            norm.momentum = 0.0  # the new statistics replace the old
         try:
-            net(photos, training=True)
+            for seen, batch in enumerate(batches):
+                for norm in norms:
+                    norm.momentum = seen / (seen + 1)  # a running mean: the first batch replaces the old statistics
+                net(batch, training=True)
         finally:
             for norm, momentum in zip(norms, momenta, strict=True):
                 norm.momentum = momentum

@@ -294,7 +294,7 @@ def _fit_stages(t: Training, model, feeds: Feeds, callbacks, placement: Placemen
     Stages split the epochs and, with a time budget, the time too: a stage ends at the first epoch end past
     either share. The learning-rate schedule runs across all of them.
     """
-    from core.callbacks import StageEnd, StochasticWeightAverage
+    from core.callbacks import StageEnd
 
     config, budget, early = t.config, callbacks.budget, callbacks.early
     stages = config.stages
@@ -303,9 +303,7 @@ def _fit_stages(t: Training, model, feeds: Feeds, callbacks, placement: Placemen
     for stage, size in enumerate(stages):
         done = len(callbacks.epochs.rows)
         train_data = feeds.at_stage(stage, done) if stage else feeds.first
-        callbacks.epochs.image_size = size
-        if isinstance(callbacks.average, StochasticWeightAverage):
-            callbacks.average.feeder = train_data  # batch norm is recomputed at the stage's size
+        callbacks.start_stage(size, train_data)
         last = stage == len(stages) - 1  # the last stage ends with the budget itself, marked expired
         stage_end = StageEnd(budget, (stage + 1) / len(stages)) if budget and not last else None
         if int(stage_ends[stage]) > done:

@@ -214,6 +214,7 @@ def test_a_run_folder_holds_the_model_history_and_metadata(finished_run, small_z
         "weight_decay": 0.0,
         "label_smoothing": 0.0,
         "ema": 0.0,
+        "swa": 0.0,
         "bias_rate": 1.0,
         "sam": 0.0,
         "mutual": 0.0,

@@ -110,27 +110,29 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.run.update_meta(metrics={**best, "best_epoch": row["epoch"]})
 
 
-class WeightAverage(keras.callbacks.Callback):
-    """With the optimiser's moving average of the weights (`optimizer.ema`): validation and the epoch's end see the
-    average, so the best checkpoint keeps it; the next epoch trains the raw weights again, as if it never ran.
-
-    Keras's fit() also writes the average into the model when it ends; `on_train_end` undoes that too, so the
-    stages of progressive resizing train on as one run.
-    """
+class _SwappedAverage(keras.callbacks.Callback):
+    """A weight average swapped in for validation and the epoch's end, so the best checkpoint keeps it, and the raw
+    weights (moving statistics too) swapped back for the next epoch and when fit() ends, so the stages of
+    progressive resizing train on as one run. Subclasses say when an epoch averages and assign the average."""
 
     def __init__(self):
         super().__init__()
         self.raw: list | None = None  # the raw weights while the average is swapped in
 
+    def averages(self) -> bool:
+        return True
+
+    def assign_average(self) -> None:
+        raise NotImplementedError
+
     def swap_in(self) -> None:
-        if self.raw is None:
-            self.raw = [variable.numpy() for variable in self.model.trainable_variables]
-            self.model.optimizer.finalize_variable_values(self.model.trainable_variables)  # the average, assigned
+        if self.raw is None and self.averages():
+            self.raw = self.model.get_weights()
+            self.assign_average()
 
     def swap_out(self) -> None:
         if self.raw is not None:
-            for variable, value in zip(self.model.trainable_variables, self.raw, strict=True):
-                variable.assign(value)
+            self.model.set_weights(self.raw)
             self.raw = None
 
     def on_test_begin(self, logs=None):
@@ -146,7 +148,16 @@ class WeightAverage(keras.callbacks.Callback):
         self.swap_out()
 
 
-class StochasticWeightAverage(keras.callbacks.Callback):
+class WeightAverage(_SwappedAverage):
+    """With the optimiser's moving average of the weights (`optimizer.ema`): validation and the epoch's end see the
+    average; the next epoch trains the raw weights again, as if it never ran. Keras's fit() also writes the average
+    into the model when it ends, which `on_train_end` undoes too."""
+
+    def assign_average(self) -> None:
+        self.model.optimizer.finalize_variable_values(self.model.trainable_variables)
+
+
+class StochasticWeightAverage(_SwappedAverage):
     """Stochastic weight averaging (SWA, Izmailov et al. 2018): each epoch that begins past `start` of the time
     budget (whose rate holds from there) ends by joining an equal average of the weights. Validation and the epoch's
     end see the average, batch norm's moving statistics recomputed for it on BATCH_NORM_PHOTOS of the stage's
@@ -160,12 +171,11 @@ class StochasticWeightAverage(keras.callbacks.Callback):
         self.mean: list | None = None  # the average of the trainable weights so far
         self.count = 0
         self.joining = False
-        self.raw: list | None = None  # all the raw weights (moving statistics too) while the average is swapped in
 
-    def swap_in(self) -> None:
-        if not self.joining or self.raw is not None:
-            return
-        self.raw = self.model.get_weights()
+    def averages(self) -> bool:
+        return self.joining
+
+    def assign_average(self) -> None:
         self._join([variable.numpy() for variable in self.model.trainable_variables])
         for variable, value in zip(self.model.trainable_variables, self.mean, strict=True):
             variable.assign(value)
@@ -188,23 +198,9 @@ class StochasticWeightAverage(keras.callbacks.Callback):
             photos += len(batches[-1])
         return batches
 
-    def swap_out(self) -> None:
-        if self.raw is not None:
-            self.model.set_weights(self.raw)
-            self.raw = None
-
     def on_epoch_begin(self, epoch, logs=None):
-        self.swap_out()
+        super().on_epoch_begin(epoch, logs)
         self.joining = self.budget.fraction() >= self.start
-
-    def on_test_begin(self, logs=None):
-        self.swap_in()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.swap_in()  # a run without validation keeps the average too
-
-    def on_train_end(self, logs=None):
-        self.swap_out()
 
 
 class Progress(keras.callbacks.Callback):
